@@ -1,0 +1,426 @@
+"""The call actor: one asyncio task per call, owning its dialog, media and state.
+
+Inbound call, this milestone: 180 → (ring) → 200 with SDP → greeting as RTP →
+up until BYE, the maximum duration, media silence, or a hang-up command. It talks
+to SIP only through the endpoint and to media only through its ``MediaLeg``, and
+hands back a ``CallRecord`` when it ends; the manager supervises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from actors.messages import (
+    AckArrived,
+    AckTimedOut,
+    CallMessage,
+    CancelArrived,
+    Hangup,
+    MediaTimedOut,
+    RequestArrived,
+)
+from actors.runtime import Mailbox, MailboxClosed
+from sip.dialog import Dialog
+from sip.endpoint import Flow, SipEndpoint
+from sip.message import Request, make_response
+from sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, SessionDescription
+from sip.transaction import InviteServerTransaction, SuccessRetransmitter
+
+log = logging.getLogger("voxswitch.call")
+
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
+
+
+class CallState(Enum):
+    RINGING = "ringing"
+    ANSWERED = "answered"  # 200 sent, waiting for ACK
+    CONFIRMED = "confirmed"  # ACK received: media flows both ways
+    ENDED = "ended"
+
+
+@dataclass
+class CallRecord:
+    call_id: str
+    direction: str
+    from_uri: str
+    to_uri: str
+    node_id: str
+    offered_at: float  # wall clock (epoch seconds)
+    answered_at: float | None = None
+    ended_at: float | None = None
+    disposition: str = ""  # completed, canceled, failed, no_ack, media_timeout, ...
+    sip_code: int | None = None
+    reason: str = ""
+    codec: str = ""
+    packets_sent: int = 0
+    packets_received: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        if self.answered_at is None or self.ended_at is None:
+            return 0.0
+        return max(0.0, self.ended_at - self.answered_at)
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    ring_s: float = 0.0
+    max_duration_s: float = 3600.0
+    media_timeout_s: float = 30.0
+    node_id: str = "voxswitch"
+
+
+class MediaLeg(Protocol):
+    """The call's RTP session as the actor sees it (built by the node from media/)."""
+
+    @property
+    def local_port(self) -> int: ...
+
+    def connect(self, remote: tuple[str, int], payload_type: int, codec: str) -> None: ...
+
+    def play(self) -> None: ...
+
+    def silence_s(self, now: float) -> float:
+        """Seconds since the last RTP packet from the peer (or since play started)."""
+
+    @property
+    def packets_sent(self) -> int: ...
+
+    @property
+    def packets_received(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalAddress:
+    """How we name ourselves on a flow: Via sent-by, Contact, SDP address."""
+
+    host: str
+    port: int
+
+    def sent_by(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def contact(self, flow: Flow) -> str:
+        suffix = ";transport=tcp" if flow.transport == "TCP" else ""
+        return f"<sip:voxswitch@{self.host}:{self.port}{suffix}>"
+
+
+@dataclass
+class CallActor:
+    invite: Request
+    invite_txn: InviteServerTransaction
+    flow: Flow
+    local_tag: str
+    endpoint: SipEndpoint
+    media: MediaLeg
+    local: LocalAddress
+    config: CallConfig
+    clock: Callable[[], float]  # the loop's monotonic clock
+    mailbox: Mailbox[CallMessage] = field(default_factory=Mailbox)
+    state: CallState = CallState.RINGING
+    dialog: Dialog | None = None
+    record: CallRecord = field(init=False)
+    _answerer: SdpAnswerer | None = None
+    _retransmitter: SuccessRetransmitter | None = None
+
+    def __post_init__(self) -> None:
+        self.record = CallRecord(
+            call_id=self.invite.call_id,
+            direction="inbound",
+            from_uri=str(self.invite.from_.uri),
+            to_uri=str(self.invite.to.uri),
+            node_id=self.config.node_id,
+            offered_at=time.time(),
+        )
+
+    @property
+    def call_id(self) -> str:
+        return self.invite.call_id
+
+    # ---- the actor's life --------------------------------------------------------
+
+    async def run(self) -> CallRecord:
+        try:
+            await self._run()
+        except MailboxClosed:
+            self._end("aborted", reason="mailbox closed")
+        finally:
+            self.mailbox.close()
+            self._close_media()
+        return self.record
+
+    async def _run(self) -> None:
+        answer = self._negotiate()
+        if answer is None:
+            return
+        self._respond(180)
+        if self.config.ring_s > 0 and not await self._ring(self.config.ring_s):
+            return
+        self._answer(answer)
+        if not await self._wait_for_ack():
+            return
+        self.media.play()
+        await self._talk()
+
+    def _negotiate(self) -> bytes | None:
+        """Offer/answer on the INVITE's SDP; answers 488 when nothing fits."""
+        body = _sdp_body(self.invite)
+        self._answerer = SdpAnswerer(local_ip=self.local.host, local_port=self.media.local_port)
+        try:
+            if body is None:
+                raise SdpError("INVITE without SDP offer (late offer) is not supported yet")
+            offer = SessionDescription.parse(body)
+            answer = self._answerer.answer(offer)
+        except NoCommonCodec as exc:
+            self._fail(488, "no_common_codec", headers=[("Warning", exc.warning)])
+            return None
+        except SdpError as exc:
+            self._fail(488, "bad_sdp", reason=str(exc))
+            return None
+        result = self._answerer.negotiated
+        assert result is not None
+        self.record.codec = result.codec.name
+        self.media.connect(result.remote_rtp, result.codec.payload_type, result.codec.name)
+        return bytes(answer)
+
+    async def _ring(self, ring_s: float) -> bool:
+        deadline = self.clock() + ring_s
+        while (left := deadline - self.clock()) > 0:
+            message = await self.mailbox.get(timeout=left)
+            if message is None:
+                break
+            if isinstance(message, CancelArrived):
+                self._fail(487, "canceled")
+                return False
+            if isinstance(message, Hangup):
+                self._fail(message.status, message.reason)
+                return False
+            if isinstance(message, RequestArrived):
+                self._in_dialog(message)
+        return True
+
+    def _answer(self, sdp: bytes) -> None:
+        self.dialog = Dialog.from_invite(self.invite, self.local_tag, self.local.contact(self.flow))
+        response = make_response(
+            self.invite,
+            200,
+            to_tag=self.local_tag,
+            headers=[
+                ("Contact", self.local.contact(self.flow)),
+                ("Allow", ALLOW),
+                ("Supported", ""),
+                ("Content-Type", "application/sdp"),
+            ],
+            body=sdp,
+        )
+        response.headers.remove("supported")
+        self.endpoint.respond(self.invite_txn, response)
+        # The transaction stops at 2xx (RFC 6026); the UAS core retransmits it until ACK.
+        self._retransmitter = self.endpoint.retransmit_until_ack(
+            response, self.flow, lambda: self.mailbox.put(AckTimedOut())
+        )
+        self.state = CallState.ANSWERED
+        self.record.answered_at = time.time()
+        self.record.sip_code = 200
+
+    async def _wait_for_ack(self) -> bool:
+        while True:
+            message = await self.mailbox.get()
+            if isinstance(message, AckArrived):
+                self._stop_retransmitting()
+                self.state = CallState.CONFIRMED
+                return True
+            if isinstance(message, AckTimedOut):
+                log.info("call %s: no ACK for 200 OK, hanging up", self.call_id)
+                self._hangup("no_ack", "no ACK for 200 OK (Timer H)")
+                return False
+            if isinstance(message, Hangup):
+                self._hangup(message.reason, message.reason)
+                return False
+            if isinstance(message, RequestArrived) and self._in_dialog(message):
+                return False
+
+    async def _talk(self) -> None:
+        answered = self.clock()
+        end_at = answered + self.config.max_duration_s
+        timeout_s = self.config.media_timeout_s
+        while True:
+            now = self.clock()
+            wait = end_at - now
+            if timeout_s > 0:
+                silence = self.media.silence_s(now)
+                if silence >= timeout_s:
+                    self.mailbox.put(MediaTimedOut(silence))
+                wait = min(wait, max(0.05, timeout_s - silence))
+            if wait <= 0:
+                self._hangup("max_duration", "maximum call duration reached")
+                return
+            message = await self.mailbox.get(timeout=wait)
+            if message is None:
+                continue
+            if isinstance(message, MediaTimedOut):
+                log.info("call %s: no RTP for %.1f s, hanging up", self.call_id, message.silence_s)
+                self._hangup("media_timeout", f"no RTP for {message.silence_s:.1f} s")
+                return
+            if isinstance(message, Hangup):
+                self._hangup(message.reason, message.reason)
+                return
+            if isinstance(message, AckArrived):
+                self._stop_retransmitting()  # ACK for a re-INVITE's 2xx
+            elif isinstance(message, RequestArrived) and self._in_dialog(message):
+                return
+
+    # ---- in-dialog requests --------------------------------------------------------
+
+    def _in_dialog(self, message: RequestArrived) -> bool:
+        """Answer an in-dialog request; True when it ended the call."""
+        request, txn = message.request, message.txn
+        method = request.method
+        if self.dialog is not None and not self.dialog.check_remote_cseq(request):
+            self.endpoint.respond(txn, make_response(request, 500, "CSeq Out of Order"))
+            return False
+        if method == "BYE":
+            self.endpoint.respond(txn, make_response(request, 200))
+            if self.state is CallState.RINGING:
+                # BYE before our 2xx: §15.1.2 says end the INVITE with 487.
+                self._fail(487, "canceled")
+            else:
+                self._end("completed", reason="caller hung up")
+            self._stop_retransmitting()
+            return True
+        if method in ("INVITE", "UPDATE"):
+            self._reoffer(request, txn)
+        elif method in ("INFO", "OPTIONS"):
+            headers = [("Allow", ALLOW)] if method == "OPTIONS" else []
+            self.endpoint.respond(txn, make_response(request, 200, headers=headers))
+        else:
+            self.endpoint.respond(txn, make_response(request, 405, headers=[("Allow", ALLOW)]))
+        return False
+
+    def _reoffer(self, request: Request, txn: object) -> None:
+        """re-INVITE / UPDATE: a new offer gets a new answer; hold keeps our address."""
+        assert self._answerer is not None
+        body = _sdp_body(request)
+        if self.dialog is not None:
+            self.dialog.update_target(request)
+        headers = [("Contact", self.local.contact(self.flow)), ("Allow", ALLOW)]
+        if body is None:
+            sdp = self._answerer.current_answer_bytes()
+        else:
+            try:
+                sdp = bytes(self._answerer.answer(SessionDescription.parse(body)))
+            except NoCommonCodec as exc:
+                response = make_response(request, 488, headers=[("Warning", exc.warning)])
+                self.endpoint.respond(txn, response)  # type: ignore[arg-type]
+                return
+            except SdpError as exc:
+                self.endpoint.respond(txn, make_response(request, 488, str(exc)[:80]))  # type: ignore[arg-type]
+                return
+            result = self._answerer.negotiated
+            assert result is not None
+            self.media.connect(result.remote_rtp, result.codec.payload_type, result.codec.name)
+        response = make_response(
+            request, 200, headers=[*headers, ("Content-Type", "application/sdp")], body=sdp
+        )
+        self.endpoint.respond(txn, response)  # type: ignore[arg-type]
+        if request.method == "INVITE":
+            self._stop_retransmitting()
+            self._retransmitter = self.endpoint.retransmit_until_ack(
+                response, self.flow, lambda: None
+            )
+
+    # ---- endings -------------------------------------------------------------------
+
+    def _respond(self, status: int, **kwargs: object) -> None:
+        response = make_response(self.invite, status, to_tag=self.local_tag, **kwargs)  # type: ignore[arg-type]
+        self.endpoint.respond(self.invite_txn, response)
+
+    def _fail(
+        self,
+        status: int,
+        disposition: str,
+        *,
+        reason: str = "",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """End a call that was never answered with a final error response."""
+        self._respond(status, headers=headers or [])
+        self.record.sip_code = status
+        self._end(disposition, reason=reason or disposition)
+
+    def _hangup(self, disposition: str, reason: str) -> None:
+        """End an answered call with BYE (§15.1.1)."""
+        if self.dialog is not None and self.state is not CallState.ENDED:
+            bye = self.dialog.create_request(
+                "BYE",
+                via_sent_by=self.local.sent_by(),
+                transport=self.flow.transport,
+                headers=[("Reason", f'SIP;cause=200;text="{reason}"')],
+            )
+            self.endpoint.send_request(bye, self.flow, lambda event: None)
+        self._stop_retransmitting()
+        self._end(disposition, reason=reason)
+
+    def _end(self, disposition: str, *, reason: str = "") -> None:
+        if self.state is CallState.ENDED:
+            return
+        self.state = CallState.ENDED
+        self.record.disposition = disposition
+        self.record.reason = reason
+        self.record.ended_at = time.time()
+
+    def _stop_retransmitting(self) -> None:
+        if self._retransmitter is not None:
+            self._retransmitter.ack_received()
+            self._retransmitter = None
+
+    def _close_media(self) -> None:
+        self.record.packets_sent = self.media.packets_sent
+        self.record.packets_received = self.media.packets_received
+        self.media.close()
+
+    def abort(self, error: BaseException) -> None:
+        """Supervisor hook after a crash: end the call cleanly on the wire."""
+        reason = f"internal error: {type(error).__name__}"
+        try:
+            if self.state is CallState.RINGING:
+                self._fail(500, "failed", reason=reason)
+            elif self.state is not CallState.ENDED:
+                self._hangup("failed", reason)
+        finally:
+            self._close_media()
+
+
+def _sdp_body(request: Request) -> bytes | None:
+    """The SDP of a request: the body itself, or its application/sdp part (multipart)."""
+    if not request.body:
+        return None
+    ctype = request.content_type
+    if ctype == "application/sdp":
+        return request.body
+    if ctype == "multipart/mixed":
+        return _multipart_sdp(request)
+    return None
+
+
+def _multipart_sdp(request: Request) -> bytes | None:
+    header = request.headers.get("content-type") or ""
+    boundary = ""
+    for param in header.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        return None
+    for part in request.body.split(b"--" + boundary.encode()):
+        head, sep, body = part.partition(b"\r\n\r\n")
+        if sep and b"application/sdp" in head.lower():
+            return body.rstrip(b"\r\n") + b"\r\n"
+    return None

@@ -1,0 +1,47 @@
+"""What a call actor receives: events in past tense, commands imperative."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sip.endpoint import ServerTransaction
+from sip.message import Request
+
+
+@dataclass(frozen=True, slots=True)
+class RequestArrived:
+    """An in-dialog request (BYE, re-INVITE, UPDATE, INFO, OPTIONS...)."""
+
+    request: Request
+    txn: ServerTransaction
+
+
+@dataclass(frozen=True, slots=True)
+class AckArrived:
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class CancelArrived:
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class AckTimedOut:
+    """No ACK for our 2xx within 64*T1 (RFC 3261 §13.3.1.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaTimedOut:
+    silence_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """End the call: BYE if answered, a final error response if not."""
+
+    reason: str
+    status: int = 480
+
+
+CallMessage = RequestArrived | AckArrived | CancelArrived | AckTimedOut | MediaTimedOut | Hangup

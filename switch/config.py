@@ -1,0 +1,145 @@
+"""Node settings: one object, filled from defaults < config file < environment < CLI.
+
+Every field is a setting: ``sip_port`` is ``--sip-port`` on the command line,
+``VOXSWITCH_SIP_PORT`` in the environment and ``sip_port = 5070`` in the TOML
+config file (``--config`` / ``VOXSWITCH_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "VOXSWITCH_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the setting."""
+
+
+def _parse_port_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = str(text).partition("-")
+    try:
+        start, end = int(lo), int(hi if sep else lo)
+    except ValueError as exc:
+        raise ConfigError(f"rtp_ports: expected START-END, got {text!r}") from exc
+    if not (1024 <= start < end <= 65535) or (end - start) < 2:
+        raise ConfigError(f"rtp_ports: need 1024 <= START < END <= 65535, got {text!r}")
+    return start, end
+
+
+@dataclass(frozen=True)
+class Settings:
+    sip_host: str = field(default="0.0.0.0", metadata={"help": "address SIP listens on (UDP+TCP)"})
+    sip_port: int = field(default=5060, metadata={"help": "SIP port (UDP and TCP)"})
+    advertise_host: str = field(
+        default="",
+        metadata={"help": "address put in Via/Contact/SDP (default: sip_host, or this host's IP)"},
+    )
+    rtp_ports: tuple[int, int] = field(
+        default=(20000, 29999), metadata={"help": "RTP port range START-END"}
+    )
+    api_host: str = field(default="0.0.0.0", metadata={"help": "address of the HTTP API"})
+    api_port: int = field(default=8080, metadata={"help": "HTTP port (health; 0 disables)"})
+    max_calls: int = field(
+        default=2000, metadata={"help": "concurrent calls; beyond it INVITEs get 503"}
+    )
+    max_call_duration_s: float = field(
+        default=3600.0, metadata={"help": "the node hangs up a call after this long"}
+    )
+    media_timeout_s: float = field(
+        default=30.0, metadata={"help": "hang up when no RTP arrives for this long (0: never)"}
+    )
+    ring_ms: int = field(default=0, metadata={"help": "ringing time between 180 and 200 OK"})
+    drain_grace_s: float = field(
+        default=20.0, metadata={"help": "on SIGTERM, calls may finish for this long"}
+    )
+    greeting_file: str = field(
+        default="", metadata={"help": "WAV/.ulaw/.alaw greeting (default: a built-in chime)"}
+    )
+    node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
+
+    @property
+    def public_host(self) -> str:
+        if self.advertise_host:
+            return self.advertise_host
+        if self.sip_host not in ("0.0.0.0", "::", ""):
+            return self.sip_host
+        return _primary_ip()
+
+    @property
+    def name(self) -> str:
+        return self.node_id or socket.gethostname()
+
+
+def _primary_ip() -> str:
+    # Connecting a UDP socket sends nothing; it only asks the kernel for a route.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    try:
+        if name == "rtp_ports":
+            if isinstance(value, list | tuple):
+                return _parse_port_range(f"{value[0]}-{value[1]}")
+            return _parse_port_range(str(value))
+        if kind in (int, "int"):
+            return int(value)
+        if kind in (float, "float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{name}: invalid value {value!r}") from exc
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    known = {f.name: f for f in fields(Settings)}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _convert(key, known[key].type, value)
+    for name, f in known.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _convert(name, f.type, raw)
+    for name, value in (cli or {}).items():
+        if value is not None and name in known:
+            values[name] = _convert(name, known[name].type, value)
+    settings = Settings(**values)
+    for name in ("sip_port", "api_port"):
+        port = getattr(settings, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name}: {port} is not a port")
+    if settings.max_calls < 1:
+        raise ConfigError("max_calls: must be at least 1")
+    return settings
+
+
+def settings_fields() -> list[dataclasses.Field[Any]]:
+    return list(fields(Settings))

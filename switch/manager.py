@@ -1,0 +1,245 @@
+"""The call manager: the node's transaction user and the supervisor of call actors.
+
+It answers what needs no call (OPTIONS, 405/481/501/420/415/406), admits new
+INVITEs within the node's limits, starts one ``CallActor`` per call, routes
+in-dialog requests to the actor that owns the dialog, and supervises one-for-one:
+a crashed actor is ended cleanly on the wire and nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from actors.call import ALLOW, CallActor, CallConfig, CallRecord, LocalAddress, MediaLeg
+from actors.messages import AckArrived, CancelArrived, Hangup, RequestArrived
+from sip.dialog import new_tag
+from sip.endpoint import Flow, ServerTransaction, SipEndpoint
+from sip.errors import UriError
+from sip.message import Request, make_response
+from sip.parser import KNOWN_METHODS
+from sip.transaction import InviteServerTransaction
+
+log = logging.getLogger("voxswitch.manager")
+
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+ACCEPTED_BODIES = ("application/sdp", "multipart/mixed")
+RETRY_AFTER_BUSY_S = 5
+
+
+class MediaUnavailable(Exception):
+    """No RTP port could be had for a new call."""
+
+
+MediaFactory = Callable[[str], MediaLeg]  # call_id -> a media leg with a port bound
+
+
+@dataclass
+class ManagerStats:
+    calls_offered: int = 0
+    calls_rejected: Counter[int] = field(default_factory=Counter)
+    dispositions: Counter[str] = field(default_factory=Counter)
+    crashed: int = 0
+
+
+class CallManager:
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        local: LocalAddress,
+        media_factory: MediaFactory,
+        call_config: CallConfig,
+        max_calls: int,
+        on_record: Callable[[CallRecord], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.local = local
+        self.media_factory = media_factory
+        self.call_config = call_config
+        self.max_calls = max_calls
+        self.on_record = on_record
+        self.endpoint = SipEndpoint(self, loop=loop)
+        self.stats = ManagerStats()
+        self.draining = False
+        self._dialogs: dict[tuple[str, str], CallActor] = {}
+        self._by_invite: dict[int, CallActor] = {}
+        self._tasks: dict[CallActor, asyncio.Task[CallRecord]] = {}
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._tasks)
+
+    # ---- EndpointHandler ---------------------------------------------------------
+
+    def request_received(
+        self, request: Request, txn: ServerTransaction | None, flow: Flow
+    ) -> None:
+        to_tag = request.to.tag
+        if to_tag is not None:
+            self._in_dialog(request, to_tag, txn)
+            return
+        if txn is None:
+            return  # an ACK outside any dialog: nothing to do (§17.2.3 already absorbed ours)
+        method = request.method
+        if method not in KNOWN_METHODS:
+            self._reply(txn, request, 501, [("Allow", ALLOW)])
+            return
+        unsupported = _unsupported_extensions(request)
+        if unsupported:
+            self._reply(txn, request, 420, [("Unsupported", ", ".join(unsupported))])
+            return
+        if method == "INVITE":
+            assert isinstance(txn, InviteServerTransaction)
+            self._new_call(request, txn, flow)
+        elif method == "OPTIONS":
+            self._reply(
+                txn,
+                request,
+                503 if self.draining else 200,
+                [("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en")],
+            )
+        elif method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"):
+            self._reply(txn, request, 481)
+        else:  # REGISTER, MESSAGE, SUBSCRIBE...: we are not a registrar or presence server
+            self._reply(txn, request, 405, [("Allow", ALLOW)])
+
+    def cancel_received(self, invite_txn: InviteServerTransaction, cancel: Request) -> None:
+        actor = self._by_invite.get(id(invite_txn))
+        if actor is not None:
+            actor.mailbox.put(CancelArrived(cancel))
+        else:
+            self._reply(invite_txn, invite_txn.request, 487)
+
+    # ---- routing -------------------------------------------------------------------
+
+    def _in_dialog(self, request: Request, to_tag: str, txn: ServerTransaction | None) -> None:
+        actor = self._dialogs.get((request.call_id, to_tag))
+        if actor is None:
+            if txn is not None:
+                self._reply(txn, request, 481)
+            return
+        if txn is None:
+            actor.mailbox.put(AckArrived(request))
+        else:
+            actor.mailbox.put(RequestArrived(request, txn))
+
+    def _new_call(self, request: Request, txn: InviteServerTransaction, flow: Flow) -> None:
+        self.stats.calls_offered += 1
+        if self.draining:
+            self._reply(txn, request, 503, [("Retry-After", "30")], reason="Node Draining")
+            return
+        if len(self._tasks) >= self.max_calls:
+            self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
+            return
+        if request.body and request.content_type not in ACCEPTED_BODIES:
+            self._reply(txn, request, 415, [("Accept", "application/sdp")])
+            return
+        if not _accepts_sdp(request):
+            self._reply(txn, request, 406, [("Accept", "application/sdp")])
+            return
+        self._reply(txn, request, 100)
+        call_id = request.call_id
+        try:
+            media = self.media_factory(call_id)
+        except MediaUnavailable as exc:
+            log.warning("call %s: no media port: %s", call_id, exc)
+            self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
+            return
+        actor = CallActor(
+            invite=request,
+            invite_txn=txn,
+            flow=flow,
+            local_tag=new_tag(),
+            endpoint=self.endpoint,
+            media=media,
+            local=self.local,
+            config=self.call_config,
+            clock=self.loop.time,
+        )
+        self._dialogs[(call_id, actor.local_tag)] = actor
+        self._by_invite[id(txn)] = actor
+        task = self.loop.create_task(actor.run(), name=f"call {call_id}")
+        self._tasks[actor] = task
+        task.add_done_callback(lambda t: self._call_done(actor, t))
+
+    def _call_done(self, actor: CallActor, task: asyncio.Task[CallRecord]) -> None:
+        """One-for-one supervision: whatever happened, end the call cleanly."""
+        self._tasks.pop(actor, None)
+        self._dialogs.pop((actor.call_id, actor.local_tag), None)
+        self._by_invite.pop(id(actor.invite_txn), None)
+        record = actor.record
+        if task.cancelled():
+            actor.abort(asyncio.CancelledError())
+        elif (error := task.exception()) is not None:
+            self.stats.crashed += 1
+            log.error(
+                "call %s crashed: %r", actor.call_id, error, exc_info=error
+            )
+            actor.abort(error)
+        if not record.disposition:
+            record.disposition = "failed"
+            record.ended_at = time.time()
+        self.stats.dispositions[record.disposition] += 1
+        log.info(
+            "call %s ended: %s (%s) after %.1f s",
+            record.call_id,
+            record.disposition,
+            record.reason,
+            record.duration_s,
+        )
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def _reply(
+        self,
+        txn: ServerTransaction,
+        request: Request,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        if status >= 300:
+            self.stats.calls_rejected[status] += request.method == "INVITE"
+        tag = new_tag() if status > 100 else None
+        self.endpoint.respond(
+            txn, make_response(request, status, reason, to_tag=tag, headers=headers)
+        )
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new calls, let calls finish for ``grace_s``, then hang them up."""
+        self.draining = True
+        log.info("draining: %d calls in progress, grace %.0f s", len(self._tasks), grace_s)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
+        for actor in list(self._tasks):
+            actor.mailbox.put(Hangup("node_shutdown", 503))
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=5.0)
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+
+def _unsupported_extensions(request: Request) -> list[str]:
+    if request.method in ("ACK", "CANCEL"):
+        return []
+    required = [v.strip() for v in request.headers.values("require") if v.strip()]
+    return [tag for tag in required if tag.lower() not in SUPPORTED_EXTENSIONS]
+
+
+def _accepts_sdp(request: Request) -> bool:
+    """An INVITE whose Accept rules out application/sdp cannot get our answer (§21.4.7)."""
+    values = [v.split(";")[0].strip().lower() for v in request.headers.values("accept")]
+    if not values or values == [""]:
+        return True
+    return any(v in ("application/sdp", "application/*", "*/*") for v in values)
+
+
+__all__ = ["CallManager", "MediaUnavailable", "UriError"]

@@ -1,0 +1,140 @@
+"""A voxswitch node: SIP transports, the call manager, media, and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from actors.call import CallConfig, CallRecord, LocalAddress
+from control_api.app import create_app, make_server
+from sip.message import Message
+from sip.transport.tcp import TcpConnection, TcpServer
+from sip.transport.udp import UdpFlow, UdpTransport, start_udp
+from switch.config import Settings
+from switch.manager import CallManager
+from switch.media_leg import MediaPlant
+
+log = logging.getLogger("voxswitch.node")
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.manager: CallManager | None = None
+        self.media: MediaPlant | None = None
+        self._udp: UdpTransport | None = None
+        self._tcp: TcpServer | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def draining(self) -> bool:
+        return self.manager is not None and self.manager.draining
+
+    def health(self) -> dict[str, Any]:
+        manager = self.manager
+        stats = manager.endpoint.stats if manager else None
+        return {
+            "status": "draining" if self.draining else "ok",
+            "node_id": self.settings.name,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "active_calls": manager.active_calls if manager else 0,
+            "max_calls": self.settings.max_calls,
+            "calls_offered": manager.stats.calls_offered if manager else 0,
+            "dispositions": dict(manager.stats.dispositions) if manager else {},
+            "sip": {
+                "received": stats.received if stats else 0,
+                "sent": stats.sent if stats else 0,
+                "parse_errors": stats.parse_errors if stats else 0,
+                "transactions": manager.endpoint.transaction_count if manager else 0,
+            },
+        }
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        local = LocalAddress(s.public_host, s.sip_port)
+        self.media = MediaPlant(
+            bind_host=s.sip_host,
+            ports=s.rtp_ports,
+            greeting_file=s.greeting_file or None,
+        )
+        call_config = CallConfig(
+            ring_s=s.ring_ms / 1000.0,
+            max_duration_s=s.max_call_duration_s,
+            media_timeout_s=s.media_timeout_s,
+            node_id=s.name,
+        )
+        self.manager = CallManager(
+            loop=loop,
+            local=local,
+            media_factory=self.media.new_leg,
+            call_config=call_config,
+            max_calls=s.max_calls,
+            on_record=self._record,
+        )
+        endpoint = self.manager.endpoint
+        self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
+        self._tcp = TcpServer(self._receive_tcp)
+        await self._tcp.start(s.sip_host, s.sip_port)
+        log.info(
+            "node %s: SIP on %s:%d (UDP, TCP), RTP %d-%d, advertising %s",
+            s.name,
+            s.sip_host,
+            s.sip_port,
+            s.rtp_ports[0],
+            s.rtp_ports[1],
+            local.host,
+        )
+
+    def _receive_tcp(self, message: Message, conn: TcpConnection) -> None:
+        assert self.manager is not None
+        self.manager.endpoint.receive_message(message, conn)
+
+    def _record(self, record: CallRecord) -> None:
+        # The backbone (PostgreSQL, Kafka) takes records in a later milestone.
+        log.debug("record %s", record)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def drain_and_close(self) -> None:
+        if self.manager is not None:
+            await self.manager.drain(self.settings.drain_grace_s)
+        if self._udp is not None:
+            await asyncio.sleep(0.2)  # let the last BYEs and 200s leave
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        if self.media is not None:
+            self.media.close()
+
+
+async def run_node(settings: Settings) -> int:
+    node = Node(settings)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop)
+    api_task: asyncio.Task[None] | None = None
+    server = None
+    if settings.api_port:
+        server = make_server(create_app(node), settings.api_host, settings.api_port)
+        api_task = loop.create_task(server.serve())
+    await node.wait_stopped()
+    log.info("stopping: draining calls")
+    await node.drain_and_close()
+    if server is not None and api_task is not None:
+        server.should_exit = True
+        await asyncio.wait([api_task], timeout=5.0)
+    log.info("stopped")
+    return 0
+
+
+__all__ = ["Node", "UdpFlow", "run_node"]
