@@ -89,11 +89,18 @@ _VIA_RE = re.compile(
 MAX_CSEQ = 2**32 - 1
 
 
+_KEY_CACHE: dict[str, str] = {}
+
+
 def header_key(name: str) -> str:
     """Lower-case long form of a header name: the key used for lookups."""
-    key = name.lower()
-    if len(key) == 1:
-        return COMPACT_FORMS.get(key, key)
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        key = name.lower()
+        if len(key) == 1:
+            key = COMPACT_FORMS.get(key, key)
+        if len(_KEY_CACHE) < 4096:  # bounded: header names come from the network
+            _KEY_CACHE[name] = key
     return key
 
 
@@ -139,6 +146,13 @@ class Headers:
         key = header_key(name)
         return sum(1 for item in self._items if item[0] == key)
 
+    def key_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self._items:
+            key = item[0]
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def values(self, name: str) -> list[str]:
         """All values of a list header, split at commas outside quotes and <>."""
         out: list[str] = []
@@ -179,7 +193,7 @@ class Headers:
                 out.append(f"{name}: {value}\r\n")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Via:
     """One Via header value (RFC 3261 §20.42)."""
 
@@ -217,7 +231,7 @@ def parse_via(text: str) -> Via:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CSeq:
     number: int
     method: str

@@ -149,18 +149,21 @@ def _content_length(message: Message) -> int | None:
     return int(value)
 
 
+REQUIRED_HEADERS = ("via", "from", "to", "call-id", "cseq")
+
+
 def validate_request(request: Request) -> None:
     """Check what a UAS needs to process a request; raise with the status to answer.
 
     The order matters: a request we cannot even answer properly (missing or broken
     Via/From/To/Call-ID/CSeq) gets 400 before the method or URI is judged.
     """
-    headers = request.headers
-    for name in ("via", "from", "to", "call-id", "cseq"):
-        if name not in headers:
+    counts = request.headers.key_counts()
+    for name in REQUIRED_HEADERS:
+        if name not in counts:
             raise ParseError(f"missing {name} header", partial=request)
     for name in SINGLE_HEADERS:
-        if headers.count(name) > 1:
+        if counts.get(name, 0) > 1:
             raise ParseError(f"more than one {name} header", partial=request)
     try:
         request.vias  # noqa: B018 - parse to validate
@@ -189,9 +192,9 @@ def validate_request(request: Request) -> None:
 
 def validate_response(response: Response) -> None:
     """A response that fails here is dropped (RFC 3261 §18.1.2, RFC 4475 §3.1.2.5)."""
-    headers = response.headers
-    for name in ("via", "from", "to", "call-id", "cseq"):
-        if name not in headers:
+    counts = response.headers.key_counts()
+    for name in REQUIRED_HEADERS:
+        if name not in counts:
             raise ParseError(f"response without {name}", partial=response)
     try:
         response.vias  # noqa: B018

@@ -34,7 +34,7 @@ def unescape(text: str) -> str:
     return unquote(text, errors="surrogateescape") if "%" in text else text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SipUri:
     """``sip:`` or ``sips:`` URI."""
 
@@ -76,7 +76,7 @@ class SipUri:
         return "".join(out)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TelUri:
     """``tel:`` URI (RFC 3966): a number plus parameters."""
 
@@ -89,7 +89,7 @@ class TelUri:
         return f"tel:{self.number}{format_params(self.params)}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AbsoluteUri:
     """Any other scheme: kept opaque (RFC 3261 lets such URIs appear in headers)."""
 
@@ -124,7 +124,25 @@ def parse_uri(text: str) -> Uri:
     return AbsoluteUri(scheme, rest)
 
 
+# The common shape, matched in one step: user (no ';' '?' ':'), host, port, params
+# without quotes. Anything else takes the general path below.
+_SIMPLE_SIP_RE = re.compile(
+    r"(?:([A-Za-z0-9\-_.!~*'()&=+$,%]+)@)?([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(\d{1,5}))?((?:;[A-Za-z0-9\-_.!~*'()%+]+(?:=[A-Za-z0-9\-_.!~*'()%+:\[\]]+)?)*)\Z"
+)
+
+
 def _parse_sip_uri(scheme: str, rest: str) -> SipUri:
+    m = _SIMPLE_SIP_RE.match(rest)
+    if m is not None:
+        user, host, port, ptext = m.groups()
+        if port is None or int(port) <= 65535:
+            params: Params = {}
+            if ptext:
+                for piece in ptext[1:].split(";"):
+                    name, eq, value = piece.partition("=")
+                    params[name.lower()] = value if eq else None
+            return SipUri(scheme, user, None, host, int(port) if port else None, params)
     if _URI_FORBIDDEN_RE.search(rest):
         raise UriError(f"invalid characters in SIP URI: {rest!r}")
     user: str | None = None
@@ -250,7 +268,7 @@ def split_outside_quotes(text: str, sep: str) -> list[str]:
     return parts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Address:
     """A name-addr or addr-spec with header parameters (From, To, Contact, Route...)."""
 
@@ -267,8 +285,24 @@ class Address:
         return f"{name}<{self.uri}>{format_params(self.params)}"
 
 
+# name-addr in its common shape: optional token/quoted display name, <URI>, simple params.
+_SIMPLE_ADDRESS_RE = re.compile(
+    r'[ \t]*((?:"[^"\\]*"|[A-Za-z0-9\-.!%*_+`\'~ ]*?))[ \t]*<([^<> \t"]+)>'
+    r"((?:[ \t]*;[ \t]*[A-Za-z0-9\-.!%*_+`'~]+(?:=[A-Za-z0-9\-.!%*_+`'~]+)?)*)[ \t]*\Z"
+)
+
+
 def parse_address(text: str) -> Address:
     """Parse name-addr / addr-spec (RFC 3261 §20.10, §25.1)."""
+    m = _SIMPLE_ADDRESS_RE.match(text)
+    if m is not None:
+        display, uri_text, ptext = m.groups()
+        params: Params = {}
+        if ptext:
+            for piece in ptext.split(";")[1:]:
+                name, eq, value = piece.partition("=")
+                params[name.strip(" \t").lower()] = value.strip(" \t") if eq else None
+        return Address(parse_uri(uri_text), display or None, params)
     s = text.strip(" \t")
     if not s:
         raise UriError("empty address")
