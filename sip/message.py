@@ -158,7 +158,7 @@ class Headers:
         out: list[str] = []
         for line in self.get_all(name):
             if "," in line:
-                out.extend(_split(line, ","))
+                out.extend(part.strip(" \t") for part in _split(line, ","))
             else:
                 out.append(line)
         return out
