@@ -1,0 +1,65 @@
+# voxswitch developer entry points. Needs only python3, make and apt (Debian).
+#
+#   make run [ARGS="--sip-port 5070"]   run a node on embedded defaults (SIP 0.0.0.0:5060)
+#   make test                           what CI runs: test deps, lint, types, all tests
+#   make lint | unit | e2e | bench | clean | distclean
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp
+ARGS   ?=
+BENCH_ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint unit e2e bench test-deps venv clean distclean
+
+help:
+	@sed -n '1,6p' Makefile | sed 's/^# \{0,1\}//'
+
+# The venv. Debian's python3 needs python3-venv for `-m venv`: install it if that fails.
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+		rm -rf $(VENV); \
+		deploy/local/apt-ensure.sh python3-venv && $(PYTHON) -m venv $(VENV); }
+
+# Reinstall the project (editable, with dev tools) only when pyproject.toml changed.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test-deps:
+	deploy/local/install-test-deps.sh
+
+run: $(STAMP)
+	exec $(BIN)/voxswitch serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/mypy loadtest
+
+test: test-deps $(STAMP)
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -q $(PYTEST_ARGS) tests/
+
+unit: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS) tests/unit
+
+e2e: test-deps $(STAMP)
+	$(BIN)/pytest -q -m e2e $(PYTEST_ARGS) tests/e2e
+
+bench: test-deps $(STAMP)
+	$(BIN)/python -m loadtest.cps $(BENCH_ARGS)
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis loadtest/out build dist
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune \
+		-exec rm -rf {} +
+	rm -f $(STAMP)
+
+distclean: clean
+	rm -rf $(VENV)
