@@ -156,7 +156,13 @@ class SipEndpoint:
         key = server_key(request)
         entry = self._server.get(key)
         if entry is not None:
-            entry.txn.receive(request, self.loop.time())  # type: ignore[union-attr]
+            existing = entry.txn
+            assert isinstance(existing, Transaction)
+            if request.method == "ACK" and existing.state is TransactionState.ACCEPTED:
+                # An RFC 2543 peer's ACK for our 2xx matches the INVITE: it is the TU's.
+                self.handler.request_received(request, None, flow)
+                return
+            existing.receive(request, self.loop.time())
             self._flush(entry)
             return
         method = request.method
@@ -253,13 +259,10 @@ class SipEndpoint:
     def retransmit_until_ack(
         self, response: Response, flow: Flow, on_timeout: Callable[[], None]
     ) -> SuccessRetransmitter:
-        """Send a 2xx to an INVITE and retransmit it until ``ack_received`` (§13.3.1.4)."""
-        data = bytes(response)
+        """Retransmit a 2xx already sent with ``respond`` until ``ack_received`` (§13.3.1.4)."""
         retx = SuccessRetransmitter(
-            data, reliable=flow.reliable, now=self.loop.time(), timers=self.timers
+            bytes(response), reliable=flow.reliable, now=self.loop.time(), timers=self.timers
         )
-        flow.send(data)
-        self.stats.sent += 1
         entry = _Entry(retx, flow, on_timeout=on_timeout)
         self._flush(entry)
         return retx
