@@ -11,6 +11,7 @@ every Via carried ``rport`` (RFC 3581): callers behind NAT get their answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -187,7 +188,9 @@ class SipEndpoint:
 
     def _receive_cancel(self, cancel: Request, flow: Flow) -> None:
         now = self.loop.time()
-        txn = NonInviteServerTransaction(cancel, reliable=flow.reliable, now=now, timers=self.timers)
+        txn = NonInviteServerTransaction(
+            cancel, reliable=flow.reliable, now=now, timers=self.timers
+        )
         entry = _Entry(txn, flow, server_key(cancel))
         self._server[entry.key] = entry
         target = self._server.get(cancel_target_key(cancel))
@@ -369,10 +372,8 @@ def _stamp_via(request: Request, flow: Flow) -> None:
         top += f";received={host}"
     parts[0] = top
     headers.replace_first("via", ",".join(parts))
-    try:
+    with contextlib.suppress(KeyError):
         del request.__dict__["vias"]  # the cached parse is stale now
-    except KeyError:
-        pass
 
 
 def _fill_rport(via: str, port: int) -> str:

@@ -228,7 +228,7 @@ def test_rejected_call_survives_loss(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_answered_call_survives_loss(seed: int) -> None:
-    loop, uac, uas, flow = connect(200, loss=0.3, seed=seed)
+    loop, uac, uas, _ = connect(200, loss=0.3, seed=seed)
     uac.call()
     loop.run_until(120.0)
     assert uac.finals(uac.invite_events)[:1] == [200]

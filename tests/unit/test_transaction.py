@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sip.message import Request, Response, make_response
@@ -286,7 +288,7 @@ def test_non_invite_client_timer_e_caps_at_t2_and_f_times_out() -> None:
     fired = run_timers(txn, 100.0)
     sends = [t for t, sent in fired if sent]
     assert sends[:5] == [0.5, 1.5, 3.5, 7.5, 11.5]  # 0.5, 1, 2, 4, 4, ...
-    assert all(b - a == T2 for a, b in zip(sends[3:], sends[4:], strict=False))
+    assert all(b - a == T2 for a, b in itertools.pairwise(sends[3:]))
     assert events(txn) == [TransactionTimedOut("F"), TransactionTerminated()]
 
 
