@@ -80,10 +80,10 @@ LIST_HEADERS = frozenset(
 # Headers that may appear once only; two copies make a request malformed (RFC 4475 §3.3.8).
 SINGLE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
 
-_CSEQ_RE = re.compile(r"[ \t]*(\d{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*\Z")
+_CSEQ_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*\Z")
 _VIA_RE = re.compile(
     r"[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+"
-    r"(\[[^\]]*\]|[^ \t;:]+)(?:[ \t]*:[ \t]*(\d+))?[ \t]*(;.*)?\Z",
+    r"(\[[^\]]*\]|[^ \t;:]+)(?:[ \t]*:[ \t]*([0-9]+))?[ \t]*(;.*)?\Z",
     re.DOTALL,
 )
 MAX_CSEQ = 2**32 - 1

@@ -21,8 +21,9 @@ MAX_BODY_BYTES = 1024 * 1024
 
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _METHOD_RE = _HEADER_NAME_RE
-_VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
-_STATUS_RE = re.compile(r"[1-6]\d\d\Z")
+_VERSION_RE = re.compile(r"SIP/([0-9]+)\.([0-9]+)\Z", re.IGNORECASE | re.ASCII)
+_STATUS_RE = re.compile(r"[1-6][0-9][0-9]\Z")
+_LEADING_CRLF_RE = re.compile(rb"[\r\n]*")
 
 
 def parse_message(data: bytes) -> Message | None:
@@ -73,8 +74,12 @@ def _slightly_wrong(content_length: int, data: bytes, body_start: int) -> bool:
     available = len(data) - body_start
     if abs(content_length - available) > CONTENT_LENGTH_SLACK:
         return False
-    # Extra octets that carry a start line are a second message, not body.
-    return content_length > available or b"SIP/2.0" not in data[body_start + content_length :]
+    if content_length > available:
+        return True
+    # Padding after the body (a stray CRLF) is dropped, not made body; and extra
+    # octets that carry a start line are a second message.
+    extra = data[body_start + content_length :]
+    return extra.strip() != b"" and b"SIP/2.0" not in extra
 
 
 def parse_head(head: bytes) -> Message:
@@ -86,25 +91,36 @@ def parse_head(head: bytes) -> Message:
         lines = [line.rstrip("\r") for line in text.split("\n")]
     start_line = lines[0]
     items: list[list[str]] = []
+    # A bad header line does not stop the parse: the error is raised once the start
+    # line and the other headers are known, so a request can still be answered 400.
+    error: str | None = None
     for line in lines[1:]:
         if not line:
             continue
         if line[0] in " \t":
             if not items:
-                raise ParseError("continuation line before any header")
+                error = error or "continuation line before any header"
+                continue
             items[-1][2] = (items[-1][2] + " " + line.strip(" \t")).strip(" ")
             continue
         colon = line.find(":")
         if colon <= 0:
-            raise ParseError(f"header line without a name and colon: {line[:40]!r}")
+            error = error or f"header line without a name and colon: {line[:40]!r}"
+            continue
         name = line[:colon].rstrip(" \t")
         if _HEADER_NAME_RE.match(name) is None:
-            raise ParseError(f"invalid header name: {name[:40]!r}")
+            error = error or f"invalid header name: {name[:40]!r}"
+            continue
         items.append([header_key(name), name, line[colon + 1 :].strip(" \t")])
     headers = Headers(items)
+    message: Message
     if start_line.startswith("SIP/"):
-        return _parse_status_line(start_line, headers)
-    return _parse_request_line(start_line, headers)
+        message = _parse_status_line(start_line, headers)
+    else:
+        message = _parse_request_line(start_line, headers)
+    if error is not None:
+        raise ParseError(error, partial=message)
+    return message
 
 
 def _parse_status_line(line: str, headers: Headers) -> Response:
@@ -144,7 +160,7 @@ def _content_length(message: Message) -> int | None:
     if len(values) > 1:
         raise FramingError("more than one Content-Length", partial=message)
     value = values[0]
-    if not value.isdigit() or len(value) > 9:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise FramingError(f"invalid Content-Length: {value[:20]!r}", partial=message)
     return int(value)
 
@@ -240,28 +256,49 @@ class StreamFramer:
         self._max_body_bytes = max_body_bytes
         self._pending: Message | None = None  # headers parsed, waiting for body
         self._body_length = 0
+        self._ping_matched = 0  # octets of a CRLFCRLF ping seen so far, across feeds
         self.keepalives = 0  # CRLF CRLF pings seen (RFC 5626 §3.5.1): answer CRLF
+        # When feed() raises, the messages it completed before the error: still the
+        # peer's valid requests, the caller may process them before closing.
+        self.completed_before_error: list[Message] = []
 
     def feed(self, data: bytes) -> list[Message]:
-        """Add bytes; return the complete messages. Raises on a framing error."""
+        """Add bytes; return the complete messages. Raises on a framing error.
+
+        The result does not depend on how the stream is cut into chunks. When it
+        raises, ``completed_before_error`` holds the messages completed before it.
+        """
         self._buffer += data
         out: list[Message] = []
+        try:
+            self._frame(out)
+        except RemoteProtocolError:
+            self.completed_before_error = out
+            raise
+        return out
+
+    def _frame(self, out: list[Message]) -> None:
         while True:
             if self._pending is None:
                 # Leading CRLFs between messages are keepalives, not messages.
-                stripped = 0
                 buf = self._buffer
-                while stripped < len(buf) and buf[stripped] in b"\r\n":
-                    stripped += 1
+                crlfs = _LEADING_CRLF_RE.match(buf)
+                stripped = crlfs.end() if crlfs is not None else 0
                 if stripped:
-                    if buf[:stripped].count(b"\r\n\r\n"):
-                        self.keepalives += 1
+                    self._count_pings(buf[:stripped])
                     del buf[:stripped]
+                if not buf:
+                    return  # a ping may continue in the next chunk
+                self._ping_matched = 0
                 end = buf.find(b"\r\n\r\n")
+                # The cap applies to the header section, whatever the chunking: up to
+                # 3 octets of an incomplete CRLFCRLF may trail it in the buffer.
+                if (end < 0 and len(buf) > self._max_header_bytes + 3) or (
+                    end > self._max_header_bytes
+                ):
+                    raise FramingError("header section too large", status=513)
                 if end < 0:
-                    if len(buf) > self._max_header_bytes:
-                        raise FramingError("header section too large", status=513)
-                    return out
+                    return
                 message = parse_head(bytes(buf[:end]))
                 del buf[: end + 4]
                 length = _content_length(message)
@@ -271,10 +308,23 @@ class StreamFramer:
                     raise FramingError("body too large", status=413, partial=message)
                 self._pending, self._body_length = message, length
             if len(self._buffer) < self._body_length:
-                return out
+                return
             message = self._pending
             assert message is not None
             message.body = bytes(self._buffer[: self._body_length])
             del self._buffer[: self._body_length]
             self._pending = None
             out.append(message)
+
+    def _count_pings(self, crlfs: bytearray) -> None:
+        """Count CRLFCRLF in a run of CR/LF octets, carrying a partial match over."""
+        matched = self._ping_matched
+        for octet in crlfs:
+            if octet == b"\r\n\r\n"[matched]:
+                matched += 1
+                if matched == 4:
+                    self.keepalives += 1
+                    matched = 0
+            else:
+                matched = 1 if octet == 13 else 0
+        self._ping_matched = matched

@@ -128,7 +128,7 @@ def parse_uri(text: str) -> Uri:
 # without quotes. Anything else takes the general path below.
 _SIMPLE_SIP_RE = re.compile(
     r"(?:([A-Za-z0-9\-_.!~*'()&=+$,%]+)@)?([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])"
-    r"(?::(\d{1,5}))?((?:;[A-Za-z0-9\-_.!~*'()%+]+(?:=[A-Za-z0-9\-_.!~*'()%+:\[\]]+)?)*)\Z"
+    r"(?::([0-9]{1,5}))?((?:;[A-Za-z0-9\-_.!~*'()%+]+(?:=[A-Za-z0-9\-_.!~*'()%+:\[\]]+)?)*)\Z"
 )
 
 
@@ -145,7 +145,7 @@ def _parse_sip_uri(scheme: str, rest: str) -> SipUri:
             return SipUri(scheme, user, None, host, int(port) if port else None, params)
     if _URI_FORBIDDEN_RE.search(rest):
         raise UriError(f"invalid characters in SIP URI: {rest!r}")
-    user: str | None = None
+    user = None
     password: str | None = None
     at = rest.find("@")
     if at >= 0:
@@ -185,7 +185,7 @@ def split_hostport(hostport: str) -> tuple[str, int | None]:
 
 
 def parse_port(text: str) -> int:
-    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) > 65535:
         raise UriError(f"invalid port: {text!r}")
     return int(text)
 
@@ -306,7 +306,7 @@ def parse_address(text: str) -> Address:
     s = text.strip(" \t")
     if not s:
         raise UriError("empty address")
-    display: str | None = None
+    display = None
     if s[0] == '"':
         end = scan_quoted(s, 0)
         display = s[:end]

@@ -12,7 +12,9 @@ from switch.config import ConfigError, load_settings, settings_fields
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voxswitch", description="Telephony softswitch for voice AI")
+    parser = argparse.ArgumentParser(
+        prog="voxswitch", description="Telephony softswitch for voice AI"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a node")
     serve.add_argument("--config", help="TOML config file (env VOXSWITCH_CONFIG)")
@@ -31,7 +33,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "serve":
-        cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+        skip = ("command", "config")
+        cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in skip}
         try:
             settings = load_settings(cli, config_file=args.config)
         except ConfigError as exc:
