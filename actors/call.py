@@ -215,12 +215,10 @@ class CallActor:
             headers=[
                 ("Contact", self.local.contact(self.flow)),
                 ("Allow", ALLOW),
-                ("Supported", ""),
                 ("Content-Type", "application/sdp"),
             ],
             body=sdp,
         )
-        response.headers.remove("supported")
         self.endpoint.respond(self.invite_txn, response)
         # The transaction stops at 2xx (RFC 6026); the UAS core retransmits it until ACK.
         self._retransmitter = self.endpoint.retransmit_until_ack(

@@ -63,9 +63,13 @@ class Mailbox(Generic[M]):
             self._waiter = None
             if timer is not None:
                 timer.cancel()
-        if self._closed and not len(self):
+        if self._closed_while_waiting():
             raise MailboxClosed
         return self.get_nowait()
+
+    def _closed_while_waiting(self) -> bool:
+        # A method, not an inline test: the await above may have closed the mailbox.
+        return self._closed and not len(self)
 
     def close(self) -> None:
         self._closed = True

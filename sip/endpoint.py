@@ -144,7 +144,9 @@ class SipEndpoint:
     def _reject_malformed(self, exc: RemoteProtocolError, flow: Flow) -> None:
         self.stats.parse_errors += 1
         partial = exc.partial
-        if isinstance(partial, Request) and partial.method != "ACK":
+        # Without a Via there is nowhere the RFC lets us answer (§18.2.2); answering
+        # the source address anyway would make us a reflector for spoofed packets.
+        if isinstance(partial, Request) and partial.method != "ACK" and "via" in partial.headers:
             log.info("rejecting request from %s with %d: %s", flow.remote, exc.status, exc.reason)
             self.send_stateless(make_response(partial, exc.status, _reason(exc)), flow)
         else:

@@ -63,6 +63,19 @@ class Settings:
     greeting_file: str = field(
         default="", metadata={"help": "WAV/.ulaw/.alaw greeting (default: a built-in chime)"}
     )
+    sip_auth_realm: str = field(
+        default="", metadata={"help": "digest realm; set it to challenge INVITEs (401)"}
+    )
+    sip_auth_users: str = field(
+        default="", metadata={"help": "digest users as user:password,user2:password2"}
+    )
+    sip_auth_algorithms: str = field(
+        default="SHA-256,MD5", metadata={"help": "digest algorithms offered, in order"}
+    )
+    sip_auth_secret: str = field(
+        default="",
+        metadata={"help": "nonce signing key, the same on every node (default: random)"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -138,7 +151,39 @@ def load_settings(
             raise ConfigError(f"{name}: {port} is not a port")
     if settings.max_calls < 1:
         raise ConfigError("max_calls: must be at least 1")
+    if settings.sip_auth_realm:
+        auth_users(settings)
+        if not auth_algorithms(settings):
+            raise ConfigError("sip_auth_algorithms: name at least one algorithm")
+        for algorithm in auth_algorithms(settings):
+            if algorithm not in AUTH_ALGORITHMS:
+                raise ConfigError(
+                    f"sip_auth_algorithms: {algorithm!r} is not one of {', '.join(AUTH_ALGORITHMS)}"
+                )
     return settings
+
+
+AUTH_ALGORITHMS = ("SHA-256", "MD5")
+
+
+def auth_users(settings: Settings) -> dict[str, str]:
+    """``sip_auth_users`` as a mapping; every entry must be ``user:password``."""
+    users: dict[str, str] = {}
+    for entry in settings.sip_auth_users.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        if not sep or not user or not password:
+            raise ConfigError(f"sip_auth_users: expected user:password, got {user!r}")
+        users[user] = password
+    if settings.sip_auth_realm and not users:
+        raise ConfigError("sip_auth_users: sip_auth_realm is set but there are no users")
+    return users
+
+
+def auth_algorithms(settings: Settings) -> list[str]:
+    return [a.strip().upper() for a in settings.sip_auth_algorithms.split(",") if a.strip()]
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:

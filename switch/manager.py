@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from actors.call import ALLOW, CallActor, CallConfig, CallRecord, LocalAddress, MediaLeg
 from actors.messages import AckArrived, CancelArrived, Hangup, RequestArrived
+from sip.auth import DigestAuthenticator
 from sip.dialog import new_tag
 from sip.endpoint import Flow, ServerTransaction, SipEndpoint
 from sip.errors import UriError
@@ -56,6 +57,7 @@ class CallManager:
         call_config: CallConfig,
         max_calls: int,
         on_record: Callable[[CallRecord], None] | None = None,
+        authenticator: DigestAuthenticator | None = None,
     ) -> None:
         self.loop = loop
         self.local = local
@@ -63,6 +65,7 @@ class CallManager:
         self.call_config = call_config
         self.max_calls = max_calls
         self.on_record = on_record
+        self.authenticator = authenticator
         self.endpoint = SipEndpoint(self, loop=loop)
         self.stats = ManagerStats()
         self.draining = False
@@ -76,9 +79,7 @@ class CallManager:
 
     # ---- EndpointHandler ---------------------------------------------------------
 
-    def request_received(
-        self, request: Request, txn: ServerTransaction | None, flow: Flow
-    ) -> None:
+    def request_received(self, request: Request, txn: ServerTransaction | None, flow: Flow) -> None:
         to_tag = request.to.tag
         if to_tag is not None:
             self._in_dialog(request, to_tag, txn)
@@ -95,7 +96,8 @@ class CallManager:
             return
         if method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
-            self._new_call(request, txn, flow)
+            if self._authenticated(request, txn):
+                self._new_call(request, txn, flow)
         elif method == "OPTIONS":
             self._reply(
                 txn,
@@ -127,6 +129,26 @@ class CallManager:
             actor.mailbox.put(AckArrived(request))
         else:
             actor.mailbox.put(RequestArrived(request, txn))
+
+    def _authenticated(self, request: Request, txn: ServerTransaction) -> bool:
+        """Digest auth when configured (RFC 3261 §22.2): else answer 401 and stop."""
+        auth = self.authenticator
+        if auth is None:
+            return True
+        now = time.time()  # wall clock: nonces are shared between nodes
+        result = auth.verify_request(request, now)
+        if result.ok:
+            return True
+        if result.reason not in ("missing", "stale"):
+            log.info(
+                "INVITE %s from %s: auth failed: %s",
+                request.call_id,
+                request.from_.uri,
+                result.reason,
+            )
+        challenges = auth.challenges(now, stale=result.stale)
+        self._reply(txn, request, 401, [("WWW-Authenticate", c) for c in challenges])
+        return False
 
     def _new_call(self, request: Request, txn: InviteServerTransaction, flow: Flow) -> None:
         self.stats.calls_offered += 1
@@ -177,9 +199,7 @@ class CallManager:
             actor.abort(asyncio.CancelledError())
         elif (error := task.exception()) is not None:
             self.stats.crashed += 1
-            log.error(
-                "call %s crashed: %r", actor.call_id, error, exc_info=error
-            )
+            log.error("call %s crashed: %r", actor.call_id, error, exc_info=error)
             actor.abort(error)
         if not record.disposition:
             record.disposition = "failed"

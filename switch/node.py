@@ -10,10 +10,11 @@ from typing import Any
 
 from actors.call import CallConfig, CallRecord, LocalAddress
 from control_api.app import create_app, make_server
+from sip.auth import DigestAuthenticator
 from sip.message import Message
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
-from switch.config import Settings
+from switch.config import Settings, auth_algorithms, auth_users
 from switch.manager import CallManager
 from switch.media_leg import MediaPlant
 
@@ -68,6 +69,14 @@ class Node:
             media_timeout_s=s.media_timeout_s,
             node_id=s.name,
         )
+        authenticator = None
+        if s.sip_auth_realm:
+            authenticator = DigestAuthenticator(
+                s.sip_auth_realm,
+                auth_users(s),
+                algorithms=auth_algorithms(s),
+                secret=s.sip_auth_secret.encode() or None,
+            )
         self.manager = CallManager(
             loop=loop,
             local=local,
@@ -75,6 +84,7 @@ class Node:
             call_config=call_config,
             max_calls=s.max_calls,
             on_record=self._record,
+            authenticator=authenticator,
         )
         endpoint = self.manager.endpoint
         self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)

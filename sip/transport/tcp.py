@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sip.errors import FramingError, RemoteProtocolError
+from sip.errors import RemoteProtocolError
 from sip.message import Message, Request, make_response, reason_phrase
 from sip.parser import StreamFramer
 
@@ -50,10 +50,11 @@ class TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             messages = self._framer.feed(data)
-        except FramingError as exc:
-            self._fail(exc)
-            return
-        except RemoteProtocolError as exc:  # a malformed head: answer, then resync is impossible
+        except RemoteProtocolError as exc:
+            # The peer's valid messages before the bad one still count; after it the
+            # stream cannot be resynchronised: answer what we can, then close.
+            for message in self._framer.completed_before_error:
+                self._receive(message, self)
             self._fail(exc)
             return
         if self._framer.keepalives:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from switch.config import ConfigError, Settings, load_settings
+from switch.config import ConfigError, Settings, auth_algorithms, auth_users, load_settings
 
 
 def test_defaults() -> None:
@@ -56,3 +56,33 @@ def test_public_host() -> None:
     assert Settings(sip_host="127.0.0.1").public_host == "127.0.0.1"
     assert Settings(advertise_host="203.0.113.5").public_host == "203.0.113.5"
     assert Settings(sip_host="0.0.0.0").public_host  # some local address
+
+
+def test_auth_settings() -> None:
+    env = {
+        "VOXSWITCH_SIP_AUTH_REALM": "voxswitch",
+        "VOXSWITCH_SIP_AUTH_USERS": "alice:s3cret, bob:pw:with:colons",
+        "VOXSWITCH_SIP_AUTH_ALGORITHMS": "md5",
+    }
+    s = load_settings({}, env=env)
+    assert auth_users(s) == {"alice": "s3cret", "bob": "pw:with:colons"}
+    assert auth_algorithms(s) == ["MD5"]
+
+
+@pytest.mark.parametrize(
+    ("users", "algorithms", "named"),
+    [
+        ("", "MD5", "sip_auth_users"),
+        ("alice", "MD5", "sip_auth_users"),
+        ("alice:pw", "SHA-1", "sip_auth_algorithms"),
+        ("alice:pw", " , ", "sip_auth_algorithms"),
+    ],
+)
+def test_bad_auth_settings_name_the_setting(users: str, algorithms: str, named: str) -> None:
+    env = {
+        "VOXSWITCH_SIP_AUTH_REALM": "voxswitch",
+        "VOXSWITCH_SIP_AUTH_USERS": users,
+        "VOXSWITCH_SIP_AUTH_ALGORITHMS": algorithms,
+    }
+    with pytest.raises(ConfigError, match=named):
+        load_settings({}, env=env)
