@@ -48,11 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             import uvloop
-
-            runner = uvloop.run
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            runner = asyncio.run
-        return int(runner(run_node(settings)))
+            return int(asyncio.run(run_node(settings)))
+        return int(uvloop.run(run_node(settings)))
     return 2
 
 

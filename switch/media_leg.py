@@ -1,0 +1,404 @@
+"""The RTP media plant: port pool, one UDP socket per call, one shared 20 ms ticker.
+
+``MediaPlant.new_leg(call_id)`` binds an even port from the pool (RTCP would be the
+odd port above it, which is never handed out) and returns an ``RtpLeg``, the call
+actor's ``MediaLeg``. The leg reads its socket with ``loop.add_reader`` (no task per
+call) and, once playing, is sent one G.711 frame per tick by the plant's single
+ticker: the greeting, then silence, forever.
+
+The ticker runs on an absolute grid (``start + n × 20 ms`` with ``loop.call_at``),
+so timer lateness does not accumulate; when a tick is a whole frame late or more
+it skips to the next grid point instead of bursting, and the RTP timestamp jumps
+by the skipped frames (the sequence number does not: nothing was lost).
+
+Symmetric RTP: the first valid RTP packet received latches the leg's send target
+to its source address (NAT traversal); until then, packets go to the SDP address.
+A different source takes over only once the latched one has been quiet for
+``RELATCH_AFTER_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import random
+import socket
+from collections import deque
+
+from media.g711 import encode, silence_byte
+from media.rtp import HEADER, RTP_VERSION, looks_like_rtp
+from media.tones import PcmArray, greeting_pcm
+from switch.manager import MediaUnavailable
+
+log = logging.getLogger("voxswitch.media")
+
+FRAME_S = 0.020
+SAMPLES_PER_FRAME = 160  # 20 ms at 8 kHz, one byte per sample in G.711
+CODECS = ("PCMU", "PCMA")
+RELATCH_AFTER_S = 2.0
+MAX_BIND_ATTEMPTS = 64  # per new leg, when other processes hold ports of our range
+MAX_READS_PER_WAKEUP = 256  # the reader is level-triggered: the rest comes next time
+RECV_SIZE = 2048
+
+_RTP_FIRST_BYTE = RTP_VERSION << 6  # V=2, no padding, no extension, no CSRC
+
+
+class RtpLeg:
+    """One call's RTP session: a bound UDP socket, a send target, counters."""
+
+    __slots__ = (
+        "_closed",
+        "_fd",
+        "_frame_index",
+        "_frames",
+        "_last_rx",
+        "_latched",
+        "_latched_rx",
+        "_marker",
+        "_payload_type",
+        "_plant",
+        "_play_started",
+        "_playing",
+        "_port",
+        "_received",
+        "_remote",
+        "_send_errors",
+        "_sent",
+        "_seq",
+        "_silence",
+        "_sock",
+        "_ssrc",
+        "_ts",
+        "call_id",
+        "codec",
+    )
+
+    def __init__(self, plant: MediaPlant, call_id: str, sock: socket.socket, port: int) -> None:
+        self._plant = plant
+        self.call_id = call_id
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._port = port
+        self.codec = ""
+        self._payload_type = 0
+        self._remote: tuple[str, int] | None = None
+        self._latched: tuple[str, int] | None = None
+        self._latched_rx = 0.0
+        self._frames: list[bytes] = []
+        self._silence = b""
+        self._frame_index = 0
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._ssrc = random.getrandbits(32)
+        self._marker = 0x80  # on the first packet sent
+        self._playing = False
+        self._play_started: float | None = None
+        self._last_rx: float | None = None
+        self._sent = 0
+        self._received = 0
+        self._send_errors = 0
+        self._closed = False
+
+    # ---- MediaLeg ------------------------------------------------------------------
+
+    @property
+    def local_port(self) -> int:
+        return self._port
+
+    def connect(self, remote: tuple[str, int], payload_type: int, codec: str) -> None:
+        """Set (or, on a re-INVITE, change) the SDP address, payload type and codec."""
+        name = codec.upper()
+        if name not in CODECS:
+            raise ValueError(f"unsupported codec {codec!r} (expected PCMU or PCMA)")
+        target = _ip_target(remote)
+        if self._remote is not None and target != self._remote:
+            self._latched = None  # a re-INVITE moved the peer: latch afresh
+        self._remote = target
+        self._payload_type = payload_type & 0x7F
+        self.codec = name
+        self._frames = self._plant.greeting_frames(name)
+        self._silence = self._plant.silence_frame(name)
+
+    def play(self) -> None:
+        """Start sending: the greeting, then silence, one packet per 20 ms tick."""
+        if self._closed or self._playing:
+            return
+        self._playing = True
+        self._play_started = self._plant.loop.time()
+        self._plant.start_playing(self)
+
+    def silence_s(self, now: float) -> float:
+        """Seconds since the last RTP packet from the peer (or since play started)."""
+        started = self._play_started
+        if started is None:
+            return 0.0
+        last = self._last_rx
+        since = started if last is None or last < started else last
+        return max(0.0, now - since)
+
+    @property
+    def packets_sent(self) -> int:
+        return self._sent
+
+    @property
+    def packets_received(self) -> int:
+        return self._received
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._playing = False
+        self._plant.release(self)
+        self._sock.close()
+
+    # ---- more state, for stats and tests ----------------------------------------------
+
+    @property
+    def send_errors(self) -> int:
+        return self._send_errors
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def target(self) -> tuple[str, int] | None:
+        """Where the next packet goes: the latched source, else the SDP address."""
+        return self._latched or self._remote
+
+    @property
+    def ssrc(self) -> int:
+        return self._ssrc
+
+    # ---- the plant's side ---------------------------------------------------------------
+
+    def send_frame(self, advance: int) -> None:
+        """Send the next frame; ``advance`` grid slots have passed since the last tick."""
+        target = self._latched or self._remote
+        if target is None or not self._frames:
+            return  # not connected yet: nowhere to send, nothing to send
+        if self._marker:
+            first = self._marker
+            self._marker = 0
+        else:
+            first = 0
+            self._seq = (self._seq + 1) & 0xFFFF
+            self._ts = (self._ts + SAMPLES_PER_FRAME * advance) & 0xFFFFFFFF
+        index = self._frame_index
+        if index < len(self._frames):
+            payload = self._frames[index]
+            self._frame_index = index + 1
+        else:
+            payload = self._silence
+        header = HEADER.pack(
+            _RTP_FIRST_BYTE, first | self._payload_type, self._seq, self._ts, self._ssrc
+        )
+        try:
+            self._sock.sendto(header + payload, target)
+        except OSError:
+            self._send_errors += 1
+        else:
+            self._sent += 1
+
+    def on_readable(self) -> None:
+        """Drain the socket: count RTP packets, note the time, latch the source."""
+        sock = self._sock
+        received = 0
+        source: tuple[str, int] | None = None
+        for _ in range(MAX_READS_PER_WAKEUP):
+            try:
+                data, address = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # e.g. an ICMP error reported on the socket: keep reading
+                if self._closed:
+                    return
+                continue
+            if looks_like_rtp(data):
+                received += 1
+                source = (address[0], address[1])
+        if not received or source is None:
+            return
+        now = self._plant.loop.time()
+        self._received += received
+        self._last_rx = now
+        latched = self._latched
+        if source == latched:
+            self._latched_rx = now
+        elif latched is None or now - self._latched_rx >= RELATCH_AFTER_S:
+            if latched is not None:
+                log.info("call %s: RTP source moved %s -> %s", self.call_id, latched, source)
+            self._latched = source
+            self._latched_rx = now
+
+
+class MediaPlant:
+    """The node's RTP ports and the one ticker that paces every playing leg."""
+
+    def __init__(
+        self,
+        bind_host: str,
+        ports: tuple[int, int],
+        greeting_file: str | None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        start, end = ports
+        first = start + (start & 1)
+        self.bind_host = bind_host
+        self._family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+        # Even ports whose odd neighbour (RTCP) is also in range.
+        self._free: deque[int] = deque(range(first, end, 2))
+        self.port_count = len(self._free)
+        if not self._free:
+            raise ValueError(f"RTP port range {start}-{end} holds no even/odd port pair")
+        self._greeting: PcmArray = greeting_pcm(greeting_file)
+        self._frames: dict[str, list[bytes]] = {}
+        self._silence: dict[str, bytes] = {}
+        self._loop = loop
+        self._legs: dict[int, RtpLeg] = {}  # by port
+        self._playing: dict[int, RtpLeg] = {}
+        self._tick_handle: asyncio.Handle | None = None
+        self._grid_start = 0.0
+        self._slot = 0
+        self._closed = False
+        self.late_ticks = 0  # ticks that skipped grid slots
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @property
+    def active_legs(self) -> int:
+        return len(self._legs)
+
+    @property
+    def free_ports(self) -> int:
+        return len(self._free)
+
+    # ---- legs ------------------------------------------------------------------------------
+
+    def new_leg(self, call_id: str) -> RtpLeg:
+        """A leg with a bound port; ``MediaUnavailable`` when no port can be had."""
+        if self._closed:
+            raise MediaUnavailable("media plant is closed")
+        loop = self.loop
+        attempts = min(len(self._free), MAX_BIND_ATTEMPTS)
+        last_error: OSError | None = None
+        for _ in range(attempts):
+            port = self._free.popleft()
+            try:
+                sock = self._bind(port)
+            except OSError as exc:
+                self._free.append(port)  # someone else holds it; maybe later
+                last_error = exc
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    break
+                continue
+            leg = RtpLeg(self, call_id, sock, port)
+            self._legs[port] = leg
+            loop.add_reader(leg._fd, leg.on_readable)
+            return leg
+        if last_error is None:
+            raise MediaUnavailable(f"all {self.port_count} RTP ports are in use")
+        raise MediaUnavailable(f"cannot bind an RTP port on {self.bind_host}: {last_error}")
+
+    def _bind(self, port: int) -> socket.socket:
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.bind_host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def release(self, leg: RtpLeg) -> None:
+        """Called by ``RtpLeg.close``: stop its reader and ticks, return its port."""
+        port = leg.local_port
+        self._playing.pop(port, None)
+        if self._legs.pop(port, None) is leg:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(leg._fd)
+            self._free.append(port)
+        if not self._playing:
+            self._stop_ticker()
+
+    def close(self) -> None:
+        """Close every leg and stop the ticker. Idempotent."""
+        self._closed = True
+        for leg in list(self._legs.values()):
+            leg.close()
+        self._stop_ticker()
+
+    # ---- greeting ---------------------------------------------------------------------------
+
+    def greeting_frames(self, codec: str) -> list[bytes]:
+        """The greeting encoded once per codec, in 160-byte frames (shared by all legs)."""
+        frames = self._frames.get(codec)
+        if frames is None:
+            pcm = self._greeting
+            pad = -pcm.size % SAMPLES_PER_FRAME
+            encoded = encode(codec, pcm) + bytes([silence_byte(codec)]) * pad
+            frames = [
+                encoded[i : i + SAMPLES_PER_FRAME]
+                for i in range(0, len(encoded), SAMPLES_PER_FRAME)
+            ]
+            self._frames[codec] = frames
+        return frames
+
+    def silence_frame(self, codec: str) -> bytes:
+        frame = self._silence.get(codec)
+        if frame is None:
+            frame = self._silence[codec] = bytes([silence_byte(codec)]) * SAMPLES_PER_FRAME
+        return frame
+
+    # ---- the ticker ---------------------------------------------------------------------------
+
+    def start_playing(self, leg: RtpLeg) -> None:
+        self._playing[leg.local_port] = leg
+        if self._tick_handle is None:
+            loop = self.loop
+            self._grid_start = loop.time()
+            self._slot = 0
+            self._tick_handle = loop.call_soon(self._tick)
+
+    def _stop_ticker(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    def _tick(self) -> None:
+        if not self._playing:
+            self._tick_handle = None
+            return
+        loop = self.loop
+        now = loop.time()
+        start = self._grid_start
+        # The slot we are in; normally self._slot, more when this tick came late.
+        current = max(self._slot, int((now - start) / FRAME_S))
+        advance = current - self._slot + 1 if self._slot else 1
+        if current > self._slot:
+            self.late_ticks += 1
+        for leg in self._playing.values():
+            leg.send_frame(advance)
+        self._slot = current + 1
+        self._tick_handle = loop.call_at(start + self._slot * FRAME_S, self._tick)
+
+
+def _ip_target(remote: tuple[str, int]) -> tuple[str, int] | None:
+    """The SDP address as a sendto target; ``None`` for a hostname (never resolve here)."""
+    host, port = remote
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        log.warning("SDP connection address %r is not an IP address; waiting to latch", host)
+        return None
+    if not 0 < port < 65536:
+        return None
+    return (host, port)

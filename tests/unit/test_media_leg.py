@@ -1,0 +1,531 @@
+"""The RTP media plant on real loopback UDP sockets, and greeting loading."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+import wave
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media.g711 import alaw_encode, ulaw_encode
+from media.rtp import RtpPacket, pack_rtp, parse_rtp
+from media.tones import chime, greeting_pcm, load_greeting
+from switch.manager import MediaUnavailable
+from switch.media_leg import MediaPlant, RtpLeg
+
+HOST = "127.0.0.1"
+
+
+def port_range(pairs: int) -> tuple[int, int]:
+    """A random even-based range holding ``pairs`` RTP/RTCP pairs (tests run in parallel)."""
+    base = random.randrange(40000, 60000, 2)
+    return base, base + 2 * pairs - 1
+
+
+@pytest.fixture
+def peer() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def other_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.setblocking(False)
+    return sock
+
+
+def address(sock: socket.socket) -> tuple[str, int]:
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
+
+
+async def receive(
+    sock: socket.socket, count: int, timeout: float = 2.0
+) -> list[tuple[float, RtpPacket]]:
+    """``count`` RTP packets with their arrival times (loop clock)."""
+    loop = asyncio.get_running_loop()
+    got: list[tuple[float, RtpPacket]] = []
+    while len(got) < count:
+        data = await recv_datagram(sock, timeout)
+        packet = parse_rtp(data)
+        assert packet is not None
+        got.append((loop.time(), packet))
+    return got
+
+
+async def recv_datagram(sock: socket.socket, timeout: float) -> bytes:
+    """One datagram, waiting with add_reader (uvloop has no ``sock_recvfrom``)."""
+    try:
+        return sock.recv(2048)
+    except BlockingIOError:
+        pass
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = sock.recv(2048)
+        except BlockingIOError:
+            return
+        loop.remove_reader(sock.fileno())
+        if not future.done():
+            future.set_result(data)
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        return await asyncio.wait_for(future, timeout)
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def drain(sock: socket.socket) -> int:
+    n = 0
+    while True:
+        try:
+            sock.recvfrom(2048)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+def check_stream(packets: list[RtpPacket], payload_type: int) -> None:
+    for prev, cur in pairwise(packets):
+        assert cur.payload_type == payload_type
+        assert cur.sequence == (prev.sequence + 1) & 0xFFFF
+        assert cur.timestamp == (prev.timestamp + 160) & 0xFFFFFFFF
+        assert cur.ssrc == prev.ssrc
+        assert len(cur.payload) == 160
+        assert not cur.marker
+
+
+# ---- sending ----------------------------------------------------------------------------
+
+
+async def test_plays_greeting_then_paced_rtp(peer: socket.socket) -> None:
+    plant = MediaPlant(HOST, port_range(4), None)
+    try:
+        leg = plant.new_leg("call-1")
+        assert leg.local_port % 2 == 0
+        leg.connect(address(peer), 0, "PCMU")
+        assert leg.packets_sent == 0
+        leg.play()
+        got = await receive(peer, 12)
+        packets = [p for _, p in got]
+        assert packets[0].marker
+        assert packets[0].payload_type == 0
+        assert len(packets[0].payload) == 160
+        check_stream(packets, 0)
+        # The greeting, frame by frame, encoded once and shared.
+        frames = plant.greeting_frames("PCMU")
+        assert [p.payload for p in packets] == frames[:12]
+        assert frames[0] == ulaw_encode(chime()[:160])
+        intervals = np.diff([t for t, _ in got])
+        assert 0.015 <= float(intervals.mean()) <= 0.030
+        assert leg.packets_sent >= 12
+    finally:
+        plant.close()
+
+
+async def test_silence_after_the_greeting(peer: socket.socket, tmp_path: Path) -> None:
+    short = tmp_path / "short.ulaw"
+    short.write_bytes(ulaw_encode(np.full(200, 5000, dtype=np.int16)))  # 2 frames, padded
+    plant = MediaPlant(HOST, port_range(2), str(short))
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 0, "PCMU")
+        leg.play()
+        packets = [p for _, p in await receive(peer, 5)]
+        check_stream(packets, 0)
+        assert packets[0].payload == ulaw_encode(np.full(160, 5000, dtype=np.int16))
+        assert packets[1].payload[:40] == ulaw_encode(np.full(40, 5000, dtype=np.int16))
+        assert packets[1].payload[40:] == b"\xff" * 120
+        assert [p.payload for p in packets[2:]] == [b"\xff" * 160] * 3
+    finally:
+        plant.close()
+
+
+async def test_pcma_silence_and_reinvite_moves_target(peer: socket.socket, tmp_path: Path) -> None:
+    empty_ish = tmp_path / "g.alaw"
+    empty_ish.write_bytes(b"\xd5" * 160)  # one frame of A-law silence
+    plant = MediaPlant(HOST, port_range(2), str(empty_ish))
+    second = other_socket()
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 8, "PCMA")
+        leg.play()
+        first = [p for _, p in await receive(peer, 3)]
+        check_stream(first, 8)
+        assert all(p.payload == b"\xd5" * 160 for p in first)
+        # re-INVITE: new address, codec and payload type; same SSRC and numbering.
+        leg.connect(address(second), 0, "PCMU")
+        await asyncio.sleep(0)
+        moved = [p for _, p in await receive(second, 3)]
+        assert moved[0].payload_type == 0 and moved[0].ssrc == first[0].ssrc
+        assert moved[0].payload == b"\xff" * 160
+        assert not moved[0].marker
+        assert leg.codec == "PCMU"
+    finally:
+        plant.close()
+        second.close()
+
+
+async def test_one_ticker_serves_many_legs() -> None:
+    plant = MediaPlant(HOST, port_range(20), None)
+    peers = [other_socket() for _ in range(10)]
+    try:
+        legs = [plant.new_leg(f"call-{i}") for i in range(10)]
+        for leg, sock in zip(legs, peers, strict=True):
+            leg.connect(address(sock), 0, "PCMU")
+            leg.play()
+        await asyncio.sleep(0.2)
+        counts = [drain(sock) for sock in peers]
+        assert all(7 <= n <= 13 for n in counts), counts
+        assert len({leg.ssrc for leg in legs}) == 10
+        assert len({leg.local_port for leg in legs}) == 10
+    finally:
+        plant.close()
+        for sock in peers:
+            sock.close()
+
+
+async def test_late_ticker_skips_ahead_without_burst(peer: socket.socket) -> None:
+    plant = MediaPlant(HOST, port_range(2), None)
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 0, "PCMU")
+        leg.play()
+        before = await receive(peer, 3)
+        time.sleep(0.105)  # block the loop for 5+ frames
+        after = await receive(peer, 3)
+        last, first = before[-1][1], after[0][1]
+        assert first.sequence == (last.sequence + 1) & 0xFFFF  # nothing lost
+        jump = (first.timestamp - last.timestamp) & 0xFFFFFFFF
+        assert jump % 160 == 0 and jump >= 5 * 160  # the clock kept running
+        assert after[2][0] - after[0][0] > 0.015  # then back on the 20 ms grid
+        assert plant.late_ticks >= 1
+    finally:
+        plant.close()
+
+
+async def test_play_without_connect_sends_nothing() -> None:
+    plant = MediaPlant(HOST, port_range(2), None)
+    try:
+        leg = plant.new_leg("call-1")
+        leg.play()
+        await asyncio.sleep(0.06)
+        assert leg.packets_sent == 0
+    finally:
+        plant.close()
+
+
+def test_works_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> tuple[int, int]:
+        plant = MediaPlant(HOST, port_range(2), None)
+        sock = other_socket()
+        try:
+            leg = plant.new_leg("call-1")
+            leg.connect(address(sock), 0, "PCMU")
+            leg.play()
+            packets = [p for _, p in await receive(sock, 5)]
+            check_stream(packets, 0)
+            sock.sendto(pack_rtp(0, 1, 160, 42, b"\xff" * 160), (HOST, leg.local_port))
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if leg.packets_received:
+                    break
+            return leg.packets_sent, leg.packets_received
+        finally:
+            plant.close()
+            sock.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sent, received = runner.run(scenario())
+    assert sent >= 5
+    assert received == 1
+
+
+# ---- receiving, latching, silence ---------------------------------------------------------
+
+
+async def wait_until_received(leg: RtpLeg, count: int) -> None:
+    for _ in range(100):
+        if leg.packets_received >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"leg received {leg.packets_received}, expected {count}")
+
+
+async def test_symmetric_rtp_latches_to_the_source(peer: socket.socket) -> None:
+    plant = MediaPlant(HOST, port_range(2), None)
+    nat = other_socket()
+    junk = other_socket()
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 0, "PCMU")
+        leg.play()
+        await receive(peer, 2)
+        assert leg.target == address(peer)
+        # Not RTP: neither counted nor latched.
+        junk.sendto(b"\x00" * 20, (HOST, leg.local_port))
+        junk.sendto(b"hello", (HOST, leg.local_port))
+        await asyncio.sleep(0.03)
+        assert leg.packets_received == 0
+        assert leg.target == address(peer)
+        # RTP from another address (the peer behind a NAT): sends follow it.
+        for seq in range(3):
+            nat.sendto(pack_rtp(0, seq, seq * 160, 99, b"\xff" * 160), (HOST, leg.local_port))
+        await wait_until_received(leg, 3)
+        assert leg.packets_received == 3
+        assert leg.target == address(nat)
+        drain(peer)
+        got = await receive(nat, 3)
+        check_stream([p for _, p in got], 0)
+        await asyncio.sleep(0.06)
+        assert drain(peer) == 0
+        # A re-INVITE to the same address keeps the latch.
+        leg.connect(address(peer), 0, "PCMU")
+        assert leg.target == address(nat)
+    finally:
+        plant.close()
+        nat.close()
+        junk.close()
+
+
+async def test_latched_source_is_kept_against_a_newcomer(peer: socket.socket) -> None:
+    plant = MediaPlant(HOST, port_range(2), None)
+    intruder = other_socket()
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(("192.0.2.10", 4000), 0, "PCMU")  # SDP address we never reach
+        peer.sendto(pack_rtp(0, 1, 0, 1), (HOST, leg.local_port))
+        await wait_until_received(leg, 1)
+        intruder.sendto(pack_rtp(0, 1, 0, 2), (HOST, leg.local_port))
+        await wait_until_received(leg, 2)
+        assert leg.target == address(peer)
+    finally:
+        plant.close()
+        intruder.close()
+
+
+async def test_silence_grows_and_resets(peer: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    plant = MediaPlant(HOST, port_range(2), None)
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 0, "PCMU")
+        assert leg.silence_s(loop.time() + 100) == 0.0  # not playing yet
+        leg.play()
+        started = loop.time()
+        assert leg.silence_s(started + 5.0) == pytest.approx(5.0, abs=0.05)
+        await asyncio.sleep(0.1)
+        assert leg.silence_s(loop.time()) >= 0.09
+        peer.sendto(pack_rtp(0, 1, 0, 7, b"\xff" * 160), (HOST, leg.local_port))
+        await wait_until_received(leg, 1)
+        assert leg.silence_s(loop.time()) < 0.05
+        assert leg.silence_s(loop.time() + 3.0) == pytest.approx(3.0, abs=0.05)
+    finally:
+        plant.close()
+
+
+# ---- ports ---------------------------------------------------------------------------------
+
+
+async def test_port_exhaustion_and_release() -> None:
+    start, end = port_range(2)
+    plant = MediaPlant(HOST, (start, end), None)
+    try:
+        a = plant.new_leg("a")
+        b = plant.new_leg("b")
+        assert {a.local_port, b.local_port} == {start, start + 2}
+        with pytest.raises(MediaUnavailable):
+            plant.new_leg("c")
+        a.close()
+        a.close()  # idempotent
+        assert a.closed
+        c = plant.new_leg("c")
+        assert c.local_port == a.local_port
+        assert plant.active_legs == 2
+    finally:
+        plant.close()
+    assert plant.active_legs == 0
+    assert plant.free_ports == 2
+    with pytest.raises(MediaUnavailable):
+        plant.new_leg("after close")
+
+
+async def test_ports_round_robin() -> None:
+    start, end = port_range(3)
+    plant = MediaPlant(HOST, (start, end), None)
+    try:
+        ports = []
+        for i in range(4):
+            leg = plant.new_leg(f"call-{i}")
+            ports.append(leg.local_port)
+            leg.close()
+        assert ports == [start, start + 2, start + 4, start]
+    finally:
+        plant.close()
+
+
+async def test_busy_port_is_skipped() -> None:
+    start, end = port_range(2)
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        squatter.bind((HOST, start))
+        plant = MediaPlant(HOST, (start, end), None)
+        try:
+            leg = plant.new_leg("a")
+            assert leg.local_port == start + 2
+            with pytest.raises(MediaUnavailable):
+                plant.new_leg("b")
+        finally:
+            plant.close()
+    finally:
+        squatter.close()
+
+
+def test_odd_range_start_and_tiny_ranges() -> None:
+    plant = MediaPlant(HOST, (41001, 41006), None)
+    assert plant.port_count == 2  # 41002 and 41004; 41006 has no RTCP neighbour
+    with pytest.raises(ValueError):
+        MediaPlant(HOST, (41001, 41002), None)
+
+
+async def test_close_stops_sending(peer: socket.socket) -> None:
+    plant = MediaPlant(HOST, port_range(2), None)
+    leg = plant.new_leg("call-1")
+    leg.connect(address(peer), 0, "PCMU")
+    leg.play()
+    await receive(peer, 2)
+    leg.close()
+    sent = leg.packets_sent
+    await asyncio.sleep(0.06)
+    assert leg.packets_sent == sent
+    leg.play()  # no effect once closed
+    await asyncio.sleep(0.03)
+    assert leg.packets_sent == sent
+    plant.close()
+    plant.close()
+
+
+async def test_unsupported_codec_and_hostname() -> None:
+    plant = MediaPlant(HOST, port_range(2), None)
+    try:
+        leg = plant.new_leg("call-1")
+        with pytest.raises(ValueError):
+            leg.connect((HOST, 4000), 9, "G722")
+        leg.connect(("peer.example.com", 4000), 0, "PCMU")  # never resolved in the hot path
+        assert leg.target is None
+    finally:
+        plant.close()
+
+
+# ---- greetings ------------------------------------------------------------------------------
+
+
+def write_wav(
+    path: Path, samples: np.ndarray, rate: int, channels: int = 1, width: int = 2
+) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+
+
+def test_chime() -> None:
+    pcm = chime()
+    assert pcm.dtype == np.int16
+    assert pcm.size == 9600  # 1.2 s at 8 kHz
+    peak = int(np.abs(pcm.astype(np.int32)).max())
+    assert 5000 < peak < 20000
+    assert abs(int(pcm[0])) < 500 and abs(int(pcm[-1])) < 500  # no clicks
+    assert greeting_pcm(None).tolist() == pcm.tolist()
+    assert greeting_pcm("").size == pcm.size
+
+
+def test_load_wav_8k(tmp_path: Path) -> None:
+    samples = (np.arange(800) * 10 - 4000).astype("<i2")
+    path = tmp_path / "hello.wav"
+    write_wav(path, samples, 8000)
+    pcm = load_greeting(path)
+    assert pcm.dtype == np.int16
+    assert pcm.tolist() == samples.tolist()
+
+
+def test_load_wav_16k_is_averaged_down(tmp_path: Path) -> None:
+    samples = np.array([100, 300, -50, -150, 32767, 32767, 7], dtype="<i2")
+    path = tmp_path / "wide.WAV"
+    write_wav(path, samples, 16000)
+    assert load_greeting(path).tolist() == [200, -100, 32767]
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "width", "message"),
+    [(44100, 1, 2, "44100 Hz"), (8000, 2, 2, "2 channel"), (8000, 1, 1, "8-bit")],
+)
+def test_unusable_wav(tmp_path: Path, rate: int, channels: int, width: int, message: str) -> None:
+    path = tmp_path / "bad.wav"
+    write_wav(
+        path, np.zeros(160 * channels, dtype="<i2" if width == 2 else "u1"), rate, channels, width
+    )
+    with pytest.raises(ValueError, match=message):
+        load_greeting(path)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    not_wav = tmp_path / "fake.wav"
+    not_wav.write_bytes(b"ID3 this is an mp3")
+    with pytest.raises(ValueError, match="not a PCM WAV"):
+        load_greeting(not_wav)
+    mp3 = tmp_path / "song.mp3"
+    mp3.write_bytes(b"ID3")
+    with pytest.raises(ValueError, match=r"\.mp3.*expected \.wav"):
+        load_greeting(mp3)
+    with pytest.raises(ValueError, match="no audio"):
+        empty = tmp_path / "empty.ulaw"
+        empty.write_bytes(b"")
+        load_greeting(empty)
+    with pytest.raises(ValueError, match="missing"):
+        load_greeting(tmp_path / "missing.alaw")
+    with pytest.raises(ValueError, match="unsupported"):
+        MediaPlant(HOST, port_range(2), str(mp3))
+
+
+def test_load_raw_g711(tmp_path: Path) -> None:
+    samples = np.array([0, 1000, -1000, 20000], dtype=np.int16)
+    ulaw = tmp_path / "g.ulaw"
+    ulaw.write_bytes(ulaw_encode(samples))
+    alaw = tmp_path / "g.alaw"
+    alaw.write_bytes(alaw_encode(samples))
+    assert np.allclose(load_greeting(ulaw), samples, atol=600)
+    assert np.allclose(load_greeting(alaw), samples, atol=600)
+
+
+async def test_plant_uses_the_greeting_file(tmp_path: Path) -> None:
+    samples = (np.sin(np.arange(400) / 5) * 8000).astype("<i2")
+    path = tmp_path / "greeting.wav"
+    write_wav(path, samples, 8000)
+    plant = MediaPlant(HOST, port_range(2), str(path))
+    try:
+        frames = plant.greeting_frames("PCMA")
+        assert len(frames) == 3  # 400 samples → 2.5 frames, padded with silence
+        assert all(len(f) == 160 for f in frames)
+        assert frames[0] == alaw_encode(samples[:160])
+        assert frames[2][80:] == b"\xd5" * 80
+        assert plant.greeting_frames("PCMA") is frames  # encoded once, shared
+    finally:
+        plant.close()
