@@ -112,7 +112,7 @@ class LocalAddress:
         return f"<sip:voxswitch@{self.host}:{self.port}{suffix}>"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the manager keys tasks by actor
 class CallActor:
     invite: Request
     invite_txn: InviteServerTransaction

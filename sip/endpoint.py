@@ -102,8 +102,10 @@ class SipEndpoint:
         loop: asyncio.AbstractEventLoop,
         timers: TimerConfig = DEFAULT_TIMERS,
         user_agent: str = "voxswitch",
+        allow: str = "",
     ) -> None:
         self.handler = handler
+        self.allow = allow  # the Allow header of a 405/501 we send ourselves (§20.5)
         self.loop = loop
         self.timers = timers
         self.user_agent = user_agent
@@ -148,7 +150,9 @@ class SipEndpoint:
         # the source address anyway would make us a reflector for spoofed packets.
         if isinstance(partial, Request) and partial.method != "ACK" and "via" in partial.headers:
             log.info("rejecting request from %s with %d: %s", flow.remote, exc.status, exc.reason)
-            self.send_stateless(make_response(partial, exc.status, _reason(exc)), flow)
+            headers = [("Allow", self.allow)] if exc.status in (405, 501) and self.allow else []
+            response = make_response(partial, exc.status, _reason(exc), headers=headers)
+            self.send_stateless(response, flow)
         else:
             self.stats.responses_dropped += 1
             log.info("dropping malformed message from %s: %s", flow.remote, exc.reason)
@@ -165,6 +169,9 @@ class SipEndpoint:
                 # An RFC 2543 peer's ACK for our 2xx matches the INVITE: it is the TU's.
                 self.handler.request_received(request, None, flow)
                 return
+            # A retransmission's answer goes where the retransmission came from (as
+            # rport would have it): the peer's NAT binding or connection may be new.
+            entry.flow = flow
             existing.receive(request, self.loop.time())
             self._flush(entry)
             return

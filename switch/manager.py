@@ -66,7 +66,7 @@ class CallManager:
         self.max_calls = max_calls
         self.on_record = on_record
         self.authenticator = authenticator
-        self.endpoint = SipEndpoint(self, loop=loop)
+        self.endpoint = SipEndpoint(self, loop=loop, allow=ALLOW)
         self.stats = ManagerStats()
         self.draining = False
         self._dialogs: dict[tuple[str, str], CallActor] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sip.errors import RemoteProtocolError
 from sip.message import Message, Request, make_response, reason_phrase
@@ -42,8 +42,8 @@ class TcpConnection(asyncio.Protocol):
         return "TCP"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCPTransport quacks like asyncio.Transport without being one.
+        self._transport = cast(asyncio.Transport, transport)
         peer: Any = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
 
