@@ -421,6 +421,7 @@ def reason_phrase(status: int) -> str:
 
 # Headers a response copies from its request (RFC 3261 §8.2.6.2).
 _COPIED = ("via", "from", "to", "call-id", "cseq")
+_COPIED_DIALOG = (*_COPIED, "record-route")
 
 
 def _has_tag(request: Request) -> bool:
@@ -441,11 +442,16 @@ def make_response(
 ) -> Response:
     """Build a response to ``request``: copies Via/From/To/Call-ID/CSeq raw.
 
-    ``to_tag`` is added to To unless the request's To already carries a tag.
+    ``to_tag`` is added to To unless the request's To already carries a tag. A
+    response that makes a dialog (1xx with a tag, 2xx, to INVITE) also gets the
+    request's Record-Route, in order (§12.1.1).
     """
+    copied = _COPIED
+    if 100 < status < 300 and request.method == "INVITE":
+        copied = _COPIED_DIALOG
     out: list[list[str]] = []
     for key, name, value in request.headers._items:
-        if key in _COPIED:
+        if key in copied:
             if key == "to" and to_tag is not None and not _has_tag(request):
                 value = f"{value};tag={to_tag}"
             out.append([key, name, value])

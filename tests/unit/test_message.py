@@ -263,7 +263,7 @@ def test_make_response_copies_the_headers_raw_and_in_order() -> None:
     assert list(response.headers) == [
         (name, value)
         for name, value in request.headers
-        if name.lower() in ("via", "from", "to", "call-id", "cseq")
+        if name.lower() in ("via", "from", "to", "call-id", "cseq", "record-route")
     ]
     assert response.body == b""
 
@@ -311,3 +311,13 @@ def test_response_to_request_parses_back() -> None:
     assert [v.branch for v in response.vias] == [v.branch for v in request.vias]
     assert response.from_ == request.from_
     assert response.to.tag == "t1"
+
+
+def test_dialog_making_responses_mirror_record_route_in_order() -> None:
+    rr = b"Record-Route: <sip:p2.example.com;lr>\r\n"
+    request = invite(INVITE.replace(b"Call-ID:", rr + b"Call-ID:", 1))
+    for status in (180, 200):
+        routes = make_response(request, status, to_tag="t").headers.values("record-route")
+        assert routes == ["<sip:p2.example.com;lr>", "<sip:p1.example.com;lr>"], status
+    for status in (100, 486):
+        assert make_response(request, status).headers.values("record-route") == [], status
