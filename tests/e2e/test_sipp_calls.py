@@ -209,3 +209,15 @@ def test_sigterm_refuses_new_calls_then_ends_calls_and_exits(
         f"BYE {bye_after_ms:.0f} ms after the ACK, want about 3000\n" + held.describe()
     )
     assert draining.process.wait(timeout=15) == 0, draining.log_tail()
+
+
+def test_dialog_hold_resume_info_options_and_offerless_reinvite(
+    node: NodeProcess, sipp: SippRunner
+) -> None:
+    calls = 5
+    result = sipp(node, "dialog_hold_resume.xml", calls=calls, rate=5, timeout_s=30)
+    # The scenario's regexps (check_it) fail a call when the node's answers are wrong:
+    # Record-Route mirrored, hold answered recvonly at our own address, INFO and
+    # OPTIONS answered in the dialog, resume, and our SDP offered when the
+    # re-INVITE has none.
+    assert_all_succeeded(result, calls)
