@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sip.errors import UriError
 from sip.uri import Address, Params, Uri, parse_address, parse_params, parse_uri, split_hostport
@@ -87,6 +87,30 @@ _VIA_RE = re.compile(
     re.DOTALL,
 )
 MAX_CSEQ = 2**32 - 1
+
+
+if TYPE_CHECKING:
+    from functools import cached_property
+else:
+
+    class cached_property:  # a drop-in for functools.cached_property
+        """functools.cached_property without its per-access lock (Python 3.11 takes an
+        RLock on every first access): messages are never shared between threads, and
+        this sits on the per-request hot path."""
+
+        def __init__(self, func):
+            self.func = func
+            self.name = func.__name__
+            self.__doc__ = func.__doc__
+
+        def __set_name__(self, owner, name):
+            self.name = name
+
+        def __get__(self, obj, owner=None):
+            if obj is None:
+                return self
+            value = obj.__dict__[self.name] = self.func(obj)
+            return value
 
 
 _KEY_CACHE: dict[str, str] = {}
@@ -446,7 +470,7 @@ def make_response(
     response that makes a dialog (1xx with a tag, 2xx, to INVITE) also gets the
     request's Record-Route, in order (§12.1.1).
     """
-    copied = _COPIED
+    copied: tuple[str, ...] = _COPIED
     if 100 < status < 300 and request.method == "INVITE":
         copied = _COPIED_DIALOG
     out: list[list[str]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -19,6 +20,8 @@ from switch.manager import CallManager
 from switch.media_leg import MediaPlant
 
 log = logging.getLogger("voxswitch.node")
+
+GC_GEN0_THRESHOLD = 50_000
 
 
 class Node:
@@ -126,9 +129,24 @@ class Node:
             self.media.close()
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper cyclic collections for a heap of thousands of live calls.
+
+    Calls are freed by reference counting; the cycle collector only finds the
+    rare cycle. With the default gen-0 threshold (700 allocations) it runs
+    hundreds of times a second under load and its older generations walk every
+    live message and transaction. The objects made at start-up are frozen out of
+    its way for good.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
 async def run_node(settings: Settings) -> int:
     node = Node(settings)
     await node.start()
+    _tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
