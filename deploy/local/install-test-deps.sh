@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs, installed only when missing (idempotent).
-#   sip-tester  SIPp 3.6 (binary `sipp`), for tests/e2e and loadtest/
-#   util-linux  taskset, to pin the node and SIPp to their own cores in loadtest/
+#   sip-tester    SIPp 3.6 (binary `sipp`), for tests/e2e and loadtest/
+#   util-linux    taskset, to pin the node and SIPp to their own cores in loadtest/
+#   baresip-core  baresip 1.0 (binary `baresip`, with the g711, aufile and sndfile
+#                 modules), a real SIP phone for tests/e2e/test_baresip.py; the
+#                 `baresip` metapackage only adds GUI/video recommends
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-"$here/apt-ensure.sh" sip-tester util-linux
+"$here/apt-ensure.sh" sip-tester util-linux baresip-core
 command -v sipp >/dev/null || { echo "install-test-deps: sipp still missing" >&2; exit 1; }
+command -v baresip >/dev/null || { echo "install-test-deps: baresip still missing" >&2; exit 1; }

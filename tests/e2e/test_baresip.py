@@ -1,0 +1,427 @@
+"""A real SIP phone, baresip 1.0 (Debian ``baresip-core``), calls a real node.
+
+baresip runs headless: the ``aufile`` module plays a WAV file we write (a quiet
+200 Hz tone) as its microphone, the ``aubridge`` module stands in for a speaker
+(nothing needs a sound card), and the ``sndfile`` filter records both directions
+to WAV: ``dump-<time>-dec.wav`` is what the phone heard (the node's RTP, decoded),
+``dump-<time>-enc.wav`` what it sent. Commands (``/dial``, ``/hangup``, ``/quit``)
+go through the ``stdio`` module on baresip's stdin, and ``-s`` puts a SIP trace in
+its stdout, so the tests check the messages on the wire as the phone saw them.
+
+What is checked: the call is established; the phone hears the node's greeting
+chime (its three notes, by frequency, and sample by sample against
+``media.tones.chime()``), then silence frames until the call ends; a hang-up by
+the phone ends the call as ``completed``; a call the phone never hangs up is ended
+by the node's BYE at ``--max-call-duration-s`` as ``max_duration``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from loadtest.node import NodeFactory, NodeOptions, NodeProcess
+from loadtest.ports import LOOPBACK, free_port, free_port_range
+from media.tones import chime
+
+pytestmark = pytest.mark.e2e
+
+RATE = 8000  # G.711, and what sndfile records at with auplay/ausrc_srate 8000
+FRAME = RATE // 50  # 20 ms
+PHONE_TONE_HZ = 200.0  # what the phone sends: far below the chime's notes
+CHIME_NOTES_HZ = (880.00, 1108.73, 1318.51)  # media/tones.py
+CHIME_S = 1.2
+HOLD_S = 4.0  # how long the phone stays on the line before /hangup
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+FloatArray = npt.NDArray[np.float64]
+
+
+# ---- baresip ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def baresip_path() -> str:
+    """The baresip binary; fails (not skips) when missing, like SIPp."""
+    path = shutil.which("baresip")
+    if not path:
+        pytest.fail(
+            "baresip not found; install it with deploy/local/install-test-deps.sh",
+            pytrace=False,
+        )
+    return path
+
+
+@dataclass
+class SipMessage:
+    source: str
+    destination: str
+    start_line: str
+
+    @property
+    def method(self) -> str:
+        """The request method, or ``SIP/2.0 <code>`` for a response."""
+        first = self.start_line.split(" ", 2)
+        return " ".join(first[:2]) if first[0] == "SIP/2.0" else first[0]
+
+
+class Baresip:
+    """One baresip process with its own config dir, ports and recordings."""
+
+    def __init__(self, binary: str, workdir: Path, *, codec: str = "PCMU") -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.config_dir = workdir / "config"
+        self.record_dir = workdir / "recordings"
+        self.stdout_path = workdir / "baresip.stdout.log"
+        self.stderr_path = workdir / "baresip.stderr.log"
+        self.sip_port = free_port(udp=True, tcp=True)
+        rtp_start, rtp_end = free_port_range(20)
+        self.config_dir.mkdir(parents=True)
+        self.record_dir.mkdir()
+        source = workdir / "phone-tone.wav"
+        write_wav(source, tone(PHONE_TONE_HZ, seconds=20.0, level=0.05))
+        # Only what the tests need: no alsa, no NAT helpers, no video.
+        config = f"""\
+poll_method\t\tepoll
+sip_listen\t\t{LOOPBACK}:{self.sip_port}
+net_interface\t\t{LOOPBACK}
+net_prefer_ipv6\t\tno
+rtp_ports\t\t{rtp_start}-{rtp_end}
+call_local_timeout\t20
+call_max_calls\t\t1
+audio_source\t\taufile,{source}
+audio_player\t\taubridge,speaker
+audio_alert\t\taubridge,speaker
+ausrc_srate\t\t{RATE}
+auplay_srate\t\t{RATE}
+ausrc_channels\t\t1
+auplay_channels\t\t1
+audio_level\t\tno
+snd_path\t\t{self.record_dir}
+module_path\t\t/usr/lib/baresip/modules
+module\t\t\tstdio.so
+module\t\t\tg711.so
+module\t\t\taufile.so
+module\t\t\taubridge.so
+module\t\t\tsndfile.so
+module_tmp\t\tuuid.so
+module_tmp\t\taccount.so
+module_app\t\tcontact.so
+module_app\t\tmenu.so
+"""
+        (self.config_dir / "config").write_text(config)
+        (self.config_dir / "accounts").write_text(
+            f"<sip:baresip@{LOOPBACK}>;regint=0;audio_codecs={codec}/8000/1\n"
+        )
+        (self.config_dir / "contacts").write_text("")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def dial(self, uri: str) -> None:
+        # -s: SIP trace on stdout. stdbuf: line-buffered stdout, so the log can be
+        # followed while the call runs.
+        prefix = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+        cmd = [*prefix, self.binary, "-s", "-f", str(self.config_dir), "-e", f"/dial {uri}"]
+        (self.workdir / "baresip.command").write_text(" ".join(cmd) + "\n")
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+
+    def command(self, text: str) -> None:
+        """Type a command into baresip's stdio UI (``/hangup``, ``/quit``)."""
+        proc = self.process
+        assert proc is not None and proc.stdin is not None
+        if proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(text.encode() + b"\n")
+                proc.stdin.flush()
+
+    def log(self) -> str:
+        try:
+            text = self.stdout_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return ANSI.sub("", text).replace("\r", "\n")
+
+    def wait_for(self, pattern: str, timeout_s: float) -> float | None:
+        """Poll the log until `pattern` (a regex) shows up; the time it did, or None."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if regex.search(self.log()):
+                return time.monotonic()
+            if time.monotonic() >= deadline or (self.process and self.process.poll() is not None):
+                return time.monotonic() if regex.search(self.log()) else None
+            time.sleep(0.05)
+
+    def quit(self, timeout_s: float = 5.0) -> int | None:
+        """/quit, then SIGTERM, then SIGKILL: every wait bounded."""
+        proc = self.process
+        if proc is None:
+            return None
+        self.command("/quit")
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+        return proc.returncode
+
+    def sip_trace(self) -> list[SipMessage]:
+        """The SIP messages of the ``-s`` trace, in order."""
+        found = re.finditer(r"^(?:UDP|TCP) (\S+) -> (\S+)\n(.+)$", self.log(), re.MULTILINE)
+        return [SipMessage(m[1], m[2], m[3].strip()) for m in found]
+
+    def recording(self, direction: str) -> Path:
+        """sndfile's ``-dec.wav`` (heard) or ``-enc.wav`` (sent) recording."""
+        files = sorted(self.record_dir.glob(f"dump-*-{direction}.wav"))
+        assert len(files) == 1, f"want one {direction} recording, found {files}\n{self.describe()}"
+        return files[0]
+
+    def describe(self) -> str:
+        try:
+            err = self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            err = ""
+        # The stdio UI's status line, redrawn on stderr many times a second, hides the rest.
+        err = re.sub(r"\[\d+:\d\d:\d\d\] audio=\S+ \(bit/s\) *", "", err.replace("\r", ""))
+        return (
+            f"--- baresip stdout ({self.stdout_path}) ---\n{self.log()[-6000:]}\n"
+            f"--- baresip stderr ({self.stderr_path}) ---\n{err[-2000:]}"
+        )
+
+
+@pytest.fixture
+def phones(baresip_path: str, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
+    """``phones(codec="PCMU")``: a new Baresip; every one is made to quit at teardown."""
+    made: list[Baresip] = []
+
+    def make(codec: str = "PCMU") -> Baresip:
+        made.append(Baresip(baresip_path, tmp_path / f"baresip-{len(made)}", codec=codec))
+        return made[-1]
+
+    yield make
+    for phone in made:
+        phone.quit()
+
+
+# ---- audio -----------------------------------------------------------------------
+
+
+def tone(freq: float, *, seconds: float, level: float) -> npt.NDArray[np.int16]:
+    t = np.arange(round(seconds * RATE)) / RATE
+    return np.round(level * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def write_wav(path: Path, pcm: npt.NDArray[np.int16]) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(pcm.astype("<i2").tobytes())
+
+
+def read_wav(path: Path) -> FloatArray:
+    with wave.open(str(path), "rb") as wav:
+        shape = (wav.getnchannels(), wav.getsampwidth(), wav.getframerate())
+        assert shape == (1, 2, RATE), f"{path}: (channels, width, rate) {shape}"
+        data = wav.readframes(wav.getnframes())
+    return np.frombuffer(data, dtype="<i2").astype(np.float64)
+
+
+def rms(x: FloatArray) -> float:
+    return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+
+
+def dominant_hz(x: FloatArray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.fft.rfftfreq(x.size, 1 / RATE)[int(np.argmax(spectrum))])
+
+
+def best_correlation(x: FloatArray, ref: FloatArray, max_lag: int) -> tuple[float, int]:
+    """Highest normalized correlation of `ref` with `x` shifted by 0..max_lag samples."""
+    best = (-1.0, 0)
+    for lag in range(max_lag + 1):
+        seg = x[lag : lag + ref.size]
+        if seg.size < ref.size:
+            break
+        c = float(np.dot(seg, ref) / (np.linalg.norm(seg) * np.linalg.norm(ref) or 1.0))
+        best = max(best, (c, lag))
+    return best
+
+
+def assert_heard_greeting(heard: FloatArray, min_seconds: float, context: str) -> None:
+    """The node's greeting chime at the start, then silence frames to the end."""
+    assert heard.size >= min_seconds * RATE, (
+        f"heard only {heard.size / RATE:.2f} s of audio, want >= {min_seconds} s\n{context}"
+    )
+    frames = heard[: heard.size // FRAME * FRAME].reshape(-1, FRAME)
+    loud = np.flatnonzero(np.sqrt(np.mean(frames**2, axis=1)) > 500)
+    assert loud.size, f"no audible frame in what the phone heard\n{context}"
+    onset = int(loud[0]) * FRAME
+    # The recording starts with the first packet decoded: the greeting is right there.
+    assert onset <= 0.3 * RATE, f"greeting starts {onset / RATE:.2f} s in\n{context}"
+    chime_part = heard[onset : onset + round(CHIME_S * RATE)]
+    tail = heard[onset + round(1.5 * RATE) :]
+    level, tail_level = rms(chime_part), rms(tail)
+    assert level > 1500, f"greeting RMS {level:.0f}: too quiet for a ~30 % chime\n{context}"
+    assert tail.size >= 0.25 * RATE, f"no audio after the greeting\n{context}"
+    assert tail_level < 50 and level > 30 * max(tail_level, 1.0), (
+        f"greeting RMS {level:.0f} vs after-greeting RMS {tail_level:.0f}\n{context}"
+    )
+    main = dominant_hz(heard[onset : onset + round(1.5 * RATE)])
+    assert 300 <= main <= 2000, f"dominant frequency {main:.0f} Hz\n{context}"
+    # The three rising notes, each where only it (or mostly it) sounds.
+    windows = ((0.02, 0.28), (0.32, 0.58), (0.64, 1.10))
+    for (start_s, end_s), want in zip(windows, CHIME_NOTES_HZ, strict=True):
+        got = dominant_hz(heard[onset + round(start_s * RATE) : onset + round(end_s * RATE)])
+        assert abs(got - want) < 25, (
+            f"{start_s}-{end_s} s into the greeting: {got:.0f} Hz, want {want:.0f}\n{context}"
+        )
+    # Sample by sample: G.711 only adds quantization noise to the node's chime.
+    ref = chime().astype(np.float64)
+    corr, lag = best_correlation(heard, ref, max_lag=onset + FRAME)
+    assert corr > 0.95, f"correlation with chime() {corr:.3f} (lag {lag})\n{context}"
+
+
+# ---- the node --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
+    return voxswitch_nodes.start("baresip", NodeOptions(max_call_duration_s=30))
+
+
+@pytest.fixture(scope="module")
+def short_call_node(voxswitch_nodes: NodeFactory) -> NodeProcess:
+    return voxswitch_nodes.start("baresip-short", NodeOptions(max_call_duration_s=2))
+
+
+def dispositions(node: NodeProcess) -> dict[str, int]:
+    found = node.health().get("dispositions")
+    assert isinstance(found, dict), f"/health dispositions: {found!r}"
+    return {str(k): int(v) for k, v in found.items()}
+
+
+def wait_disposition(
+    node: NodeProcess, before: dict[str, int], timeout_s: float = 3.0
+) -> dict[str, int]:
+    """The dispositions counted since `before` (waits until at least one shows)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = dispositions(node)
+        new = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+        if new or time.monotonic() >= deadline:
+            return new
+        time.sleep(0.1)
+
+
+def agent_uri(node: NodeProcess) -> str:
+    return f"sip:agent@{node.host}:{node.sip_port}"
+
+
+ESTABLISHED = r"Call established: sip:agent@"
+TERMINATED = r"Call with sip:agent@\S+ terminated"
+
+
+# ---- tests -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_phone_hears_greeting_then_hangs_up(
+    phones: Callable[..., Baresip], node: NodeProcess, codec: str
+) -> None:
+    phone = phones(codec)
+    before = dispositions(node)
+    phone.dial(agent_uri(node))
+    established = phone.wait_for(ESTABLISHED, timeout_s=5)
+    assert established is not None, f"call not established\n{phone.describe()}"
+    # The node keeps the call (and the RTP) up until the phone hangs up.
+    early_end = phone.wait_for(TERMINATED, timeout_s=HOLD_S)
+    assert early_end is None, f"call ended before the phone hung up\n{phone.describe()}"
+    phone.command("/hangup")
+    ended = phone.wait_for(TERMINATED, timeout_s=5)
+    assert ended is not None, f"call not terminated after /hangup\n{phone.describe()}"
+    phone.quit()
+    log = phone.describe()
+    assert f"Set audio decoder: {codec} 8000Hz" in phone.log(), log
+
+    trace = phone.sip_trace()
+    node_addr, phone_addr = node.sip_address, f"{LOOPBACK}:{phone.sip_port}"
+    from_node = [m.method for m in trace if m.source == node_addr]
+    from_phone = [m.method for m in trace if m.source == phone_addr]
+    assert from_phone[:3] == ["INVITE", "ACK", "BYE"], f"{from_phone}\n{log}"
+    assert "SIP/2.0 200" in from_node[from_node.index("SIP/2.0 180") :], log
+    assert from_node[-1] == "SIP/2.0 200", f"the BYE not answered 200: {from_node}\n{log}"
+    assert "BYE" not in from_node, f"the node hung up: {from_node}\n{log}"
+
+    heard = read_wav(phone.recording("dec"))
+    assert_heard_greeting(heard, min_seconds=HOLD_S - 1.0, context=log)
+    # The other file is what the phone sent: its own tone, not the greeting.
+    sent = read_wav(phone.recording("enc"))
+    assert abs(dominant_hz(sent[: 2 * RATE]) - PHONE_TONE_HZ) < 10, log
+
+    new = wait_disposition(node, before)
+    assert new == {"completed": 1}, f"dispositions since the call: {new}\n{node.log_tail()}"
+    assert node.health().get("active_calls") == 0
+    assert node.alive()
+
+
+def test_node_ends_call_at_max_duration(
+    phones: Callable[..., Baresip], short_call_node: NodeProcess
+) -> None:
+    node, phone = short_call_node, phones()
+    before = dispositions(node)
+    phone.dial(agent_uri(node))
+    established = phone.wait_for(ESTABLISHED, timeout_s=5)
+    assert established is not None, f"call not established\n{phone.describe()}"
+    # The phone never hangs up: the node must, with a BYE, about 2 s after answering.
+    ended = phone.wait_for(TERMINATED, timeout_s=5)
+    assert ended is not None, f"the node did not end the call within 5 s\n{phone.describe()}"
+    phone.quit()
+    log = phone.describe()
+    after = ended - established
+    assert 1.5 <= after <= 5.0, f"call ended {after:.2f} s after it was established\n{log}"
+    # baresip's words for a BYE from the other side.
+    assert re.search(r"session closed", phone.log()), log
+
+    trace = phone.sip_trace()
+    node_addr, phone_addr = node.sip_address, f"{LOOPBACK}:{phone.sip_port}"
+    from_node = [m.method for m in trace if m.source == node_addr]
+    from_phone = [m.method for m in trace if m.source == phone_addr]
+    assert from_node.count("BYE") == 1, f"node sent {from_node}\n{log}"
+    assert "BYE" not in from_phone, f"the phone hung up: {from_phone}\n{log}"
+    assert from_phone[:2] == ["INVITE", "ACK"], f"{from_phone}\n{log}"
+    assert from_phone[2:] == ["SIP/2.0 200"], f"the node's BYE not answered: {from_phone}\n{log}"
+
+    heard = read_wav(phone.recording("dec"))
+    assert_heard_greeting(heard, min_seconds=1.5, context=log)
+
+    new = wait_disposition(node, before)
+    assert new == {"max_duration": 1}, f"dispositions since the call: {new}\n{node.log_tail()}"
+    assert node.health().get("active_calls") == 0
