@@ -13,27 +13,39 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
+from actors.conversation import Conversation, Voice
 from actors.messages import (
     AckArrived,
     AckTimedOut,
     CallMessage,
     CancelArrived,
     Hangup,
+    MediaArrived,
     MediaTimedOut,
+    ReferAnswered,
     RequestArrived,
+    TransferRequested,
 )
 from actors.runtime import Mailbox, MailboxClosed
+from media.dtmf import parse_dtmf_info, parse_dtmf_relay
+from media.session import MediaEvent, MediaSession, VadConfig
 from sip.dialog import Dialog
 from sip.endpoint import Flow, SipEndpoint
 from sip.message import Request, make_response
 from sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, SessionDescription
-from sip.transaction import InviteServerTransaction, SuccessRetransmitter
+from sip.transaction import (
+    InviteServerTransaction,
+    ResponseReceived,
+    SuccessRetransmitter,
+    TransactionEvent,
+    TransactionTimedOut,
+)
 
 log = logging.getLogger("voxswitch.call")
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, NOTIFY"
 
 
 class CallState(Enum):
@@ -59,6 +71,8 @@ class CallRecord:
     codec: str = ""
     packets_sent: int = 0
     packets_received: int = 0
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    dtmf: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -81,9 +95,24 @@ class MediaLeg(Protocol):
     @property
     def local_port(self) -> int: ...
 
-    def connect(self, remote: tuple[str, int], payload_type: int, codec: str) -> None: ...
+    def connect(
+        self,
+        remote: tuple[str, int],
+        payload_type: int,
+        codec: str,
+        telephone_event_pt: int | None = None,
+    ) -> None: ...
 
     def play(self) -> None: ...
+
+    def start_session(
+        self, on_event: Callable[[MediaEvent, float], None], vad: VadConfig | None = None
+    ) -> MediaSession:
+        """Switch from the fixed greeting to a conversation: audio in, speech out."""
+        ...
+
+    def send_dtmf(self, digits: str) -> None:
+        """RFC 4733 telephone-events to the peer (needs a negotiated event payload type)."""
 
     def silence_s(self, now: float) -> float:
         """Seconds since the last RTP packet from the peer (or since play started)."""
@@ -127,6 +156,9 @@ class CallActor:
     state: CallState = CallState.RINGING
     dialog: Dialog | None = None
     record: CallRecord = field(init=False)
+    voice: Voice | None = None  # None: answer with the greeting chime only
+    vad: VadConfig | None = None
+    conversation: Conversation | None = None
     _answerer: SdpAnswerer | None = None
     _retransmitter: SuccessRetransmitter | None = None
 
@@ -153,6 +185,7 @@ class CallActor:
             self._end("aborted", reason="mailbox closed")
         finally:
             self.mailbox.close()
+            await self._close_conversation()
             self._close_media()
         return self.record
 
@@ -166,6 +199,16 @@ class CallActor:
         self._answer(answer)
         if not await self._wait_for_ack():
             return
+        if self.voice is not None:
+            session = self.media.start_session(self._media_event, self.vad)
+            self.conversation = Conversation(
+                voice=self.voice,
+                session=session,
+                host=self,
+                clock=self.clock,
+                call_id=self.call_id,
+            )
+            self.conversation.start()
         self.media.play()
         await self._talk()
 
@@ -187,7 +230,12 @@ class CallActor:
         result = self._answerer.negotiated
         assert result is not None
         self.record.codec = result.codec.name
-        self.media.connect(result.remote_rtp, result.codec.payload_type, result.codec.name)
+        self.media.connect(
+            result.remote_rtp,
+            result.codec.payload_type,
+            result.codec.name,
+            result.telephone_event_pt,
+        )
         return bytes(answer)
 
     async def _ring(self, ring_s: float) -> bool:
@@ -240,7 +288,7 @@ class CallActor:
                 self._hangup("no_ack", "no ACK for 200 OK (Timer H)")
                 return False
             if isinstance(message, Hangup):
-                self._hangup(message.reason, message.reason)
+                self._hangup(message.reason, message.detail or message.reason)
                 return False
             if isinstance(message, RequestArrived) and self._in_dialog(message):
                 return False
@@ -268,9 +316,17 @@ class CallActor:
                 self._hangup("media_timeout", f"no RTP for {message.silence_s:.1f} s")
                 return
             if isinstance(message, Hangup):
-                self._hangup(message.reason, message.reason)
+                self._hangup(message.reason, message.detail or message.reason)
                 return
-            if isinstance(message, AckArrived):
+            if isinstance(message, MediaArrived):
+                if self.conversation is not None:
+                    self.conversation.handle(message.event, message.at)
+            elif isinstance(message, TransferRequested):
+                self._refer(message.target)
+            elif isinstance(message, ReferAnswered):
+                if self._refer_answered(message):
+                    return
+            elif isinstance(message, AckArrived):
                 self._stop_retransmitting()  # ACK for a re-INVITE's 2xx
             elif isinstance(message, RequestArrived) and self._in_dialog(message):
                 return
@@ -295,7 +351,11 @@ class CallActor:
             return True
         if method in ("INVITE", "UPDATE"):
             self._reoffer(request, txn)
-        elif method in ("INFO", "OPTIONS"):
+        elif method == "INFO":
+            self.endpoint.respond(txn, make_response(request, 200))
+            self._info_dtmf(request)
+        elif method in ("OPTIONS", "NOTIFY"):
+            # NOTIFY: the progress of a transfer we asked for (RFC 3515 §2.4.4).
             headers = [("Allow", ALLOW)] if method == "OPTIONS" else []
             self.endpoint.respond(txn, make_response(request, 200, headers=headers))
         else:
@@ -323,7 +383,12 @@ class CallActor:
                 return
             result = self._answerer.negotiated
             assert result is not None
-            self.media.connect(result.remote_rtp, result.codec.payload_type, result.codec.name)
+            self.media.connect(
+                result.remote_rtp,
+                result.codec.payload_type,
+                result.codec.name,
+                result.telephone_event_pt,
+            )
         response = make_response(
             request, 200, headers=[*headers, ("Content-Type", "application/sdp")], body=sdp
         )
@@ -333,6 +398,87 @@ class CallActor:
             self._retransmitter = self.endpoint.retransmit_until_ack(
                 response, self.flow, lambda: None
             )
+
+    # ---- the conversation ------------------------------------------------------------
+
+    def _media_event(self, event: MediaEvent, at: float) -> None:
+        self.mailbox.put(MediaArrived(event, at), control=False)
+
+    def _info_dtmf(self, request: Request) -> None:
+        """SIP INFO DTMF (application/dtmf-relay, application/dtmf) reaches the agent."""
+        ctype = request.content_type
+        digit = None
+        if ctype == "application/dtmf-relay":
+            digit = parse_dtmf_relay(request.body)
+        elif ctype == "application/dtmf":
+            digit = parse_dtmf_info(request.body)
+        if digit is not None and self.conversation is not None:
+            self.conversation.handle(digit, self.clock())
+
+    # ConversationHost
+    def hang_up(self, reason: str) -> None:
+        self.mailbox.put(Hangup("agent_hangup", 200, detail=reason))
+
+    def transfer(self, target: str) -> None:
+        self.mailbox.put(TransferRequested(target))
+
+    def send_dtmf(self, digits: str) -> None:
+        self.media.send_dtmf(digits)
+
+    def _refer(self, target: str) -> None:
+        """Blind transfer (RFC 3515): REFER the caller to ``target``."""
+        if self.dialog is None or not target:
+            self.mailbox.put(Hangup("transfer_failed", detail=f"no transfer target {target!r}"))
+            return
+        refer = self.dialog.create_request(
+            "REFER",
+            via_sent_by=self.local.sent_by(),
+            transport=self.flow.transport,
+            headers=[
+                ("Refer-To", f"<{target}>"),
+                ("Referred-By", self.local.contact(self.flow)),
+            ],
+        )
+        self.record.reason = f"transfer to {target}"
+
+        def on_event(event: TransactionEvent) -> None:
+            if isinstance(event, ResponseReceived) and event.response.status >= 200:
+                self.mailbox.put(ReferAnswered(event.response))
+            elif isinstance(event, TransactionTimedOut):
+                self.mailbox.put(ReferAnswered(None))
+
+        self.endpoint.send_request(refer, self.flow, on_event)
+
+    def _refer_answered(self, message: ReferAnswered) -> bool:
+        """True when the call ended: the caller accepted the transfer (202) or it failed."""
+        response = message.response
+        if response is not None and 200 <= response.status < 300:
+            # The caller now calls the target; our leg is done (blind transfer).
+            self._hangup("transferred", self.record.reason)
+            return True
+        status = response.status if response is not None else "timeout"
+        log.info("call %s: REFER refused (%s); hanging up", self.call_id, status)
+        self._hangup("transfer_failed", f"REFER answered {status}")
+        return True
+
+    async def _close_conversation(self) -> None:
+        conversation = self.conversation
+        if conversation is None:
+            return
+        await conversation.aclose()
+        self.record.dtmf = conversation.state.dtmf
+        self.record.turns = [
+            {
+                "index": t.index,
+                "source": t.source,
+                "caller": t.caller_text,
+                "agent": t.agent_text,
+                "interrupted": t.interrupted,
+                "tools": list(t.tools),
+                **t.metrics.as_dict(),
+            }
+            for t in conversation.state.turns
+        ]
 
     # ---- endings -------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from media.session import MediaEvent
 from sip.endpoint import ServerTransaction
-from sip.message import Request
+from sip.message import Request, Response
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,41 @@ class MediaTimedOut:
 class Hangup:
     """End the call: BYE if answered, a final error response if not."""
 
-    reason: str
+    reason: str  # becomes the call's disposition
     status: int = 480
+    detail: str = ""
 
 
-CallMessage = RequestArrived | AckArrived | CancelArrived | AckTimedOut | MediaTimedOut | Hangup
+@dataclass(frozen=True, slots=True)
+class MediaArrived:
+    """Something the media session saw or did (speech, DTMF, playout), at loop time ``at``."""
+
+    event: MediaEvent
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequested:
+    """The agent asked to hand the caller to ``target`` (blind transfer, REFER)."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReferAnswered:
+    """The final response to our REFER, or None when it timed out."""
+
+    response: Response | None
+
+
+CallMessage = (
+    RequestArrived
+    | AckArrived
+    | CancelArrived
+    | AckTimedOut
+    | MediaTimedOut
+    | Hangup
+    | MediaArrived
+    | TransferRequested
+    | ReferAnswered
+)

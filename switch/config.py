@@ -76,6 +76,47 @@ class Settings:
         default="",
         metadata={"help": "nonce signing key, the same on every node (default: random)"},
     )
+    agent: str = field(
+        default="demo",
+        metadata={
+            "help": "who answers: demo (built-in YAML agent), a YAML file, openai (LLM), "
+            "or none (greeting chime only)"
+        },
+    )
+    llm_base_url: str = field(
+        default="https://api.openai.com", metadata={"help": "OpenAI-compatible LLM base URL"}
+    )
+    llm_api_key: str = field(default="", metadata={"help": "LLM API key (agent = openai)"})
+    llm_model: str = field(default="gpt-4o-mini", metadata={"help": "LLM model name"})
+    asr: str = field(
+        default="pocketsphinx", metadata={"help": "speech recognition: pocketsphinx or openai"}
+    )
+    asr_base_url: str = field(
+        default="https://api.openai.com", metadata={"help": "OpenAI-compatible ASR base URL"}
+    )
+    asr_api_key: str = field(default="", metadata={"help": "ASR API key (asr = openai)"})
+    asr_model: str = field(default="whisper-1", metadata={"help": "ASR model (asr = openai)"})
+    asr_pool_size: int = field(
+        default=2, metadata={"help": "pocketsphinx decoders shared by all calls (~90 MB each)"}
+    )
+    tts: str = field(default="espeak", metadata={"help": "speech synthesis: espeak or openai"})
+    tts_base_url: str = field(
+        default="https://api.openai.com", metadata={"help": "OpenAI-compatible TTS base URL"}
+    )
+    tts_api_key: str = field(default="", metadata={"help": "TTS API key (tts = openai)"})
+    tts_model: str = field(default="tts-1", metadata={"help": "TTS model (tts = openai)"})
+    tts_voice: str = field(default="alloy", metadata={"help": "TTS voice"})
+    vad_aggressiveness: int = field(default=2, metadata={"help": "webrtcvad mode 0-3"})
+    vad_start_ms: int = field(
+        default=60, metadata={"help": "speech this long starts the caller's turn"}
+    )
+    vad_stop_ms: int = field(
+        default=500, metadata={"help": "silence this long ends the caller's turn"}
+    )
+    barge_in_min_ms: int = field(
+        default=300,
+        metadata={"help": "caller speech over the agent this long interrupts it; shorter resumes"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -151,6 +192,18 @@ def load_settings(
             raise ConfigError(f"{name}: {port} is not a port")
     if settings.max_calls < 1:
         raise ConfigError("max_calls: must be at least 1")
+    if settings.asr not in ("pocketsphinx", "openai"):
+        raise ConfigError(f"asr: expected pocketsphinx or openai, got {settings.asr!r}")
+    if settings.tts not in ("espeak", "openai"):
+        raise ConfigError(f"tts: expected espeak or openai, got {settings.tts!r}")
+    if not 0 <= settings.vad_aggressiveness <= 3:
+        raise ConfigError("vad_aggressiveness: must be 0, 1, 2 or 3")
+    for name in ("vad_start_ms", "vad_stop_ms"):
+        value = getattr(settings, name)
+        if value < 20 or value % 20:
+            raise ConfigError(f"{name}: must be a multiple of 20 ms, at least 20")
+    if settings.asr_pool_size < 1:
+        raise ConfigError("asr_pool_size: must be at least 1")
     if settings.sip_auth_realm:
         auth_users(settings)
         if not auth_algorithms(settings):

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from actors.call import ALLOW, CallActor, CallConfig, CallRecord, LocalAddress, MediaLeg
+from actors.conversation import Voice
 from actors.messages import AckArrived, CancelArrived, Hangup, RequestArrived
+from media.session import VadConfig
 from sip.auth import DigestAuthenticator
 from sip.dialog import new_tag
 from sip.endpoint import Flow, ServerTransaction, SipEndpoint
@@ -58,6 +60,8 @@ class CallManager:
         max_calls: int,
         on_record: Callable[[CallRecord], None] | None = None,
         authenticator: DigestAuthenticator | None = None,
+        voice: Voice | None = None,
+        vad: VadConfig | None = None,
     ) -> None:
         self.loop = loop
         self.local = local
@@ -66,6 +70,8 @@ class CallManager:
         self.max_calls = max_calls
         self.on_record = on_record
         self.authenticator = authenticator
+        self.voice = voice
+        self.vad = vad
         self.endpoint = SipEndpoint(self, loop=loop, allow=ALLOW)
         self.stats = ManagerStats()
         self.draining = False
@@ -182,6 +188,8 @@ class CallManager:
             local=self.local,
             config=self.call_config,
             clock=self.loop.time,
+            voice=self.voice,
+            vad=self.vad,
         )
         self._dialogs[(call_id, actor.local_tag)] = actor
         self._by_invite[id(txn)] = actor

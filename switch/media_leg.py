@@ -26,9 +26,12 @@ import logging
 import random
 import socket
 from collections import deque
+from collections.abc import Callable
 
+from media.dtmf import DtmfSender, OutgoingEvent
 from media.g711 import encode, silence_byte
-from media.rtp import HEADER, RTP_VERSION, looks_like_rtp
+from media.rtp import HEADER, RTP_VERSION, looks_like_rtp, parse_rtp
+from media.session import MediaEvent, MediaSession, VadConfig
 from media.tones import PcmArray, greeting_pcm
 from switch.manager import MediaUnavailable
 
@@ -50,6 +53,8 @@ class RtpLeg:
 
     __slots__ = (
         "_closed",
+        "_dtmf_base",
+        "_dtmf_out",
         "_fd",
         "_frame_index",
         "_frames",
@@ -57,6 +62,7 @@ class RtpLeg:
         "_latched",
         "_latched_rx",
         "_marker",
+        "_on_event",
         "_payload_type",
         "_plant",
         "_play_started",
@@ -67,9 +73,11 @@ class RtpLeg:
         "_send_errors",
         "_sent",
         "_seq",
+        "_session",
         "_silence",
         "_sock",
         "_ssrc",
+        "_telephone_event_pt",
         "_ts",
         "call_id",
         "codec",
@@ -100,6 +108,11 @@ class RtpLeg:
         self._received = 0
         self._send_errors = 0
         self._closed = False
+        self._telephone_event_pt: int | None = None
+        self._session: MediaSession | None = None
+        self._on_event: Callable[[MediaEvent, float], None] | None = None
+        self._dtmf_out: deque[OutgoingEvent] = deque()
+        self._dtmf_base: int | None = None
 
     # ---- MediaLeg ------------------------------------------------------------------
 
@@ -107,7 +120,13 @@ class RtpLeg:
     def local_port(self) -> int:
         return self._port
 
-    def connect(self, remote: tuple[str, int], payload_type: int, codec: str) -> None:
+    def connect(
+        self,
+        remote: tuple[str, int],
+        payload_type: int,
+        codec: str,
+        telephone_event_pt: int | None = None,
+    ) -> None:
         """Set (or, on a re-INVITE, change) the SDP address, payload type and codec."""
         name = codec.upper()
         if name not in CODECS:
@@ -118,8 +137,36 @@ class RtpLeg:
         self._remote = target
         self._payload_type = payload_type & 0x7F
         self.codec = name
-        self._frames = self._plant.greeting_frames(name)
+        self._telephone_event_pt = telephone_event_pt
         self._silence = self._plant.silence_frame(name)
+        if self._session is not None:
+            self._session.renegotiated(name, self._payload_type, telephone_event_pt)
+        else:
+            self._frames = self._plant.greeting_frames(name)
+
+    def start_session(
+        self, on_event: Callable[[MediaEvent, float], None], vad: VadConfig | None = None
+    ) -> MediaSession:
+        """From the fixed greeting to a conversation: decode, VAD, DTMF in; playout out."""
+        session = MediaSession(
+            codec=self.codec or "PCMU",
+            payload_type=self._payload_type,
+            telephone_event_pt=self._telephone_event_pt,
+            vad=vad,
+        )
+        self._session = session
+        self._on_event = on_event
+        self._frames = []
+        return session
+
+    def send_dtmf(self, digits: str) -> None:
+        """Queue RFC 4733 events; they replace audio frames while they last."""
+        if self._telephone_event_pt is None:
+            log.info("call %s: no telephone-event negotiated; DTMF %r not sent",
+                     self.call_id, digits)
+            return
+        sender = DtmfSender(self._telephone_event_pt)
+        self._dtmf_out.extend(sender.events(digits, start_timestamp=0))
 
     def play(self) -> None:
         """Start sending: the greeting, then silence, one packet per 20 ms tick."""
@@ -175,10 +222,11 @@ class RtpLeg:
 
     # ---- the plant's side ---------------------------------------------------------------
 
-    def send_frame(self, advance: int) -> None:
+    def send_frame(self, advance: int, now: float) -> None:
         """Send the next frame; ``advance`` grid slots have passed since the last tick."""
         target = self._latched or self._remote
-        if target is None or not self._frames:
+        session = self._session
+        if target is None or (session is None and not self._frames):
             return  # not connected yet: nowhere to send, nothing to send
         if self._marker:
             first = self._marker
@@ -187,17 +235,56 @@ class RtpLeg:
             first = 0
             self._seq = (self._seq + 1) & 0xFFFF
             self._ts = (self._ts + SAMPLES_PER_FRAME * advance) & 0xFFFFFFFF
-        index = self._frame_index
-        if index < len(self._frames):
-            payload = self._frames[index]
-            self._frame_index = index + 1
+        if session is not None:
+            payload, events = session.tick(now)
+            if events and self._on_event is not None:
+                for event in events:
+                    self._on_event(event, now)
+            if payload is None:
+                payload = self._silence
         else:
-            payload = self._silence
+            index = self._frame_index
+            if index < len(self._frames):
+                payload = self._frames[index]
+                self._frame_index = index + 1
+            else:
+                payload = self._silence
+        if self._dtmf_out:
+            self._send_dtmf_due(target)
+            return
         header = HEADER.pack(
             _RTP_FIRST_BYTE, first | self._payload_type, self._seq, self._ts, self._ssrc
         )
+        self._sendto(header + payload, target)
+
+    def _send_dtmf_due(self, target: tuple[str, int]) -> None:
+        """Telephone-event packets whose time has come (they replace audio meanwhile)."""
+        assert self._telephone_event_pt is not None
+        if self._dtmf_base is None:
+            self._dtmf_base = self._ts  # the events' timestamps count from here
+        base = self._dtmf_base
+        elapsed_ms = ((self._ts - base) & 0xFFFFFFFF) // 8
+        queue = self._dtmf_out
+        sent_any = False
+        while queue and queue[0].send_offset_ms <= elapsed_ms:
+            event = queue.popleft()
+            if sent_any:
+                self._seq = (self._seq + 1) & 0xFFFF
+            sent_any = True
+            header = HEADER.pack(
+                _RTP_FIRST_BYTE,
+                (0x80 if event.marker else 0) | self._telephone_event_pt,
+                self._seq,
+                (base + event.timestamp) & 0xFFFFFFFF,
+                self._ssrc,
+            )
+            self._sendto(header + event.payload, target)
+        if not queue:
+            self._dtmf_base = None
+
+    def _sendto(self, data: bytes, target: tuple[str, int]) -> None:
         try:
-            self._sock.sendto(header + payload, target)
+            self._sock.sendto(data, target)
         except OSError:
             self._send_errors += 1
         else:
@@ -208,6 +295,8 @@ class RtpLeg:
         sock = self._sock
         received = 0
         source: tuple[str, int] | None = None
+        session = self._session
+        now = self._plant.loop.time()
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
                 data, address = sock.recvfrom(RECV_SIZE)
@@ -220,9 +309,10 @@ class RtpLeg:
             if looks_like_rtp(data):
                 received += 1
                 source = (address[0], address[1])
+                if session is not None:
+                    self._feed(session, data, now)
         if not received or source is None:
             return
-        now = self._plant.loop.time()
         self._received += received
         self._last_rx = now
         latched = self._latched
@@ -233,6 +323,17 @@ class RtpLeg:
                 log.info("call %s: RTP source moved %s -> %s", self.call_id, latched, source)
             self._latched = source
             self._latched_rx = now
+
+    def _feed(self, session: MediaSession, data: bytes, now: float) -> None:
+        packet = parse_rtp(data)
+        if packet is None:
+            return
+        events = session.receive(
+            packet.payload_type, packet.sequence, packet.timestamp, packet.payload, now
+        )
+        if events and self._on_event is not None:
+            for event in events:
+                self._on_event(event, now)
 
 
 class MediaPlant:
@@ -386,7 +487,7 @@ class MediaPlant:
         if current > self._slot:
             self.late_ticks += 1
         for leg in self._playing.values():
-            leg.send_frame(advance)
+            leg.send_frame(advance, now)
         self._slot = current + 1
         self._tick_handle = loop.call_at(start + self._slot * FRAME_S, self._tick)
 

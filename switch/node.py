@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from actors.call import CallConfig, CallRecord, LocalAddress
+from actors.conversation import Voice
 from control_api.app import create_app, make_server
 from sip.auth import DigestAuthenticator
 from sip.message import Message
@@ -18,6 +19,7 @@ from sip.transport.udp import UdpFlow, UdpTransport, start_udp
 from switch.config import Settings, auth_algorithms, auth_users
 from switch.manager import CallManager
 from switch.media_leg import MediaPlant
+from switch.voice import build_voice, vad_config
 
 log = logging.getLogger("voxswitch.node")
 
@@ -30,6 +32,7 @@ class Node:
         self.started_at = time.time()
         self.manager: CallManager | None = None
         self.media: MediaPlant | None = None
+        self.voice: Voice | None = None
         self._udp: UdpTransport | None = None
         self._tcp: TcpServer | None = None
         self._stop = asyncio.Event()
@@ -72,6 +75,7 @@ class Node:
             media_timeout_s=s.media_timeout_s,
             node_id=s.name,
         )
+        self.voice = build_voice(s)
         authenticator = None
         if s.sip_auth_realm:
             authenticator = DigestAuthenticator(
@@ -88,6 +92,8 @@ class Node:
             max_calls=s.max_calls,
             on_record=self._record,
             authenticator=authenticator,
+            voice=self.voice,
+            vad=vad_config(s),
         )
         endpoint = self.manager.endpoint
         self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
@@ -127,6 +133,9 @@ class Node:
             self._tcp.close()
         if self.media is not None:
             self.media.close()
+        if self.voice is not None:
+            await self.voice.recognizer.aclose()
+            await self.voice.synthesizer.aclose()
 
 
 def _tune_gc() -> None:

@@ -1,0 +1,366 @@
+"""The conversation a call actor runs: greeting, turns, barge-in, tools.
+
+A turn: the caller speaks → the VAD decides they stopped → the recogniser gives
+text → the brain streams a reply → each sentence is synthesised and queued for
+playout as soon as it is complete, so the caller hears the first sentence while
+the rest is still being written. Barge-in: caller speech while the agent talks
+holds playout at once (the next 20 ms frame is silence); if the caller goes on for
+``barge_in_min_s`` the reply is dropped, the turn's work cancelled and the reply
+recorded as interrupted; a shorter sound ("uh-huh", a cough) lets playout resume.
+
+The state (turns, transcript, step) lives here, in the actor: it is what a
+checkpoint saves. The media session is sans-I/O and lives on the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from media.playout import UtteranceFinished, UtteranceInterrupted, UtteranceStarted
+from media.vad import SpeechEnded, SpeechStarted
+
+from actors.agent import AgentBrain, ChatMessage, TextDelta, ToolCall
+from media.dtmf import DtmfDigit
+from media.session import MediaEvent, MediaSession, UtteranceCaptured
+from media.speech import Pcm, SpeechRecognizer, SpeechSynthesizer
+
+log = logging.getLogger("voxswitch.conversation")
+
+# A sentence ends at . ! ? (or a newline) followed by space; "3.50" does not end one.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclass
+class Voice:
+    """The speech engines and brain a node shares between its calls."""
+
+    recognizer: SpeechRecognizer
+    synthesizer: SpeechSynthesizer
+    brain: AgentBrain
+    barge_in_min_s: float = 0.3
+    _cache: dict[str, Pcm] = field(default_factory=dict)
+
+    async def speech(self, text: str, *, cache: bool = False) -> Pcm:
+        """Synthesise ``text``; fixed phrases (greeting, goodbye) once per node."""
+        if cache and text in self._cache:
+            return self._cache[text]
+        pcm = await self.synthesizer.synthesize(text)
+        if cache:
+            self._cache[text] = pcm
+        return pcm
+
+
+@dataclass
+class TurnMetrics:
+    """Seconds on the loop clock; ``latency_s`` is what the caller hears as the pause."""
+
+    speech_ended_at: float | None = None  # caller's last voiced frame
+    decided_at: float | None = None  # VAD end-of-speech decision
+    asr_s: float | None = None
+    llm_first_token_s: float | None = None
+    tts_first_audio_s: float | None = None
+    first_audio_at: float | None = None  # first frame of the reply sent
+
+    @property
+    def latency_s(self) -> float | None:
+        if self.first_audio_at is None or self.speech_ended_at is None:
+            return None
+        return self.first_audio_at - self.speech_ended_at
+
+    @property
+    def processing_s(self) -> float | None:
+        """From the VAD's decision to the first reply frame: what voxswitch + providers add."""
+        if self.first_audio_at is None or self.decided_at is None:
+            return None
+        return self.first_audio_at - self.decided_at
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "latency_s": _round(self.latency_s),
+            "processing_s": _round(self.processing_s),
+            "asr_s": _round(self.asr_s),
+            "llm_first_token_s": _round(self.llm_first_token_s),
+            "tts_first_audio_s": _round(self.tts_first_audio_s),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+@dataclass
+class Turn:
+    index: int
+    source: str  # "speech" or "dtmf"
+    caller_text: str = ""
+    agent_text: str = ""
+    interrupted: bool = False
+    tools: list[str] = field(default_factory=list)
+    metrics: TurnMetrics = field(default_factory=TurnMetrics)
+
+
+@dataclass
+class ConversationState:
+    step: str = "greeting"  # greeting, listening, thinking, speaking, ending
+    turns: list[Turn] = field(default_factory=list)
+    transcript: list[ChatMessage] = field(default_factory=list)
+    dtmf: str = ""  # digits received so far
+
+
+class ConversationHost(Protocol):
+    """What the conversation asks of its call actor."""
+
+    def hang_up(self, reason: str) -> None: ...
+
+    def transfer(self, target: str) -> None: ...
+
+    def send_dtmf(self, digits: str) -> None: ...
+
+
+class Conversation:
+    def __init__(
+        self,
+        *,
+        voice: Voice,
+        session: MediaSession,
+        host: ConversationHost,
+        clock: Callable[[], float],
+        call_id: str,
+    ) -> None:
+        self.voice = voice
+        self.session = session
+        self.host = host
+        self.clock = clock
+        self.call_id = call_id
+        self.state = ConversationState()
+        self._turn_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._current: Turn | None = None  # the turn whose reply is queued or playing
+        self._barge_timer: asyncio.TimerHandle | None = None
+        self._barge_onset: float | None = None
+        self._backchannel = False  # the caller's sound during playout was too short
+        self._after_playout: Callable[[], None] | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._spawn(self._greet())
+
+    async def aclose(self) -> None:
+        if self._barge_timer is not None:
+            self._barge_timer.cancel()
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("call %s: conversation task failed: %r", self.call_id, error)
+            self.host.hang_up(f"agent error: {type(error).__name__}")
+
+    async def _greet(self) -> None:
+        text = self.voice.brain.greeting()
+        self.state.transcript.append(ChatMessage("assistant", text))
+        if text:
+            self.session.say(await self.voice.speech(text, cache=True), "greeting")
+            self.state.step = "speaking"
+        else:
+            self.state.step = "listening"
+
+    # ---- media events ----------------------------------------------------------------
+
+    def handle(self, event: MediaEvent, at: float) -> None:
+        if isinstance(event, SpeechStarted):
+            self._speech_started(event)
+        elif isinstance(event, SpeechEnded):
+            self._speech_ended()
+        elif isinstance(event, UtteranceCaptured):
+            if self._backchannel:
+                self._backchannel = False  # "uh-huh" over the agent: not a turn
+                return
+            self._new_turn("speech", utterance=event)
+        elif isinstance(event, DtmfDigit):
+            self.state.dtmf += event.digit
+            self._barge_in()
+            self._new_turn("dtmf", text=f"DTMF: {event.digit}")
+        elif isinstance(event, UtteranceStarted):
+            turn = self._current
+            if (
+                turn is not None
+                and turn.metrics.first_audio_at is None
+                and event.utterance_id.startswith(f"t{turn.index}-")
+            ):
+                turn.metrics.first_audio_at = at
+                self._log_turn(turn)
+        elif isinstance(event, UtteranceInterrupted):
+            if self._current is not None and event.utterance_id.startswith(
+                f"t{self._current.index}-"
+            ):
+                self._current.interrupted = True
+        elif isinstance(event, UtteranceFinished) and not self.session.playout.playing:
+            self._playout_idle()
+
+    def _speech_started(self, event: SpeechStarted) -> None:
+        if not (self.session.playout.playing or self.session.playout.queued_frames):
+            return
+        # Hold playout now: the next frame out is silence (well under 100 ms from onset).
+        self.session.paused = True
+        self._barge_onset = event.at
+        loop = asyncio.get_running_loop()
+        if self._barge_timer is not None:
+            self._barge_timer.cancel()
+        wait = max(0.0, event.at + self.voice.barge_in_min_s - self.clock())
+        self._barge_timer = loop.call_later(wait, self._barge_check)
+
+    def _barge_check(self) -> None:
+        self._barge_timer = None
+        if self.session.caller_speaking:
+            self._barge_in()
+
+    def _speech_ended(self) -> None:
+        if self._barge_timer is not None:
+            # Shorter than barge_in_min_s: a backchannel; the agent carries on.
+            self._barge_timer.cancel()
+            self._barge_timer = None
+            self._backchannel = True
+            self.session.paused = False
+
+    def _barge_in(self) -> None:
+        """The caller takes the floor: drop the reply, cancel its work."""
+        self._barge_onset = None
+        for event in self.session.flush():
+            self.handle(event, self.clock())
+        if self._turn_task is not None and not self._turn_task.done():
+            self._turn_task.cancel()
+            if self._current is not None:
+                self._current.interrupted = True
+        if self._after_playout is not None:
+            self._after_playout = None  # a goodbye cut short: still hang up
+            self.host.hang_up("agent ended the call")
+        self.state.step = "listening"
+
+    def _playout_idle(self, *, turn_over: bool = False) -> None:
+        """Nothing left to play: listen, or carry out what waited for the end (a hang-up)."""
+        if turn_over or self._turn_task is None or self._turn_task.done():
+            self.state.step = "listening"
+            action, self._after_playout = self._after_playout, None
+            if action is not None:
+                action()
+
+    # ---- a turn ----------------------------------------------------------------------
+
+    def _new_turn(
+        self, source: str, *, utterance: UtteranceCaptured | None = None, text: str = ""
+    ) -> None:
+        if self._turn_task is not None and not self._turn_task.done():
+            self._turn_task.cancel()  # the caller said more before we answered
+            if self._current is not None:
+                self._current.interrupted = True
+        turn = Turn(index=len(self.state.turns) + 1, source=source, caller_text=text)
+        if utterance is not None:
+            turn.metrics.speech_ended_at = utterance.ended_at
+            turn.metrics.decided_at = utterance.decided_at
+        else:
+            turn.metrics.speech_ended_at = turn.metrics.decided_at = self.clock()
+        self.state.turns.append(turn)
+        self._current = turn
+        self.state.step = "thinking"
+        self._turn_task = self._spawn(self._run_turn(turn, utterance))
+
+    async def _run_turn(self, turn: Turn, utterance: UtteranceCaptured | None) -> None:
+        metrics = turn.metrics
+        if utterance is not None:
+            started = self.clock()
+            transcript = await self.voice.recognizer.transcribe(utterance.pcm)
+            metrics.asr_s = self.clock() - started
+            turn.caller_text = transcript.text.strip()
+            if not turn.caller_text:
+                log.info("call %s: turn %d: nothing recognised", self.call_id, turn.index)
+                self.state.turns.remove(turn)
+                self._current = None
+                self.state.step = "listening"
+                return
+        history = list(self.state.transcript)
+        self.state.transcript.append(ChatMessage("user", turn.caller_text))
+        asked = self.clock()
+        pending = ""
+        spoken: list[str] = []
+        tools: list[ToolCall] = []
+        async for event in self.voice.brain.respond(history, turn.caller_text):
+            if isinstance(event, ToolCall):
+                tools.append(event)
+                continue
+            if metrics.llm_first_token_s is None:
+                metrics.llm_first_token_s = self.clock() - asked
+            pending += event.text
+            *sentences, pending = _SENTENCE_END.split(pending)
+            for sentence in sentences:
+                await self._speak(turn, sentence, spoken)
+        await self._speak(turn, pending, spoken)
+        turn.agent_text = " ".join(spoken)
+        self.state.transcript.append(ChatMessage("assistant", turn.agent_text))
+        for tool in tools:
+            self._tool(turn, tool)
+        if not self.session.playout.playing and not self.session.playout.queued_frames:
+            self._playout_idle(turn_over=True)
+
+    async def _speak(self, turn: Turn, sentence: str, spoken: list[str]) -> None:
+        sentence = sentence.strip()
+        if not sentence:
+            return
+        started = self.clock()
+        pcm = await self.voice.speech(sentence)
+        if turn.metrics.tts_first_audio_s is None:
+            turn.metrics.tts_first_audio_s = self.clock() - started
+        self.session.say(pcm, f"t{turn.index}-{len(spoken)}")
+        spoken.append(sentence)
+        self.state.step = "speaking"
+
+    def _tool(self, turn: Turn, tool: ToolCall) -> None:
+        turn.tools.append(tool.name)
+        log.info("call %s: turn %d: tool %s %s", self.call_id, turn.index, tool.name,
+                 tool.arguments)
+        if tool.name == "hang_up":
+            reason = str(tool.arguments.get("reason") or "agent ended the call")
+            self.state.step = "ending"
+            self._after_playout = lambda: self.host.hang_up(reason)
+        elif tool.name == "transfer":
+            target = str(tool.arguments.get("target") or "")
+            self.state.step = "ending"
+            self._after_playout = lambda: self.host.transfer(target)
+        elif tool.name == "send_dtmf":
+            self.host.send_dtmf(str(tool.arguments.get("digits") or ""))
+
+    def _log_turn(self, turn: Turn) -> None:
+        m = turn.metrics
+        log.info(
+            "call %s: turn %d: %r -> first audio %.0f ms after speech end "
+            "(vad hangover %.0f, asr %.0f, llm ttft %.0f, tts %.0f ms)",
+            self.call_id,
+            turn.index,
+            turn.caller_text[:60],
+            1000 * (m.latency_s or 0.0),
+            1000 * ((m.decided_at or 0.0) - (m.speech_ended_at or 0.0)),
+            1000 * (m.asr_s or 0.0),
+            1000 * (m.llm_first_token_s or 0.0),
+            1000 * (m.tts_first_audio_s or 0.0),
+        )
+
+
+__all__ = ["Conversation", "ConversationState", "TextDelta", "Turn", "Voice"]

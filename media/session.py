@@ -1,0 +1,148 @@
+"""One call's media content, sans-I/O: what comes in, what goes out, every 20 ms.
+
+The RTP leg (socket, latching, pacing) feeds ``receive`` with each RTP packet and
+calls ``tick`` once per 20 ms slot. In: G.711 is decoded into the jitter buffer,
+telephone-events go to the DTMF receiver; each tick pulls one frame on time, runs
+the VAD on it and keeps the caller's utterance (with a little audio from before
+the onset) until the VAD says it ended. Out: the playout queue gives the frame to
+send, or ``None`` for silence. Nothing here knows SIP or sockets; time is a
+parameter.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from media.dtmf import DtmfDigit, DtmfReceiver
+from media.g711 import decode, encode
+from media.jitter import JitterBuffer
+from media.playout import PlayoutEvent, PlayoutQueue
+from media.speech import Pcm
+from media.vad import SpeechEnded, SpeechStarted, VoiceActivityDetector
+
+FRAME_SAMPLES = 160
+FRAME_S = 0.020
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    aggressiveness: int = 2
+    start_ms: int = 60  # speech this long is a start: barge-in must stop playout < 100 ms
+    stop_ms: int = 500  # silence this long ends the caller's turn
+    preroll_ms: int = 200  # audio kept from before the onset, for the recogniser
+    max_utterance_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class UtteranceCaptured:
+    """The caller's words between SpeechStarted and SpeechEnded, for the recogniser."""
+
+    pcm: Pcm
+    started_at: float
+    ended_at: float  # when the caller stopped speaking (end of the last voiced frame)
+    decided_at: float  # when the VAD decided it (ended_at + the stop hangover)
+
+
+MediaEvent = SpeechStarted | SpeechEnded | UtteranceCaptured | DtmfDigit | PlayoutEvent
+
+
+class MediaSession:
+    def __init__(
+        self,
+        *,
+        codec: str,
+        payload_type: int,
+        telephone_event_pt: int | None = None,
+        vad: VadConfig | None = None,
+    ) -> None:
+        self.codec = codec
+        self.payload_type = payload_type
+        self.telephone_event_pt = telephone_event_pt
+        self.vad_config = vad or VadConfig()
+        self.jitter = JitterBuffer()
+        self.vad = VoiceActivityDetector(
+            aggressiveness=self.vad_config.aggressiveness,
+            start_ms=self.vad_config.start_ms,
+            stop_ms=self.vad_config.stop_ms,
+        )
+        self.dtmf = DtmfReceiver()
+        self.playout = PlayoutQueue()
+        self.paused = False  # playout held (the caller may be barging in)
+        preroll = max(1, self.vad_config.preroll_ms // 20)
+        self._recent: deque[Pcm] = deque(maxlen=preroll)
+        self._utterance: list[Pcm] | None = None
+        self._utterance_started = 0.0
+        self._max_frames = int(self.vad_config.max_utterance_s / FRAME_S)
+
+    def renegotiated(self, codec: str, payload_type: int, telephone_event_pt: int | None) -> None:
+        """A re-INVITE changed the codec: new numbering may follow, start the buffer over."""
+        if (codec, payload_type) != (self.codec, self.payload_type):
+            self.jitter.reset()
+        self.codec, self.payload_type = codec, payload_type
+        self.telephone_event_pt = telephone_event_pt
+
+    # ---- in --------------------------------------------------------------------------
+
+    def receive(
+        self, payload_type: int, sequence: int, timestamp: int, payload: bytes, now: float
+    ) -> list[MediaEvent]:
+        if payload_type == self.payload_type:
+            self.jitter.put(sequence, timestamp, decode(self.codec, payload))
+            return []
+        if payload_type == self.telephone_event_pt and self.telephone_event_pt is not None:
+            return list(self.dtmf.feed(timestamp, payload, now))
+        return []  # comfort noise, an unnegotiated codec: ignored
+
+    # ---- every 20 ms -------------------------------------------------------------------
+
+    def tick(self, now: float) -> tuple[bytes | None, list[MediaEvent]]:
+        """The frame to send now (None: silence) and what happened on the way in."""
+        events: list[MediaEvent] = []
+        frame = self.jitter.pull()
+        for vad_event in self.vad.process(frame, now):
+            events.append(vad_event)
+            if isinstance(vad_event, SpeechStarted):
+                self._utterance = list(self._recent)
+                self._utterance_started = vad_event.at
+            elif self._utterance is not None:
+                events.append(self._captured(vad_event, now))
+        if self._utterance is not None:
+            self._utterance.append(frame)
+            if len(self._utterance) >= self._max_frames:  # a caller who never pauses
+                ended = SpeechEnded(at=now, speech_s=now - self._utterance_started)
+                self.vad.reset()
+                events += [ended, self._captured(ended, now)]
+        else:
+            self._recent.append(frame)
+        events += self.dtmf.tick(now)
+        out: bytes | None = None
+        if not self.paused:
+            pcm, playout_events = self.playout.next_frame()
+            events += playout_events
+            if pcm is not None:
+                out = encode(self.codec, pcm)
+        return out, events
+
+    def _captured(self, ended: SpeechEnded, now: float) -> UtteranceCaptured:
+        frames = self._utterance or []
+        self._utterance = None
+        pcm = np.concatenate(frames) if frames else np.zeros(0, dtype=np.int16)
+        return UtteranceCaptured(pcm, self._utterance_started, ended.at, now)
+
+    # ---- out ---------------------------------------------------------------------------
+
+    def say(self, pcm: Pcm, utterance_id: str) -> None:
+        self.playout.push(pcm, utterance_id)
+
+    def flush(self) -> list[MediaEvent]:
+        """Drop everything queued at once (barge-in); playing resumes with what comes next."""
+        self.paused = False
+        _, events = self.playout.flush()
+        return list(events)
+
+    @property
+    def caller_speaking(self) -> bool:
+        return self._utterance is not None
