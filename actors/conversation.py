@@ -22,12 +22,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from media.playout import UtteranceFinished, UtteranceInterrupted, UtteranceStarted
-from media.vad import SpeechEnded, SpeechStarted
-
 from actors.agent import AgentBrain, ChatMessage, TextDelta, ToolCall
 from media.dtmf import DtmfDigit
-from media.session import MediaEvent, MediaSession, UtteranceCaptured
+from media.playout import UtteranceFinished, UtteranceInterrupted, UtteranceStarted
+from media.session import MediaEvent, MediaSession, PlayoutHeld, UtteranceCaptured
 from media.speech import Pcm, SpeechRecognizer, SpeechSynthesizer
 
 log = logging.getLogger("voxswitch.conversation")
@@ -111,6 +109,7 @@ class ConversationState:
     turns: list[Turn] = field(default_factory=list)
     transcript: list[ChatMessage] = field(default_factory=list)
     dtmf: str = ""  # digits received so far
+    barge_ins: list[dict[str, float]] = field(default_factory=list)
 
 
 class ConversationHost(Protocol):
@@ -143,7 +142,6 @@ class Conversation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._current: Turn | None = None  # the turn whose reply is queued or playing
         self._barge_timer: asyncio.TimerHandle | None = None
-        self._barge_onset: float | None = None
         self._backchannel = False  # the caller's sound during playout was too short
         self._after_playout: Callable[[], None] | None = None
 
@@ -186,11 +184,7 @@ class Conversation:
     # ---- media events ----------------------------------------------------------------
 
     def handle(self, event: MediaEvent, at: float) -> None:
-        if isinstance(event, SpeechStarted):
-            self._speech_started(event)
-        elif isinstance(event, SpeechEnded):
-            self._speech_ended()
-        elif isinstance(event, UtteranceCaptured):
+        if isinstance(event, UtteranceCaptured):
             if self._backchannel:
                 self._backchannel = False  # "uh-huh" over the agent: not a turn
                 return
@@ -215,35 +209,39 @@ class Conversation:
                 self._current.interrupted = True
         elif isinstance(event, UtteranceFinished) and not self.session.playout.playing:
             self._playout_idle()
+        elif isinstance(event, PlayoutHeld):
+            self._playout_held(event)
 
-    def _speech_started(self, event: SpeechStarted) -> None:
-        if not (self.session.playout.playing or self.session.playout.queued_frames):
-            return
-        # Hold playout now: the next frame out is silence (well under 100 ms from onset).
-        self.session.paused = True
-        self._barge_onset = event.at
-        loop = asyncio.get_running_loop()
+    def _playout_held(self, event: PlayoutHeld) -> None:
+        """The session held playout on voice; decide at onset + barge_in_min_s."""
+        held_ms = 1000 * (event.at - event.onset_at)
+        self.state.barge_ins.append({"onset_at": event.onset_at, "held_ms": held_ms})
+        log.info(
+            "call %s: caller spoke over the agent: playout held %.0f ms after onset",
+            self.call_id,
+            held_ms,
+        )
         if self._barge_timer is not None:
             self._barge_timer.cancel()
-        wait = max(0.0, event.at + self.voice.barge_in_min_s - self.clock())
-        self._barge_timer = loop.call_later(wait, self._barge_check)
+        wait = max(0.0, event.onset_at + self.voice.barge_in_min_s - self.clock())
+        self._barge_timer = asyncio.get_running_loop().call_later(wait, self._barge_check)
 
     def _barge_check(self) -> None:
         self._barge_timer = None
         if self.session.caller_speaking:
+            log.info("call %s: barge-in: reply dropped", self.call_id)
             self._barge_in()
-
-    def _speech_ended(self) -> None:
-        if self._barge_timer is not None:
-            # Shorter than barge_in_min_s: a backchannel; the agent carries on.
-            self._barge_timer.cancel()
-            self._barge_timer = None
-            self._backchannel = True
-            self.session.paused = False
+            return
+        # Shorter than barge_in_min_s: a backchannel or a noise; the agent carries on.
+        self._backchannel = self.session.capturing
+        self.session.resume()
+        log.info("call %s: short sound over the agent: playout resumed", self.call_id)
 
     def _barge_in(self) -> None:
         """The caller takes the floor: drop the reply, cancel its work."""
-        self._barge_onset = None
+        if self._barge_timer is not None:
+            self._barge_timer.cancel()
+            self._barge_timer = None
         for event in self.session.flush():
             self.handle(event, self.clock())
         if self._turn_task is not None and not self._turn_task.done():
@@ -314,6 +312,7 @@ class Conversation:
                 await self._speak(turn, sentence, spoken)
         await self._speak(turn, pending, spoken)
         turn.agent_text = " ".join(spoken)
+        log.info("call %s: turn %d: agent: %r", self.call_id, turn.index, turn.agent_text[:120])
         self.state.transcript.append(ChatMessage("assistant", turn.agent_text))
         for tool in tools:
             self._tool(turn, tool)
@@ -334,8 +333,9 @@ class Conversation:
 
     def _tool(self, turn: Turn, tool: ToolCall) -> None:
         turn.tools.append(tool.name)
-        log.info("call %s: turn %d: tool %s %s", self.call_id, turn.index, tool.name,
-                 tool.arguments)
+        log.info(
+            "call %s: turn %d: tool %s %s", self.call_id, turn.index, tool.name, tool.arguments
+        )
         if tool.name == "hang_up":
             reason = str(tool.arguments.get("reason") or "agent ended the call")
             self.state.step = "ending"

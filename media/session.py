@@ -21,10 +21,13 @@ from media.g711 import decode, encode
 from media.jitter import JitterBuffer
 from media.playout import PlayoutEvent, PlayoutQueue
 from media.speech import Pcm
-from media.vad import SpeechEnded, SpeechStarted, VoiceActivityDetector
+from media.vad import SpeechEnded, SpeechStarted, VadState, VoiceActivityDetector
 
 FRAME_SAMPLES = 160
 FRAME_S = 0.020
+SILENCE: Pcm = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+HOLD_AFTER_FRAMES = 2  # voice this long (40 ms) over our playout holds it
+_VOICE_STATES = (VadState.STARTING, VadState.SPEAKING)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,17 @@ class UtteranceCaptured:
     decided_at: float  # when the VAD decided it (ended_at + the stop hangover)
 
 
-MediaEvent = SpeechStarted | SpeechEnded | UtteranceCaptured | DtmfDigit | PlayoutEvent
+@dataclass(frozen=True)
+class PlayoutHeld:
+    """Caller speech started over our playout: from this frame on we send silence."""
+
+    onset_at: float  # the caller's first voiced frame
+    at: float  # the first frame held back
+
+
+MediaEvent = (
+    SpeechStarted | SpeechEnded | UtteranceCaptured | DtmfDigit | PlayoutEvent | PlayoutHeld
+)
 
 
 class MediaSession:
@@ -76,6 +89,9 @@ class MediaSession:
         self._utterance: list[Pcm] | None = None
         self._utterance_started = 0.0
         self._max_frames = int(self.vad_config.max_utterance_s / FRAME_S)
+        self._heard_since_tick = False
+        self._hold_onset: float | None = None
+        self._voice_frames = 0  # consecutive frames the VAD was starting or speaking
 
     def renegotiated(self, codec: str, payload_type: int, telephone_event_pt: int | None) -> None:
         """A re-INVITE changed the codec: new numbering may follow, start the buffer over."""
@@ -89,26 +105,57 @@ class MediaSession:
     def receive(
         self, payload_type: int, sequence: int, timestamp: int, payload: bytes, now: float
     ) -> list[MediaEvent]:
+        """One RTP packet. The VAD hears audio as it arrives, not after the jitter buffer:
+        barge-in must not wait the buffer's depth."""
         if payload_type == self.payload_type:
-            self.jitter.put(sequence, timestamp, decode(self.codec, payload))
-            return []
+            pcm = decode(self.codec, payload)
+            self.jitter.put(sequence, timestamp, pcm)
+            if pcm.size != FRAME_SAMPLES:
+                return []
+            self._heard_since_tick = True
+            return self._listen(pcm, now)
         if payload_type == self.telephone_event_pt and self.telephone_event_pt is not None:
             return list(self.dtmf.feed(timestamp, payload, now))
         return []  # comfort noise, an unnegotiated codec: ignored
 
-    # ---- every 20 ms -------------------------------------------------------------------
-
-    def tick(self, now: float) -> tuple[bytes | None, list[MediaEvent]]:
-        """The frame to send now (None: silence) and what happened on the way in."""
+    def _listen(self, pcm: Pcm, now: float) -> list[MediaEvent]:
         events: list[MediaEvent] = []
-        frame = self.jitter.pull()
-        for vad_event in self.vad.process(frame, now):
+        for vad_event in self.vad.process(pcm, now):
             events.append(vad_event)
             if isinstance(vad_event, SpeechStarted):
                 self._utterance = list(self._recent)
                 self._utterance_started = vad_event.at
             elif self._utterance is not None:
                 events.append(self._captured(vad_event, now))
+        if self.vad.state in _VOICE_STATES:
+            self._voice_frames += 1
+            if (
+                self._voice_frames == HOLD_AFTER_FRAMES
+                and self.playout.playing
+                and not self.paused
+            ):
+                # Voice over our playout: hold it now, before the actor hears of it
+                # (the caller must stop hearing us within 100 ms of their onset; the
+                # VAD confirms speech later). The actor then decides: barge-in (flush)
+                # or a backchannel or noise (resume).
+                self.paused = True
+                self._hold_onset = now - (HOLD_AFTER_FRAMES - 1) * FRAME_S
+        else:
+            self._voice_frames = 0
+        return events
+
+    # ---- every 20 ms -------------------------------------------------------------------
+
+    def tick(self, now: float) -> tuple[bytes | None, list[MediaEvent]]:
+        """The frame to send now (None: silence) and what happened on the way in."""
+        events: list[MediaEvent] = []
+        if not self._heard_since_tick:
+            # No packet this slot (loss, or the caller stopped sending): the VAD hears
+            # silence, so a turn still ends when the stream does.
+            events += self._listen(SILENCE, now)
+        self._heard_since_tick = False
+        # What the recogniser gets comes out of the jitter buffer: in order, concealed.
+        frame = self.jitter.pull()
         if self._utterance is not None:
             self._utterance.append(frame)
             if len(self._utterance) >= self._max_frames:  # a caller who never pauses
@@ -119,7 +166,11 @@ class MediaSession:
             self._recent.append(frame)
         events += self.dtmf.tick(now)
         out: bytes | None = None
-        if not self.paused:
+        if self.paused:
+            if self._hold_onset is not None:
+                events.append(PlayoutHeld(self._hold_onset, now))
+                self._hold_onset = None
+        else:
             pcm, playout_events = self.playout.next_frame()
             events += playout_events
             if pcm is not None:
@@ -145,4 +196,14 @@ class MediaSession:
 
     @property
     def caller_speaking(self) -> bool:
+        """The VAD hears the caller now (starting or confirmed)."""
+        return self.vad.state in _VOICE_STATES
+
+    @property
+    def capturing(self) -> bool:
+        """An utterance is being recorded (its UtteranceCaptured will follow)."""
         return self._utterance is not None
+
+    def resume(self) -> None:
+        self.paused = False
+        self._hold_onset = None

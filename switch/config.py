@@ -114,7 +114,7 @@ class Settings:
         default=500, metadata={"help": "silence this long ends the caller's turn"}
     )
     barge_in_min_ms: int = field(
-        default=300,
+        default=500,
         metadata={"help": "caller speech over the agent this long interrupts it; shorter resumes"},
     )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})

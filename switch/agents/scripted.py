@@ -432,13 +432,19 @@ class ScriptedAgent:
                 yield call
 
     def phrases(self) -> list[str]:
-        out: dict[str, None] = {}
+        """What callers are expected to say, for the recogniser's language model.
+
+        The patterns (the caller's side) count three times; the agent's own lines
+        once, since callers pick up its words ("hours", "address") but less often.
+        """
+        patterns: dict[str, None] = {}
+        lines: dict[str, None] = {}
         for text in (self._greeting, self.fallback, self.goodbye):
-            out[text] = None
+            lines[text] = None
         for entry in self.entries:
             for p in entry.patterns:
                 if _dtmf_digits(p) is None:
-                    out[p] = None
+                    patterns[p] = None
             if entry.say:
-                out[entry.say] = None
-        return list(out)
+                lines[entry.say] = None
+        return [*patterns, *patterns, *patterns, *lines]

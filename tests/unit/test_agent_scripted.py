@@ -81,7 +81,9 @@ def test_phrases_cover_patterns_answers_and_greeting() -> None:
     assert "where are you located" in phrases
     assert _answer("hours") in phrases
     assert "DTMF: 0" not in phrases  # keypad input is not speech
-    assert len(phrases) == len(set(phrases))
+    # The caller's side weighs more in the language model than the agent's lines.
+    assert phrases.count("where are you located") == 3
+    assert phrases.count(DEMO.greeting()) == 1
 
 
 # --- matching -----------------------------------------------------------------------
