@@ -73,6 +73,7 @@ class CallRecord:
     packets_received: int = 0
     turns: list[dict[str, Any]] = field(default_factory=list)
     dtmf: str = ""
+    barge_ins: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -467,6 +468,7 @@ class CallActor:
             return
         await conversation.aclose()
         self.record.dtmf = conversation.state.dtmf
+        self.record.barge_ins = list(conversation.state.barge_ins)
         self.record.turns = [
             {
                 "index": t.index,

@@ -96,6 +96,19 @@ class NodeProcess:
         return f"{self.host}:{self.sip_port}"
 
     @property
+    def records_path(self) -> Path:
+        """The node's call records (``records_file``, relative to its working directory)."""
+        return self.workdir / "voxswitch-calls.jsonl"
+
+    def records(self) -> list[dict[str, object]]:
+        """Every call record the node has written so far, oldest first."""
+        try:
+            text = self.records_path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    @property
     def health_url(self) -> str:
         return f"http://{self.host}:{self.api_port}/health"
 

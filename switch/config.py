@@ -117,6 +117,10 @@ class Settings:
         default=500,
         metadata={"help": "caller speech over the agent this long interrupts it; shorter resumes"},
     )
+    records_file: str = field(
+        default="voxswitch-calls.jsonl",
+        metadata={"help": "call records, one JSON object per line ('' disables)"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import json
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from actors.call import CallConfig, CallRecord, LocalAddress
 from actors.conversation import Voice
@@ -33,6 +35,7 @@ class Node:
         self.manager: CallManager | None = None
         self.media: MediaPlant | None = None
         self.voice: Voice | None = None
+        self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
         self._tcp: TcpServer | None = None
         self._stop = asyncio.Event()
@@ -76,6 +79,8 @@ class Node:
             node_id=s.name,
         )
         self.voice = build_voice(s)
+        if s.records_file:
+            self._records = open(s.records_file, "a", encoding="utf-8")  # noqa: SIM115
         authenticator = None
         if s.sip_auth_realm:
             authenticator = DigestAuthenticator(
@@ -114,8 +119,13 @@ class Node:
         self.manager.endpoint.receive_message(message, conn)
 
     def _record(self, record: CallRecord) -> None:
-        # The backbone (PostgreSQL, Kafka) takes records in a later milestone.
-        log.debug("record %s", record)
+        # The embedded default: one JSON line per call. PostgreSQL and Kafka come with
+        # the backbone.
+        if self._records is not None:
+            line = dataclasses.asdict(record)
+            line["duration_s"] = round(record.duration_s, 3)
+            self._records.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self._records.flush()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -136,6 +146,8 @@ class Node:
         if self.voice is not None:
             await self.voice.recognizer.aclose()
             await self.voice.synthesizer.aclose()
+        if self._records is not None:
+            self._records.close()
 
 
 def _tune_gc() -> None:
