@@ -2,7 +2,7 @@
 #
 #   make run [ARGS="--sip-port 5070"]   run a node on embedded defaults (SIP 0.0.0.0:5060)
 #   make test                           what CI runs: test deps, lint, types, all tests
-#   make lint | unit | e2e | bench | clean | distclean
+#   make lint | unit | e2e | bench | bench-media | clean | distclean
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint unit e2e bench test-deps venv clean distclean
+.PHONY: help run test lint unit e2e bench bench-media test-deps venv clean distclean
 
 help:
 	@sed -n '1,6p' Makefile | sed 's/^# \{0,1\}//'
@@ -54,6 +54,9 @@ e2e: test-deps $(STAMP)
 
 bench: test-deps $(STAMP)
 	$(BIN)/python -m loadtest.cps $(BENCH_ARGS)
+
+bench-media: test-deps $(STAMP)
+	$(BIN)/python -m loadtest.concurrency $(BENCH_ARGS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis loadtest/out build dist

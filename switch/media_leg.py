@@ -25,8 +25,11 @@ import ipaddress
 import logging
 import random
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
+
+import numpy as np
 
 from media.dtmf import DtmfSender, OutgoingEvent
 from media.g711 import encode, silence_byte
@@ -44,6 +47,7 @@ RELATCH_AFTER_S = 2.0
 MAX_BIND_ATTEMPTS = 64  # per new leg, when other processes hold ports of our range
 MAX_READS_PER_WAKEUP = 256  # the reader is level-triggered: the rest comes next time
 RECV_SIZE = 2048
+LATENESS_WINDOW = 3000  # ticks: the last minute
 
 _RTP_FIRST_BYTE = RTP_VERSION << 6  # V=2, no padding, no extension, no CSRC
 
@@ -367,6 +371,8 @@ class MediaPlant:
         self._slot = 0
         self._closed = False
         self.late_ticks = 0  # ticks that skipped grid slots
+        # Seconds the last packet of each recent tick left after its slot (a minute).
+        self.lateness: deque[float] = deque(maxlen=LATENESS_WINDOW)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -377,6 +383,16 @@ class MediaPlant:
     @property
     def active_legs(self) -> int:
         return len(self._legs)
+
+    @property
+    def playing_legs(self) -> int:
+        return len(self._playing)
+
+    def lateness_ms(self, percentile: float) -> float:
+        """Percentile of recent ticks' lateness (last packet sent vs its 20 ms slot)."""
+        if not self.lateness:
+            return 0.0
+        return 1000.0 * float(np.percentile(np.fromiter(self.lateness, float), percentile))
 
     @property
     def free_ports(self) -> int:
@@ -486,8 +502,12 @@ class MediaPlant:
         advance = current - self._slot + 1 if self._slot else 1
         if current > self._slot:
             self.late_ticks += 1
+        began = time.monotonic()
         for leg in self._playing.values():
             leg.send_frame(advance, now)
+        # How late the last packet of this tick left, against its slot on the grid.
+        late = now - (start + current * FRAME_S) + (time.monotonic() - began)
+        self.lateness.append(late)
         self._slot = current + 1
         self._tick_handle = loop.call_at(start + self._slot * FRAME_S, self._tick)
 

@@ -55,6 +55,14 @@ class Node:
             "max_calls": self.settings.max_calls,
             "calls_offered": manager.stats.calls_offered if manager else 0,
             "dispositions": dict(manager.stats.dispositions) if manager else {},
+            "media": {
+                "legs": self.media.active_legs if self.media else 0,
+                "playing": self.media.playing_legs if self.media else 0,
+                "late_ticks": self.media.late_ticks if self.media else 0,
+                "tick_lateness_p50_ms": round(self.media.lateness_ms(50), 2) if self.media else 0,
+                "tick_lateness_p99_ms": round(self.media.lateness_ms(99), 2) if self.media else 0,
+                "tick_lateness_max_ms": round(self.media.lateness_ms(100), 2) if self.media else 0,
+            },
             "sip": {
                 "received": stats.received if stats else 0,
                 "sent": stats.sent if stats else 0,
