@@ -26,6 +26,7 @@ from media.vad import SpeechEnded, SpeechStarted, VadState, VoiceActivityDetecto
 FRAME_SAMPLES = 160
 FRAME_S = 0.020
 SILENCE: Pcm = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+STREAM_GAP_SLOTS = 3  # slots without a packet before the VAD is fed silence
 HOLD_AFTER_FRAMES = 2  # voice this long (40 ms) over our playout holds it
 _VOICE_STATES = (VadState.STARTING, VadState.SPEAKING)
 
@@ -90,6 +91,7 @@ class MediaSession:
         self._utterance_started = 0.0
         self._max_frames = int(self.vad_config.max_utterance_s / FRAME_S)
         self._heard_since_tick = False
+        self._quiet_slots = 0
         self._hold_onset: float | None = None
         self._voice_frames = 0  # consecutive frames the VAD was starting or speaking
 
@@ -149,10 +151,15 @@ class MediaSession:
     def tick(self, now: float) -> tuple[bytes | None, list[MediaEvent]]:
         """The frame to send now (None: silence) and what happened on the way in."""
         events: list[MediaEvent] = []
-        if not self._heard_since_tick:
-            # No packet this slot (loss, or the caller stopped sending): the VAD hears
-            # silence, so a turn still ends when the stream does.
-            events += self._listen(SILENCE, now)
+        if self._heard_since_tick:
+            self._quiet_slots = 0
+        else:
+            # No packet for a while (the caller stopped sending, or heavy loss): the VAD
+            # hears silence, so a turn still ends when the stream does. Not for one
+            # empty slot: senders burst, and zeros between noisy frames sound like onsets.
+            self._quiet_slots += 1
+            if self._quiet_slots >= STREAM_GAP_SLOTS:
+                events += self._listen(SILENCE, now)
         self._heard_since_tick = False
         # What the recogniser gets comes out of the jitter buffer: in order, concealed.
         frame = self.jitter.pull()
