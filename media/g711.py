@@ -117,6 +117,16 @@ def alaw_decode(data: bytes) -> PcmArray:
     return ALAW_DECODE_TABLE[np.frombuffer(data, dtype=np.uint8)]
 
 
+def tables(codec: str) -> tuple[npt.NDArray[np.uint8], PcmArray]:
+    """(encode, decode) lookup tables of a codec, for hot paths that skip the dispatch."""
+    name = codec.upper()
+    if name == "PCMU":
+        return ULAW_ENCODE_TABLE, ULAW_DECODE_TABLE
+    if name == "PCMA":
+        return ALAW_ENCODE_TABLE, ALAW_DECODE_TABLE
+    raise ValueError(f"unsupported codec {codec!r} (expected PCMU or PCMA)")
+
+
 def encode(codec: str, pcm: npt.ArrayLike) -> bytes:
     """Encode for an RTP encoding name: "PCMU" or "PCMA"."""
     name = codec.upper()

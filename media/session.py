@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from media.dtmf import DtmfDigit, DtmfReceiver
-from media.g711 import decode, encode
+from media.g711 import tables
 from media.jitter import JitterBuffer
 from media.playout import PlayoutEvent, PlayoutQueue
 from media.speech import Pcm
@@ -74,6 +74,7 @@ class MediaSession:
     ) -> None:
         self.codec = codec
         self.payload_type = payload_type
+        self._encode_table, self._decode_table = tables(codec)
         self.telephone_event_pt = telephone_event_pt
         self.vad_config = vad or VadConfig()
         self.jitter = JitterBuffer()
@@ -101,6 +102,7 @@ class MediaSession:
             self.jitter.reset()
         self.codec, self.payload_type = codec, payload_type
         self.telephone_event_pt = telephone_event_pt
+        self._encode_table, self._decode_table = tables(codec)
 
     # ---- in --------------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class MediaSession:
         """One RTP packet. The VAD hears audio as it arrives, not after the jitter buffer:
         barge-in must not wait the buffer's depth."""
         if payload_type == self.payload_type:
-            pcm = decode(self.codec, payload)
+            pcm = self._decode_table[np.frombuffer(payload, dtype=np.uint8)]
             self.jitter.put(sequence, timestamp, pcm)
             if pcm.size != FRAME_SAMPLES:
                 return []
@@ -179,9 +181,10 @@ class MediaSession:
                 self._hold_onset = None
         else:
             pcm, playout_events = self.playout.next_frame()
-            events += playout_events
+            if playout_events:
+                events += playout_events
             if pcm is not None:
-                out = encode(self.codec, pcm)
+                out = self._encode_table[pcm.view(np.uint16)].tobytes()
         return out, events
 
     def _captured(self, ended: SpeechEnded, now: float) -> UtteranceCaptured:

@@ -30,8 +30,11 @@ the frame's first sample (any clock, in seconds); a frame covers
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import _webrtcvad
 import webrtcvad
 
 from media.speech import SAMPLE_RATE, Pcm
@@ -88,6 +91,7 @@ class VoiceActivityDetector:
         "_frame_samples",
         "_hang_long",
         "_hang_short",
+        "_is_speech",
         "_long_run_frames",
         "_misses",
         "_onset",
@@ -120,6 +124,13 @@ class VoiceActivityDetector:
         self.start_ms = start_ms
         self.stop_ms = stop_ms
         self._vad = webrtcvad.Vad(aggressiveness)
+        # The C function itself: Vad.is_speech re-checks the length on every frame.
+        handle = getattr(self._vad, "_vad", None)
+        self._is_speech: Callable[[bytes, int], bool] = (
+            functools.partial(_webrtcvad.process, handle, SAMPLE_RATE)
+            if handle is not None
+            else lambda buf, _n: bool(self._vad.is_speech(buf, SAMPLE_RATE))
+        )
         self._frame_samples = SAMPLE_RATE * frame_ms // 1000
         self._frame_s = frame_ms / 1000.0
         self._stop_s = stop_ms / 1000.0
@@ -150,7 +161,7 @@ class VoiceActivityDetector:
         """Feed one frame (``frame_ms`` of int16 at 8 kHz) that starts at time ``now``."""
         if len(frame) != self._frame_samples:
             raise ValueError(f"VAD frame must be {self._frame_samples} samples, got {len(frame)}")
-        voiced = self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
+        voiced = self._is_speech(frame.tobytes(), self._frame_samples)
         state = self._state
         if voiced:
             self._run += 1

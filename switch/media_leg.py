@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import random
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,11 +46,13 @@ SAMPLES_PER_FRAME = 160  # 20 ms at 8 kHz, one byte per sample in G.711
 CODECS = ("PCMU", "PCMA")
 RELATCH_AFTER_S = 2.0
 MAX_BIND_ATTEMPTS = 64  # per new leg, when other processes hold ports of our range
-MAX_READS_PER_WAKEUP = 256  # the reader is level-triggered: the rest comes next time
 RECV_SIZE = 2048
-LATENESS_WINDOW = 3000  # ticks: the last minute
+PHASES = 1  # sub-slots per 20 ms; 4 measured worse here (p99 13 vs 7 ms at 500 calls)
+SUB_SLOT_S = FRAME_S / PHASES
+LATENESS_WINDOW = 12000  # sub-slots: the last minute
 
 _RTP_FIRST_BYTE = RTP_VERSION << 6  # V=2, no padding, no extension, no CSRC
+_SEQ_TS = struct.Struct("!HI")
 
 
 class RtpLeg:
@@ -295,30 +298,19 @@ class RtpLeg:
             self._sent += 1
 
     def on_readable(self) -> None:
-        """Drain the socket: count RTP packets, note the time, latch the source."""
-        sock = self._sock
-        received = 0
-        source: tuple[str, int] | None = None
-        session = self._session
-        now = self._plant.loop.time()
-        for _ in range(MAX_READS_PER_WAKEUP):
-            try:
-                data, address = sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # e.g. an ICMP error reported on the socket: keep reading
-                if self._closed:
-                    return
-                continue
-            if looks_like_rtp(data):
-                received += 1
-                source = (address[0], address[1])
-                if session is not None:
-                    self._feed(session, data, now)
-        if not received or source is None:
+        """One datagram per wake-up: the reader is level-triggered, so another queued
+        datagram wakes us again, while draining until EAGAIN would cost a failed
+        syscall and an exception on nearly every packet."""
+        try:
+            data, address = self._sock.recvfrom(RECV_SIZE)
+        except OSError:  # EAGAIN, or an ICMP error reported on the socket
             return
-        self._received += received
+        if not looks_like_rtp(data):
+            return
+        now = self._plant.loop.time()
+        self._received += 1
         self._last_rx = now
+        source = address if len(address) == 2 else (address[0], address[1])
         latched = self._latched
         if source == latched:
             self._latched_rx = now
@@ -327,14 +319,19 @@ class RtpLeg:
                 log.info("call %s: RTP source moved %s -> %s", self.call_id, latched, source)
             self._latched = source
             self._latched_rx = now
-
-    def _feed(self, session: MediaSession, data: bytes, now: float) -> None:
-        packet = parse_rtp(data)
-        if packet is None:
+        session = self._session
+        if session is None:
             return
-        events = session.receive(
-            packet.payload_type, packet.sequence, packet.timestamp, packet.payload, now
-        )
+        if data[0] == _RTP_FIRST_BYTE:  # no padding, extension or CSRCs: the usual case
+            sequence, timestamp = _SEQ_TS.unpack_from(data, 2)
+            events = session.receive(data[1] & 0x7F, sequence, timestamp, data[12:], now)
+        else:
+            packet = parse_rtp(data)
+            if packet is None:
+                return
+            events = session.receive(
+                packet.payload_type, packet.sequence, packet.timestamp, packet.payload, now
+            )
         if events and self._on_event is not None:
             for event in events:
                 self._on_event(event, now)
@@ -365,10 +362,15 @@ class MediaPlant:
         self._silence: dict[str, bytes] = {}
         self._loop = loop
         self._legs: dict[int, RtpLeg] = {}  # by port
-        self._playing: dict[int, RtpLeg] = {}
+        # Playing legs by phase: the 20 ms period is cut into PHASES sub-slots, and each
+        # leg is served in one of them, so its period stays exactly 20 ms but a tick
+        # sends only a share of the calls and no packet waits behind all the others.
+        self._phases: list[dict[int, RtpLeg]] = [{} for _ in range(PHASES)]
+        self._phase_of: dict[int, int] = {}  # port -> phase
+        self._last_frame = [-1] * PHASES  # the grid frame each phase was last served
         self._tick_handle: asyncio.Handle | None = None
         self._grid_start = 0.0
-        self._slot = 0
+        self._slot = 0  # the next sub-slot to serve
         self._closed = False
         self.late_ticks = 0  # ticks that skipped grid slots
         # Seconds the last packet of each recent tick left after its slot (a minute).
@@ -386,7 +388,7 @@ class MediaPlant:
 
     @property
     def playing_legs(self) -> int:
-        return len(self._playing)
+        return len(self._phase_of)
 
     def lateness_ms(self, percentile: float) -> float:
         """Percentile of recent ticks' lateness (last packet sent vs its 20 ms slot)."""
@@ -438,12 +440,14 @@ class MediaPlant:
     def release(self, leg: RtpLeg) -> None:
         """Called by ``RtpLeg.close``: stop its reader and ticks, return its port."""
         port = leg.local_port
-        self._playing.pop(port, None)
+        phase = self._phase_of.pop(port, None)
+        if phase is not None:
+            self._phases[phase].pop(port, None)
         if self._legs.pop(port, None) is leg:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(leg._fd)
             self._free.append(port)
-        if not self._playing:
+        if not self._phase_of:
             self._stop_ticker()
 
     def close(self) -> None:
@@ -478,11 +482,14 @@ class MediaPlant:
     # ---- the ticker ---------------------------------------------------------------------------
 
     def start_playing(self, leg: RtpLeg) -> None:
-        self._playing[leg.local_port] = leg
+        phase = min(range(PHASES), key=lambda i: len(self._phases[i]))
+        self._phases[phase][leg.local_port] = leg
+        self._phase_of[leg.local_port] = phase
         if self._tick_handle is None:
             loop = self.loop
             self._grid_start = loop.time()
             self._slot = 0
+            self._last_frame = [-1] * PHASES
             self._tick_handle = loop.call_soon(self._tick)
 
     def _stop_ticker(self) -> None:
@@ -491,25 +498,32 @@ class MediaPlant:
             self._tick_handle = None
 
     def _tick(self) -> None:
-        if not self._playing:
+        if not self._phase_of:
             self._tick_handle = None
             return
         loop = self.loop
         now = loop.time()
         start = self._grid_start
-        # The slot we are in; normally self._slot, more when this tick came late.
-        current = max(self._slot, int((now - start) / FRAME_S))
-        advance = current - self._slot + 1 if self._slot else 1
+        # The sub-slot we are in; normally self._slot, more when this tick came late.
+        current = max(self._slot, int((now - start) / SUB_SLOT_S))
         if current > self._slot:
             self.late_ticks += 1
         began = time.monotonic()
-        for leg in self._playing.values():
-            leg.send_frame(advance, now)
-        # How late the last packet of this tick left, against its slot on the grid.
-        late = now - (start + current * FRAME_S) + (time.monotonic() - began)
-        self.lateness.append(late)
+        # Serve each phase whose sub-slot has come (once, however late we are).
+        for slot in range(max(self._slot, current - PHASES + 1), current + 1):
+            phase = slot % PHASES
+            frame = slot // PHASES
+            last = self._last_frame[phase]
+            advance = frame - last if last >= 0 else 1
+            self._last_frame[phase] = frame
+            legs = self._phases[phase]
+            for leg in legs.values():
+                leg.send_frame(advance, now)
+            if legs:
+                # How late this sub-slot's last packet left, against its place on the grid.
+                self.lateness.append(now - (start + slot * SUB_SLOT_S) + time.monotonic() - began)
         self._slot = current + 1
-        self._tick_handle = loop.call_at(start + self._slot * FRAME_S, self._tick)
+        self._tick_handle = loop.call_at(start + self._slot * SUB_SLOT_S, self._tick)
 
 
 def _ip_target(remote: tuple[str, int]) -> tuple[str, int] | None:
