@@ -74,9 +74,36 @@ SILENCE_RMS = 30.0  # about -60 dBFS: below this an utterance is not decoded at 
 # --------------------------------------------------------------------------- LM + dict
 
 
+_ONES = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+    "eighteen", "nineteen",
+)  # fmt: skip
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def number_words(n: int) -> list[str]:
+    """0..999 as spoken ("42" -> forty two); larger numbers digit by digit."""
+    if n < 20:
+        return [_ONES[n]]
+    if n < 100:
+        return [_TENS[n // 10]] + ([_ONES[n % 10]] if n % 10 else [])
+    if n < 1000:
+        rest = n % 100
+        return [_ONES[n // 100], "hundred"] + (number_words(rest) if rest else [])
+    return [_ONES[int(d)] for d in str(n)]
+
+
 def phrase_words(phrase: str) -> list[str]:
-    """The words of a phrase as the LM and dictionary see them: lower-case, no punctuation."""
-    return _WORD_RE.findall(phrase.lower())
+    """The words of a phrase as the LM and dictionary see them: lower-case, no
+    punctuation, numbers spelled out (callers say "eleven", not "11")."""
+    words: list[str] = []
+    for word in _WORD_RE.findall(phrase.lower()):
+        if word.isdigit():
+            words += number_words(int(word))
+        else:
+            words.append(word)
+    return words
 
 
 def build_language_model(phrases: Iterable[str], order: int = 3) -> str:

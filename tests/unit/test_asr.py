@@ -31,6 +31,7 @@ from media.asr import (
     _upsample_8k_to_16k,
     build_dictionary,
     build_language_model,
+    number_words,
     phrase_words,
 )
 from media.speech import SpeechError, Transcript
@@ -442,3 +443,12 @@ async def test_openai_transcriber_connection_error() -> None:
             await asr.transcribe(np.zeros(800, dtype=np.int16))
     finally:
         await asr.aclose()
+
+
+def test_numbers_are_spelled_out_for_the_language_model() -> None:
+    assert phrase_words("Open 11 AM to 10 PM, 42 Main St, 5") == [
+        "open", "eleven", "am", "to", "ten", "pm", "forty", "two", "main", "st", "five",
+    ]  # fmt: skip
+    assert number_words(0) == ["zero"]
+    assert number_words(115) == ["one", "hundred", "fifteen"]
+    assert number_words(2026) == ["two", "zero", "two", "six"]
