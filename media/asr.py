@@ -209,6 +209,10 @@ def default_dictionary_path() -> str:
     return str(pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"))
 
 
+# Words of our own that cmudict lacks (ARPAbet, as in cmudict).
+EXTRA_PRONUNCIATIONS = {"voxswitch": "V AA K S S W IH CH"}
+
+
 def build_dictionary(words: Iterable[str], base_dict_path: str | Path | None = None) -> str:
     """Pronunciation dictionary text for ``words``, taken from ``base_dict_path``.
 
@@ -221,6 +225,8 @@ def build_dictionary(words: Iterable[str], base_dict_path: str | Path | None = N
     missing: list[str] = []
     for word in sorted({w.lower() for w in words}):
         entry = table.get(word)
+        if entry is None and word in EXTRA_PRONUNCIATIONS:
+            entry = [f"{word} {EXTRA_PRONUNCIATIONS[word]}"]
         if entry is None:
             missing.append(word)
         else:
