@@ -226,7 +226,7 @@ def build_dictionary(words: Iterable[str], base_dict_path: str | Path | None = N
     for word in sorted({w.lower() for w in words}):
         entry = table.get(word)
         if entry is None and word in EXTRA_PRONUNCIATIONS:
-            entry = [f"{word} {EXTRA_PRONUNCIATIONS[word]}"]
+            entry = (f"{word} {EXTRA_PRONUNCIATIONS[word]}",)
         if entry is None:
             missing.append(word)
         else:
