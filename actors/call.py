@@ -74,6 +74,7 @@ class CallRecord:
     turns: list[dict[str, Any]] = field(default_factory=list)
     dtmf: str = ""
     barge_ins: list[dict[str, float]] = field(default_factory=list)
+    media: dict[str, Any] = field(default_factory=dict)  # loss and jitter both ways (RTCP)
 
     @property
     def duration_s(self) -> float:
@@ -114,6 +115,10 @@ class MediaLeg(Protocol):
 
     def send_dtmf(self, digits: str) -> None:
         """RFC 4733 telephone-events to the peer (needs a negotiated event payload type)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Loss and jitter both ways, from RTP and RTCP, for the call record."""
+        ...
 
     def silence_s(self, now: float) -> float:
         """Seconds since the last RTP packet from the peer (or since play started)."""
@@ -530,6 +535,7 @@ class CallActor:
     def _close_media(self) -> None:
         self.record.packets_sent = self.media.packets_sent
         self.record.packets_received = self.media.packets_received
+        self.record.media = self.media.stats()
         self.media.close()
 
     def abort(self, error: BaseException) -> None:

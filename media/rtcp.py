@@ -425,3 +425,73 @@ def _parse_bye(body: bytes, count: int) -> Bye:
             raise RtcpError("BYE reason runs past the packet")
         reason = body[end + 1 : end + 1 + size].decode(errors="replace")
     return Bye(tuple(ssrcs), reason)
+
+
+class RtcpSession:
+    """One RTP session's RTCP, sans-I/O: what we hear, what the peer says it hears.
+
+    ``on_rtp`` for every RTP packet received, ``on_rtcp`` for every RTCP datagram,
+    ``compound`` when a report is due (an SR while we send, with one report block
+    for the peer's stream, and our SDES CNAME, as RFC 3550 §6.1 wants every compound
+    packet to carry). Times: ``now`` on one monotonic clock, ``wall`` Unix seconds.
+    """
+
+    def __init__(self, ssrc: int, cname: str) -> None:
+        self.ssrc = ssrc & 0xFFFFFFFF
+        self.cname = cname
+        self.reception = ReceptionStats()
+        self.remote_ssrc: int | None = None
+        self.remote_view: ReportBlock | None = None  # the peer's report on our stream
+        self.reports_received = 0
+        self.errors = 0
+        self._last_sr: tuple[int, float] | None = None  # (NTP of the peer's SR, arrival)
+
+    def on_rtp(self, ssrc: int, sequence: int, timestamp: int, now: float) -> None:
+        if ssrc != self.remote_ssrc:
+            self.remote_ssrc = ssrc
+            self.reception = ReceptionStats()  # a new source: its own numbering
+        self.reception.update(sequence, timestamp, now)
+
+    def on_rtcp(self, data: bytes, now: float) -> None:
+        try:
+            packets = parse_rtcp(data)
+        except RtcpError:
+            self.errors += 1
+            return
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                self._last_sr = (packet.ntp_timestamp, now)
+            if isinstance(packet, SenderReport | ReceiverReport):
+                self.reports_received += 1
+                for block in packet.blocks:
+                    if block.ssrc == self.ssrc:
+                        self.remote_view = block
+
+    def compound(
+        self, now: float, wall: float, rtp_timestamp: int, packets_sent: int, octets_sent: int
+    ) -> bytes:
+        blocks = []
+        if self.remote_ssrc is not None and self.reception.received:
+            blocks.append(self.reception.report_block(self.remote_ssrc, now, self._last_sr))
+        if packets_sent:
+            report = build_sender_report(
+                self.ssrc, wall, rtp_timestamp, packets_sent, octets_sent, blocks
+            )
+        else:
+            report = build_receiver_report(self.ssrc, blocks)
+        return report + build_sdes(self.ssrc, self.cname)
+
+    def bye(self, reason: str | None = None) -> bytes:
+        return build_receiver_report(self.ssrc, []) + build_bye(self.ssrc, reason)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Loss and jitter both ways, for the call record and metrics."""
+        loss, jitter_ms = loss_and_jitter_ms(self.reception)
+        remote = self.remote_view
+        return {
+            "rx_loss_pct": round(100 * loss, 2),
+            "rx_jitter_ms": round(jitter_ms, 2),
+            "peer_loss_pct": round(100 * remote.fraction_lost / 256, 2) if remote else None,
+            "peer_jitter_ms": round(1000 * remote.jitter / 8000, 2) if remote else None,
+            "rtcp_received": self.reports_received,
+        }

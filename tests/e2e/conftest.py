@@ -6,12 +6,16 @@ wrote a Python traceback to stderr while it ran.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
+from loadtest.baresip import Baresip
 from loadtest.node import NodeFactory, NodeProcess
 from loadtest.sipp import (
     SippNotFound,
@@ -74,3 +78,34 @@ def sipp(sipp_path: str, tmp_path: Path) -> SippRunner:
         return run_sipp(node.sip_address, scenario, workdir=workdir, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def baresip_path() -> str:
+    """The baresip binary; fails (not skips) when missing, like SIPp."""
+    path = shutil.which("baresip")
+    if not path:
+        pytest.fail(
+            "baresip not found; install it with deploy/local/install-test-deps.sh",
+            pytrace=False,
+        )
+    return path
+
+
+PhoneFactory = Callable[..., Baresip]
+
+
+@pytest.fixture
+def phones(baresip_path: str, tmp_path: Path) -> Iterator[PhoneFactory]:
+    """``phones(codec="PCMU", microphone=pcm)``: a new baresip phone (the microphone
+    plays ``pcm``, 8 kHz int16; default a quiet tone); every one quits at teardown."""
+    made: list[Baresip] = []
+
+    def make(codec: str = "PCMU", microphone: npt.NDArray[np.int16] | None = None) -> Baresip:
+        workdir = tmp_path / f"baresip-{len(made)}"
+        made.append(Baresip(baresip_path, workdir, codec=codec, microphone=microphone))
+        return made[-1]
+
+    yield make
+    for phone in made:
+        phone.quit()

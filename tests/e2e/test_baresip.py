@@ -18,10 +18,8 @@ by the node's BYE at ``--max-call-duration-s`` as ``max_duration``.
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -44,30 +42,6 @@ CHIME_ONLY = {"VOXSWITCH_AGENT": "none"}  # these tests check the media path, no
 # ---- baresip ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def baresip_path() -> str:
-    """The baresip binary; fails (not skips) when missing, like SIPp."""
-    path = shutil.which("baresip")
-    if not path:
-        pytest.fail(
-            "baresip not found; install it with deploy/local/install-test-deps.sh",
-            pytrace=False,
-        )
-    return path
-
-
-@pytest.fixture
-def phones(baresip_path: str, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
-    """``phones(codec="PCMU")``: a new Baresip; every one is made to quit at teardown."""
-    made: list[Baresip] = []
-
-    def make(codec: str = "PCMU") -> Baresip:
-        made.append(Baresip(baresip_path, tmp_path / f"baresip-{len(made)}", codec=codec))
-        return made[-1]
-
-    yield make
-    for phone in made:
-        phone.quit()
 
 
 # ---- audio -----------------------------------------------------------------------
@@ -179,7 +153,7 @@ TERMINATED = r"Call with sip:agent@\S+ terminated"
 def test_phone_hears_greeting_then_hangs_up(
     phones: Callable[..., Baresip], node: NodeProcess, codec: str
 ) -> None:
-    phone = phones(codec)
+    phone = phones(codec=codec)
     before = dispositions(node)
     phone.dial(agent_uri(node))
     established = phone.wait_for(ESTABLISHED, timeout_s=5)

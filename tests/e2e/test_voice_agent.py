@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,30 +143,6 @@ def greeting() -> Speech:
 # ---- baresip ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def baresip_path() -> str:
-    path = shutil.which("baresip")
-    if not path:
-        pytest.fail(
-            "baresip not found; install it with deploy/local/install-test-deps.sh",
-            pytrace=False,
-        )
-    return path
-
-
-@pytest.fixture
-def phones(baresip_path: str, tmp_path: Path) -> Iterator[Callable[[Pcm], Baresip]]:
-    """``phones(mic)``: a new Baresip whose microphone plays `mic`; all quit at teardown."""
-    made: list[Baresip] = []
-
-    def make(mic: Pcm) -> Baresip:
-        workdir = tmp_path / f"baresip-{len(made)}"
-        made.append(Baresip(baresip_path, workdir, codec="PCMU", microphone=mic))
-        return made[-1]
-
-    yield make
-    for phone in made:
-        phone.quit()
 
 
 # ---- the node --------------------------------------------------------------------
@@ -243,13 +217,13 @@ def speech_turns(record: Record) -> list[dict[str, Any]]:
 
 
 def test_caller_question_gets_the_knowledge_base_answer(
-    node: NodeProcess, phones: Callable[[Pcm], Baresip], greeting: Speech
+    node: NodeProcess, phones: Callable[..., Baresip], greeting: Speech
 ) -> None:
     question = Speech.of("what are your opening hours", CALLER_WPM)
     expected = answer("hours")
     reply = Speech.of(expected, NODE_WPM)
     lead = greeting.end_s + 1.0
-    phone = phones(microphone(silence(lead), question.pcm))
+    phone = phones(microphone=microphone(silence(lead), question.pcm))
     call = Call(node, phone)
     call.dial()
     said = call.wait_log(r"turn 1: agent: ", timeout_s=lead + question.seconds + 8)
@@ -286,13 +260,13 @@ def test_caller_question_gets_the_knowledge_base_answer(
 
 
 def test_talking_over_the_greeting_stops_it_within_100_ms(
-    node: NodeProcess, phones: Callable[[Pcm], Baresip], greeting: Speech
+    node: NodeProcess, phones: Callable[..., Baresip], greeting: Speech
 ) -> None:
     question = Speech.of("where are you located", CALLER_WPM)
     expected = answer("address")
     reply = Speech.of(expected, NODE_WPM)
     lead = 1.5
-    phone = phones(microphone(silence(lead), question.pcm))
+    phone = phones(microphone=microphone(silence(lead), question.pcm))
     call = Call(node, phone)
     call.dial()
     said = call.wait_log(r"turn 1: agent: ", timeout_s=lead + question.seconds + 8)
@@ -328,13 +302,13 @@ def test_talking_over_the_greeting_stops_it_within_100_ms(
 
 
 def test_short_noise_over_the_greeting_does_not_interrupt(
-    node: NodeProcess, phones: Callable[[Pcm], Baresip], greeting: Speech
+    node: NodeProcess, phones: Callable[..., Baresip], greeting: Speech
 ) -> None:
     uh = Speech.of("uh", CALLER_WPM)
     start = round(uh.onset_s * RATE)
     noise = uh.pcm[start : start + round(0.15 * RATE)]
     lead = 1.5
-    phone = phones(microphone(silence(lead), noise))
+    phone = phones(microphone=microphone(silence(lead), noise))
     call = Call(node, phone)
     call.dial()
     time.sleep(greeting.end_s + 2.0)  # the whole greeting, and a moment after it
@@ -364,12 +338,12 @@ def test_short_noise_over_the_greeting_does_not_interrupt(
 
 
 def test_goodbye_ends_the_call_from_the_agent(
-    node: NodeProcess, phones: Callable[[Pcm], Baresip], greeting: Speech
+    node: NodeProcess, phones: Callable[..., Baresip], greeting: Speech
 ) -> None:
     bye = Speech.of("goodbye", CALLER_WPM)
     farewell = Speech.of(AGENT.goodbye, NODE_WPM)
     lead = greeting.end_s + 1.0
-    phone = phones(microphone(silence(lead), bye.pcm))
+    phone = phones(microphone=microphone(silence(lead), bye.pcm))
     call = Call(node, phone)
     established = call.dial()
     # The node says goodbye, then sends BYE: baresip reports the call closed.

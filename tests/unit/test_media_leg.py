@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from media.g711 import alaw_encode, ulaw_encode
+from media.rtcp import ReportBlock, Sdes, SenderReport, build_receiver_report, parse_rtcp
 from media.rtp import RtpPacket, pack_rtp, parse_rtp
 from media.tones import chime, greeting_pcm, load_greeting
 from switch.manager import MediaUnavailable
@@ -529,3 +530,71 @@ async def test_plant_uses_the_greeting_file(tmp_path: Path) -> None:
         assert plant.greeting_frames("PCMA") is frames  # encoded once, shared
     finally:
         plant.close()
+
+
+# ---- RTCP ------------------------------------------------------------------------------
+
+
+async def test_rtcp_reports_loss_and_jitter_to_the_peer_and_reads_its_reports() -> None:
+    """Our SR goes to the peer's RTP port + 1 and carries a block on what we heard; the
+    peer's RR about our stream lands in the leg's stats."""
+
+    # The peer: an RTP socket and its RTCP socket on the next port up.
+    while True:
+        rtp_peer = other_socket()
+        port = address(rtp_peer)[1]
+        rtcp_peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            rtcp_peer.bind((HOST, port + 1))
+            break
+        except OSError:
+            rtp_peer.close()
+            rtcp_peer.close()
+    rtcp_peer.setblocking(False)
+    plant = MediaPlant(HOST, port_range(4), None)
+    try:
+        leg = plant.new_leg("rtcp-call")
+        leg.connect(address(rtp_peer), 0, "PCMU")
+        leg.play()
+        # 100 packets with 10 missing: 10 % loss.
+        for seq in range(100):
+            if seq % 10 == 5:
+                continue
+            rtp_peer.sendto(
+                pack_rtp(0, seq, seq * 160, 0xABCD, b"\xff" * 160), ("127.0.0.1", leg.local_port)
+            )
+        await wait_until_received(leg, 90)
+        await asyncio.sleep(0.1)  # let some of our RTP go out too
+        leg.send_rtcp(asyncio.get_running_loop().time())
+        data = await recv_datagram(rtcp_peer, 2.0)
+        packets = parse_rtcp(data)
+        sr = packets[0]
+        assert isinstance(sr, SenderReport)
+        assert sr.packet_count >= 1 and sr.octet_count == 160 * sr.packet_count
+        assert abs(sr.ntp_time - time.time()) < 5
+        (block,) = sr.blocks
+        assert block.ssrc == 0xABCD
+        assert block.cumulative_lost == 10
+        assert block.fraction_lost == 25  # 10/100 of 256
+        assert block.highest_sequence == 99
+        assert isinstance(packets[1], Sdes)
+        # The peer reports on our stream: 5 % lost, jitter 80 units (10 ms).
+        ours = ReportBlock(sr.ssrc, 13, 3, 1000, 80, 0, 0)
+        rtcp_peer.sendto(build_receiver_report(0xABCD, [ours]), ("127.0.0.1", leg.local_port + 1))
+        for _ in range(100):
+            if leg.stats()["rtcp_received"]:
+                break
+            await asyncio.sleep(0.01)
+        stats = leg.stats()
+        assert stats["rtcp_received"] == 1
+        assert stats["peer_loss_pct"] == round(100 * 13 / 256, 2)
+        assert stats["peer_jitter_ms"] == 10.0
+        assert stats["rx_loss_pct"] == 10.0
+        leg.close()
+        # Closing says goodbye on RTCP (RR + BYE).
+        kinds = [type(p).__name__ for p in parse_rtcp(await recv_datagram(rtcp_peer, 2.0))]
+        assert kinds == ["ReceiverReport", "Bye"]
+    finally:
+        plant.close()
+        rtp_peer.close()
+        rtcp_peer.close()

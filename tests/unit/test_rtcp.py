@@ -15,6 +15,7 @@ from media.rtcp import (
     ReceptionStats,
     ReportBlock,
     RtcpError,
+    RtcpSession,
     Sdes,
     SdesChunk,
     SenderReport,
@@ -371,3 +372,54 @@ def test_empty_stats() -> None:
     stats = ReceptionStats()
     assert stats.report_block(1, 0.0, None) == ReportBlock(1, 0, 0, 0, 0, 0, 0)
     assert loss_and_jitter_ms(stats) == (0.0, 0.0)
+
+
+# ---- RtcpSession ---------------------------------------------------------------------
+
+
+def test_session_reports_what_it_heard_with_lsr_and_dlsr() -> None:
+    session = RtcpSession(0x1111, "voxswitch@test")
+    for seq in range(50):
+        if seq != 7:
+            session.on_rtp(0x2222, seq, seq * 160, 10.0 + seq * 0.02)
+    peer_sr = build_sender_report(0x2222, 1_800_000_000.25, 999, 50, 8000, [])
+    session.on_rtcp(peer_sr, 11.0)
+    data = session.compound(12.5, 1_800_000_002.0, 4242, 75, 12000)
+    sr, sdes = parse_rtcp(data)
+    assert isinstance(sr, SenderReport) and isinstance(sdes, Sdes)
+    assert (sr.ssrc, sr.rtp_timestamp, sr.packet_count, sr.octet_count) == (0x1111, 4242, 75, 12000)
+    (block,) = sr.blocks
+    assert block.ssrc == 0x2222
+    assert block.cumulative_lost == 1
+    assert block.lsr == ntp_middle32(unix_to_ntp(1_800_000_000.25))
+    assert block.dlsr == int(1.5 * 65536)
+    assert sdes.chunks[0].cname == "voxswitch@test"
+
+
+def test_session_without_sending_sends_a_receiver_report() -> None:
+    session = RtcpSession(0x1111, "c")
+    first = parse_rtcp(session.compound(1.0, 1e9, 0, 0, 0))[0]
+    assert isinstance(first, ReceiverReport) and first.blocks == ()
+
+
+def test_session_keeps_the_peers_view_of_our_stream_and_counts_garbage() -> None:
+    session = RtcpSession(0x1111, "c")
+    theirs = ReportBlock(0x1111, 64, 12, 500, 160, 0, 0)
+    other = ReportBlock(0x9999, 200, 99, 1, 1, 0, 0)
+    session.on_rtcp(build_receiver_report(0x2222, [other, theirs]), 1.0)
+    session.on_rtcp(b"\x00garbage", 1.0)
+    summary = session.summary()
+    assert summary["peer_loss_pct"] == 25.0
+    assert summary["peer_jitter_ms"] == 20.0
+    assert summary["rtcp_received"] == 1
+    assert session.errors == 1
+
+
+def test_a_new_source_starts_its_own_statistics() -> None:
+    session = RtcpSession(1, "c")
+    for seq in range(10):
+        session.on_rtp(0xA, seq, seq * 160, seq * 0.02)
+    for seq in range(5000, 5010):
+        session.on_rtp(0xB, seq, seq * 160, 1 + seq * 0.02)
+    assert session.reception.received == 10
+    assert session.reception.cumulative_lost == 0
