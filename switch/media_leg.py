@@ -286,16 +286,15 @@ class RtpLeg:
                 self._frame_index = index + 1
             else:
                 payload = self._silence
-        if self._dtmf_out:
-            self._send_dtmf_due(target)
-            return
+        if self._dtmf_out and self._send_dtmf_due(target):
+            return  # events replace audio while they last; between digits audio goes on
         header = HEADER.pack(
             _RTP_FIRST_BYTE, first | self._payload_type, self._seq, self._ts, self._ssrc
         )
         self._sendto(header + payload, target)
 
-    def _send_dtmf_due(self, target: tuple[str, int]) -> None:
-        """Telephone-event packets whose time has come (they replace audio meanwhile)."""
+    def _send_dtmf_due(self, target: tuple[str, int]) -> bool:
+        """Telephone-event packets whose time has come; False when none was due."""
         assert self._telephone_event_pt is not None
         if self._dtmf_base is None:
             self._dtmf_base = self._ts  # the events' timestamps count from here
@@ -318,6 +317,7 @@ class RtpLeg:
             self._sendto(header + event.payload, target)
         if not queue:
             self._dtmf_base = None
+        return sent_any
 
     def _sendto(self, data: bytes, target: tuple[str, int]) -> None:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media.dtmf import DtmfReceiver
 from media.g711 import alaw_encode, ulaw_encode
 from media.rtcp import ReportBlock, Sdes, SenderReport, build_receiver_report, parse_rtcp
 from media.rtp import RtpPacket, pack_rtp, parse_rtp
@@ -598,3 +599,45 @@ async def test_rtcp_reports_loss_and_jitter_to_the_peer_and_reads_its_reports() 
         plant.close()
         rtp_peer.close()
         rtcp_peer.close()
+
+
+async def test_send_dtmf_goes_out_as_rfc4733_events(peer: socket.socket) -> None:
+    plant = MediaPlant(HOST, port_range(4), None)
+    try:
+        leg = plant.new_leg("dtmf-out")
+        leg.connect(address(peer), 0, "PCMU", telephone_event_pt=101)
+        leg.play()
+        await receive(peer, 3)  # audio first
+        leg.send_dtmf("19")
+        got = [p for _, p in await receive(peer, 40, timeout=3.0)]
+        events = [p for p in got if p.payload_type == 101]
+        receiver = DtmfReceiver()
+        digits = []
+        for packet in events:
+            digits += receiver.feed(packet.timestamp, packet.payload, 0.0)
+        assert [d.digit for d in digits] == ["1", "9"]
+        assert all(d.duration_ms == 100 for d in digits)
+        # Each event starts with the marker bit; sequence numbers stay one stream.
+        starts = [p for p in events if p.marker]
+        assert len(starts) == 2
+        seqs = [p.sequence for p in got]
+        assert all((b - a) & 0xFFFF == 1 for a, b in pairwise(seqs))
+        # Audio resumes after the digits.
+        assert got[-1].payload_type == 0
+    finally:
+        plant.close()
+
+
+async def test_send_dtmf_without_telephone_event_sends_nothing_extra(
+    peer: socket.socket,
+) -> None:
+    plant = MediaPlant(HOST, port_range(4), None)
+    try:
+        leg = plant.new_leg("dtmf-none")
+        leg.connect(address(peer), 0, "PCMU")
+        leg.play()
+        leg.send_dtmf("5")
+        got = [p for _, p in await receive(peer, 15)]
+        assert {p.payload_type for p in got} == {0}
+    finally:
+        plant.close()
