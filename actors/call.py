@@ -422,8 +422,8 @@ class CallActor:
             self.conversation.handle(digit, self.clock())
 
     # ConversationHost
-    def hang_up(self, reason: str) -> None:
-        self.mailbox.put(Hangup("agent_hangup", 200, detail=reason))
+    def hang_up(self, reason: str, *, failed: bool = False) -> None:
+        self.mailbox.put(Hangup("agent_error" if failed else "agent_hangup", 200, detail=reason))
 
     def transfer(self, target: str) -> None:
         self.mailbox.put(TransferRequested(target))

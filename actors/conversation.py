@@ -31,6 +31,7 @@ from media.speech import Pcm, SpeechRecognizer, SpeechSynthesizer
 log = logging.getLogger("voxswitch.conversation")
 
 # A sentence ends at . ! ? (or a newline) followed by space; "3.50" does not end one.
+PLAYOUT_TAIL_S = 0.3  # after the last frame of a goodbye, before the BYE or REFER
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -115,7 +116,8 @@ class ConversationState:
 class ConversationHost(Protocol):
     """What the conversation asks of its call actor."""
 
-    def hang_up(self, reason: str) -> None: ...
+    def hang_up(self, reason: str, *, failed: bool = False) -> None:
+        """End the call; ``failed``: the agent broke down rather than chose to end it."""
 
     def transfer(self, target: str) -> None: ...
 
@@ -170,7 +172,7 @@ class Conversation:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("call %s: conversation task failed: %r", self.call_id, error)
-            self.host.hang_up(f"agent error: {type(error).__name__}")
+            self.host.hang_up(f"agent error: {type(error).__name__}", failed=True)
 
     async def _greet(self) -> None:
         text = self.voice.brain.greeting()
@@ -259,7 +261,9 @@ class Conversation:
             self.state.step = "listening"
             action, self._after_playout = self._after_playout, None
             if action is not None:
-                action()
+                # The last frame has just left; the phone still holds up to a jitter
+                # buffer of it. A BYE now would cut the goodbye's end.
+                asyncio.get_running_loop().call_later(PLAYOUT_TAIL_S, action)
 
     # ---- a turn ----------------------------------------------------------------------
 

@@ -154,6 +154,9 @@ class Node:
         if self.voice is not None:
             await self.voice.recognizer.aclose()
             await self.voice.synthesizer.aclose()
+            close_brain = getattr(self.voice.brain, "aclose", None)  # an HTTP client, maybe
+            if close_brain is not None:
+                await close_brain()
         if self._records is not None:
             self._records.close()
 
