@@ -22,16 +22,14 @@ Each test has a node and a fake of its own (the greeting is synthesised once per
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from loadtest.baresip import RATE, Baresip, FloatArray, read_wav
+from loadtest.baresip import RATE, Baresip, FloatArray
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from media.tts import EspeakSynthesizer
 from switch.voice import OPENAI_GREETING, SYSTEM_PROMPT
@@ -47,11 +45,11 @@ from tests.e2e.fake_openai import (
     tone_hz,
     tone_seconds,
 )
+from tests.e2e.phone_call import TERMINATED, PhoneCall
 
 pytestmark = pytest.mark.e2e
 
 Pcm = npt.NDArray[np.int16]
-Record = dict[str, Any]
 
 KEYS = {CHAT: "sk-llm-e2e", TRANSCRIPTIONS: "sk-asr-e2e", SPEECH: "sk-tts-e2e"}
 CHAT_MODEL, ASR_MODEL, TTS_MODEL, TTS_VOICE = "test-model", "test-asr", "test-tts", "test-voice"
@@ -62,8 +60,6 @@ LOUD_RMS = 300.0
 MIC_S = 20.0  # the mic file outlasts every call (baresip ends the call at its end)
 PREROLL_S = 0.2  # VadConfig.preroll_ms
 HANGOVER_S = 0.5  # vad_stop_ms: the utterance goes on until the VAD decides it ended
-ESTABLISHED = r"Call established: sip:agent@"
-TERMINATED = r"Call with sip:agent@\S+ terminated|session closed"
 
 
 # ---- the fake and the node ----------------------------------------------------------------
@@ -100,10 +96,6 @@ def node(voxswitch_nodes: NodeFactory, fake: FakeOpenAI) -> Iterator[NodeProcess
     yield started
     code = started.stop(timeout_s=15)
     assert code == 0, f"node exited with {code}\n{started.log_tail()}"
-
-
-def agent_uri(node: NodeProcess) -> str:
-    return f"sip:agent@{node.host}:{node.sip_port}"
 
 
 # ---- audio --------------------------------------------------------------------------------
@@ -166,58 +158,6 @@ def microphone(lead_s: float, question: Question) -> Pcm:
 # ---- a call -------------------------------------------------------------------------------
 
 
-class Call:
-    """One phone call to the node, with bounded waits on the node's log and records."""
-
-    def __init__(self, node: NodeProcess, phone: Baresip, fake: FakeOpenAI) -> None:
-        self.node, self.phone, self.fake = node, phone, fake
-        self.log_offset = len(node.stderr_text())
-        self.records_before = len(node.records())
-
-    def dial(self) -> float:
-        self.phone.dial(agent_uri(self.node))
-        established = self.phone.wait_for(ESTABLISHED, timeout_s=5)
-        assert established is not None, f"call not established\n{self.context()}"
-        return established
-
-    def node_log(self) -> str:
-        return self.node.stderr_text()[self.log_offset :]
-
-    def wait_log(self, pattern: str, timeout_s: float) -> re.Match[str] | None:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = regex.search(self.node_log())
-            if found or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.05)
-
-    def hang_up(self) -> None:
-        self.phone.command("/hangup")
-        ended = self.phone.wait_for(TERMINATED, timeout_s=5)
-        assert ended is not None, f"call not terminated after /hangup\n{self.context()}"
-
-    def record(self, timeout_s: float = 10.0) -> Record:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            new = self.node.records()[self.records_before :]
-            if new or time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
-        assert len(new) == 1, f"want one new call record, got {new}\n{self.context()}"
-        return new[0]
-
-    def heard(self) -> FloatArray:
-        self.phone.quit()
-        return read_wav(self.phone.recording("dec"))
-
-    def context(self) -> str:
-        tail = "\n".join(self.node_log().splitlines()[-40:])
-        return (
-            f"{self.phone.describe()}\n--- node log (this call) ---\n{tail}\n{self.fake.describe()}"
-        )
-
-
 def speech_inputs(fake: FakeOpenAI) -> list[str]:
     return [r.json["input"] for r in fake.requests_to(SPEECH) if isinstance(r.json, dict)]
 
@@ -276,7 +216,7 @@ def test_question_is_answered_through_the_network_providers(
     reply_s = sum(tone_seconds(s) for s in SENTENCES)
     lead = greeting_s + 1.0
     phone = phones(microphone=microphone(lead, question))
-    call = Call(node, phone, fake)
+    call = PhoneCall(node, phone, more_context=fake.describe)
     call.dial()
     said = call.wait_log(r"turn 1: agent: ", timeout_s=lead + question.end_s + 8)
     assert said is not None, f"no turn within the wait\n{call.context()}"
@@ -343,7 +283,7 @@ def test_goodbye_tool_call_hangs_up(
     lead = tone_seconds(OPENAI_GREETING) + 1.0
     farewell_s = tone_seconds(GOODBYE_REPLY)
     phone = phones(microphone=microphone(lead, question))
-    call = Call(node, phone, fake)
+    call = PhoneCall(node, phone, more_context=fake.describe)
     established = call.dial()
     ended = phone.wait_for(TERMINATED, timeout_s=lead + question.end_s + farewell_s + 8)
     assert ended is not None, f"the node did not hang up\n{call.context()}"
@@ -388,7 +328,7 @@ def test_chat_endpoint_error_hangs_up_the_call(
     fake.chat_status = 500
     lead = tone_seconds(OPENAI_GREETING) + 1.0
     phone = phones(microphone=microphone(lead, question))
-    call = Call(node, phone, fake)
+    call = PhoneCall(node, phone, more_context=fake.describe)
     established = call.dial()
     ended = phone.wait_for(TERMINATED, timeout_s=lead + question.end_s + 8)
     assert ended is not None, f"the node left the call up after the error\n{call.context()}"

@@ -18,7 +18,6 @@ is found by level.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,17 +27,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from loadtest.baresip import RATE, Baresip, FloatArray, read_wav
+from loadtest.baresip import RATE, Baresip, FloatArray
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippRunner
 from media.asr import PocketSphinxRecognizer, phrase_words
 from media.tts import EspeakSynthesizer
 from switch.agents import DEMO_AGENT_PATH, ScriptedAgent
+from tests.e2e.phone_call import TERMINATED, PhoneCall, Record
 
 pytestmark = pytest.mark.e2e
 
 Pcm = npt.NDArray[np.int16]
-Record = dict[str, Any]
 
 FRAME = RATE // 50  # 20 ms
 LOUD_RMS = 300.0  # a 20 ms frame of espeak speech is far above this; silence frames are 0
@@ -47,8 +46,6 @@ CALLER_WPM = 150
 MIC_S = 40.0  # the mic file outlasts every call (baresip ends the call at its end)
 GREETING_GAP_S = 0.6  # gaps inside one spoken text (espeak's pauses: up to ~0.35 s)
 
-ESTABLISHED = r"Call established: sip:agent@"
-TERMINATED = r"Call with sip:agent@\S+ terminated|session closed"
 
 AGENT = ScriptedAgent.from_file(DEMO_AGENT_PATH)
 
@@ -143,70 +140,12 @@ def greeting() -> Speech:
 # ---- baresip ---------------------------------------------------------------------
 
 
-
-
 # ---- the node --------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
     return voxswitch_nodes.start("voice", NodeOptions(max_call_duration_s=60, media_timeout_s=0))
-
-
-def agent_uri(node: NodeProcess) -> str:
-    return f"sip:agent@{node.host}:{node.sip_port}"
-
-
-class Call:
-    """One phone call to the node, with bounded waits on the node's log and records."""
-
-    def __init__(self, node: NodeProcess, phone: Baresip) -> None:
-        self.node = node
-        self.phone = phone
-        self.log_offset = len(node.stderr_text())
-        self.records_before = len(node.records())
-
-    def dial(self) -> float:
-        self.phone.dial(agent_uri(self.node))
-        established = self.phone.wait_for(ESTABLISHED, timeout_s=5)
-        assert established is not None, f"call not established\n{self.context()}"
-        return established
-
-    def node_log(self) -> str:
-        return self.node.stderr_text()[self.log_offset :]
-
-    def wait_log(self, pattern: str, timeout_s: float) -> re.Match[str] | None:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = regex.search(self.node_log())
-            if found or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.05)
-
-    def hang_up(self) -> None:
-        self.phone.command("/hangup")
-        ended = self.phone.wait_for(TERMINATED, timeout_s=5)
-        assert ended is not None, f"call not terminated after /hangup\n{self.context()}"
-
-    def record(self, timeout_s: float = 10.0) -> Record:
-        """The call's record (the node writes it when the call has ended)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            new = self.node.records()[self.records_before :]
-            if new or time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
-        assert len(new) == 1, f"want one new call record, got {new}\n{self.context()}"
-        return new[0]
-
-    def heard(self) -> FloatArray:
-        self.phone.quit()
-        return read_wav(self.phone.recording("dec"))
-
-    def context(self) -> str:
-        tail = "\n".join(self.node_log().splitlines()[-40:])
-        return f"{self.phone.describe()}\n--- node log (this call) ---\n{tail}"
 
 
 def speech_turns(record: Record) -> list[dict[str, Any]]:
@@ -224,7 +163,7 @@ def test_caller_question_gets_the_knowledge_base_answer(
     reply = Speech.of(expected, NODE_WPM)
     lead = greeting.end_s + 1.0
     phone = phones(microphone=microphone(silence(lead), question.pcm))
-    call = Call(node, phone)
+    call = PhoneCall(node, phone)
     call.dial()
     said = call.wait_log(r"turn 1: agent: ", timeout_s=lead + question.seconds + 8)
     assert said is not None, f"no turn within the wait\n{call.context()}"
@@ -267,7 +206,7 @@ def test_talking_over_the_greeting_stops_it_within_100_ms(
     reply = Speech.of(expected, NODE_WPM)
     lead = 1.5
     phone = phones(microphone=microphone(silence(lead), question.pcm))
-    call = Call(node, phone)
+    call = PhoneCall(node, phone)
     call.dial()
     said = call.wait_log(r"turn 1: agent: ", timeout_s=lead + question.seconds + 8)
     assert said is not None, f"no turn within the wait\n{call.context()}"
@@ -309,7 +248,7 @@ def test_short_noise_over_the_greeting_does_not_interrupt(
     noise = uh.pcm[start : start + round(0.15 * RATE)]
     lead = 1.5
     phone = phones(microphone=microphone(silence(lead), noise))
-    call = Call(node, phone)
+    call = PhoneCall(node, phone)
     call.dial()
     time.sleep(greeting.end_s + 2.0)  # the whole greeting, and a moment after it
     call.hang_up()
@@ -344,7 +283,7 @@ def test_goodbye_ends_the_call_from_the_agent(
     farewell = Speech.of(AGENT.goodbye, NODE_WPM)
     lead = greeting.end_s + 1.0
     phone = phones(microphone=microphone(silence(lead), bye.pcm))
-    call = Call(node, phone)
+    call = PhoneCall(node, phone)
     established = call.dial()
     # The node says goodbye, then sends BYE: baresip reports the call closed.
     wait = lead + bye.seconds + farewell.seconds + 8
