@@ -1,0 +1,169 @@
+"""The conversation loop with real engines: the demo agent, espeak-ng, a media session.
+
+The host records what the conversation asks of its call actor (hang up, transfer,
+send DTMF); the media session is driven the way the RTP leg drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from actors.conversation import Conversation, Voice
+from media.asr import PocketSphinxRecognizer
+from media.dtmf import DtmfDigit
+from media.g711 import ulaw_encode
+from media.session import MediaEvent, MediaSession, UtteranceCaptured
+from media.tts import EspeakSynthesizer
+from switch.agents import DEMO_AGENT_PATH, ScriptedAgent
+from tests.unit.test_vad import silence, vowel
+
+FRAME = 160
+AGENT = ScriptedAgent.from_file(DEMO_AGENT_PATH)
+
+
+class Host:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def hang_up(self, reason: str, *, failed: bool = False) -> None:
+        self.calls.append(("hang_up_failed" if failed else "hang_up", reason))
+
+    def transfer(self, target: str) -> None:
+        self.calls.append(("transfer", target))
+
+    def send_dtmf(self, digits: str) -> None:
+        self.calls.append(("send_dtmf", digits))
+
+
+class Line:
+    """A conversation on a media session, with the leg's part played by the test."""
+
+    def __init__(self, conversation: Conversation, session: MediaSession) -> None:
+        self.conversation = conversation
+        self.session = session
+        self.seq = 0
+        self.sent: list[bytes | None] = []
+
+    async def tick(self, frame: np.ndarray | None = None) -> None:
+        """One 20 ms slot: a caller frame arrives, the session ticks, the actor reacts."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        events: list[MediaEvent] = []
+        if frame is not None:
+            self.seq += 1
+            events += self.session.receive(0, self.seq, self.seq * FRAME, ulaw_encode(frame), now)
+        out, tick_events = self.session.tick(now)
+        self.sent.append(out)
+        for event in [*events, *tick_events]:
+            self.conversation.handle(event, now)
+        await asyncio.sleep(0.02)
+
+    async def play(self, signal: np.ndarray) -> None:
+        for i in range(len(signal) // FRAME):
+            await self.tick(signal[i * FRAME : (i + 1) * FRAME])
+
+    async def until(self, condition: object, timeout_s: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not condition():  # type: ignore[operator]
+            assert asyncio.get_running_loop().time() < deadline, "condition never came true"
+            await self.tick(silence(0.02))
+
+
+@pytest.fixture
+async def line() -> AsyncIterator[tuple[Line, Host]]:
+    voice = Voice(
+        recognizer=PocketSphinxRecognizer(AGENT.phrases(), pool_size=1),
+        synthesizer=EspeakSynthesizer(rate_wpm=300),
+        brain=AGENT,
+        barge_in_min_s=0.3,
+    )
+    session = MediaSession(codec="PCMU", payload_type=0, telephone_event_pt=101)
+    host = Host()
+    loop = asyncio.get_running_loop()
+    conversation = Conversation(
+        voice=voice, session=session, host=host, clock=loop.time, call_id="unit"
+    )
+    conversation.start()
+    yield Line(conversation, session), host
+    await conversation.aclose()
+    await voice.recognizer.aclose()
+
+
+async def test_greeting_is_queued_and_played(line: tuple[Line, Host]) -> None:
+    call, _ = line
+    await call.until(lambda: call.session.playout.queued_frames > 0)
+    assert call.conversation.state.transcript[0].content == AGENT.greeting()
+    await call.tick()
+    assert call.sent[-1] is not None
+
+
+async def test_dtmf_digit_is_a_turn_answered_from_the_knowledge_base(
+    line: tuple[Line, Host],
+) -> None:
+    call, _ = line
+    await call.until(lambda: call.session.playout.playing)
+    call.conversation.handle(DtmfDigit("2", 100, "rfc4733"), asyncio.get_running_loop().time())
+    state = call.conversation.state
+    await call.until(lambda: bool(state.turns) and state.turns[0].agent_text != "")
+    turn = state.turns[0]
+    assert (turn.source, turn.caller_text) == ("dtmf", "DTMF: 2")
+    match = AGENT.match("DTMF: 2")
+    assert match is not None and turn.agent_text == match.entry.say
+    assert state.dtmf == "2"
+    # The greeting was dropped for the answer, which plays now.
+    await call.until(lambda: turn.metrics.first_audio_at is not None)
+    assert turn.metrics.latency_s is not None and turn.metrics.latency_s < 1.0
+
+
+async def test_talking_over_the_agent_interrupts_after_barge_in_min(
+    line: tuple[Line, Host],
+) -> None:
+    call, _ = line
+    await call.until(lambda: call.session.playout.playing)
+    await call.play(silence(0.2))
+    await call.play(vowel(0.6))
+    state = call.conversation.state
+    assert len(state.barge_ins) == 1 and state.barge_ins[0]["held_ms"] < 100
+    assert not call.session.playout.playing  # flushed: the greeting is gone
+    assert not call.session.paused
+
+
+async def test_a_short_sound_holds_the_agent_then_lets_it_go_on(
+    line: tuple[Line, Host],
+) -> None:
+    call, _ = line
+    await call.until(lambda: call.session.playout.playing)
+    before = call.session.playout.queued_frames
+    await call.play(vowel(0.12))
+    assert call.session.paused
+    assert len(call.conversation.state.barge_ins) == 1
+    await call.play(silence(0.4))
+    assert not call.session.paused  # resumed at onset + barge_in_min
+    assert call.session.playout.playing
+    assert call.session.playout.queued_frames < before  # and it went on playing
+    await call.play(silence(0.6))
+    assert call.conversation.state.turns == []  # the sound was not a turn
+
+
+async def test_goodbye_is_recognised_played_and_then_the_call_hung_up(
+    line: tuple[Line, Host],
+) -> None:
+    """The whole turn with real engines: speech in, pocketsphinx, the brain's hang_up
+    tool, the goodbye synthesised and played out, and only then the hang-up."""
+    call, host = line
+    await call.until(lambda: call.session.playout.playing)
+    speech = await EspeakSynthesizer(rate_wpm=150).synthesize("goodbye")
+    pcm = np.concatenate([silence(0.2), speech, silence(0.3)])
+    now = asyncio.get_running_loop().time()
+    call.conversation.handle(UtteranceCaptured(pcm, now - 1.0, now - 0.5, now), now)
+    await call.until(lambda: bool(host.calls), timeout_s=20.0)
+    assert [kind for kind, _ in host.calls] == ["hang_up"]
+    turn = call.conversation.state.turns[0]
+    assert turn.tools == ["hang_up"]
+    goodbye = AGENT.match(turn.caller_text)
+    assert goodbye is not None and turn.agent_text == goodbye.entry.say
+    assert not call.session.playout.playing  # the goodbye had been played out
