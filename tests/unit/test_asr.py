@@ -329,7 +329,10 @@ async def test_recognizes_synthesized_speech_in_domain(
         await tts.aclose()
     pcm = np.concatenate([np.zeros(2400, dtype=np.int16), speech, np.zeros(2400, np.int16)])
     result = await domain_recognizer.transcribe(pcm)
-    assert "hours" in result.text
+    # espeak's output differs by a few samples from run to run (and with what the
+    # process synthesised before), and the decode with it: most words, not all.
+    words = set(result.text.split())
+    assert len(words & {"what", "are", "your", "opening", "hours"}) >= 4, result.text
     assert result.text == result.text.lower()
     assert 0 < result.elapsed_s < 5
 
