@@ -513,7 +513,7 @@ class CallActor:
                 "BYE",
                 via_sent_by=self.local.sent_by(),
                 transport=self.flow.transport,
-                headers=[("Reason", f'SIP;cause=200;text="{reason}"')],
+                headers=[("Reason", _reason_header(disposition, reason))],
             )
             self.endpoint.send_request(bye, self.flow, lambda event: None)
         self._stop_retransmitting()
@@ -548,6 +548,23 @@ class CallActor:
                 self._hangup("failed", reason)
         finally:
             self._close_media()
+
+
+# Q.850 causes for the Reason header of our BYE (RFC 3326): what carriers log and bill.
+_Q850_CAUSE = {
+    "media_timeout": 102,  # recovery on timer expiry
+    "no_ack": 102,
+    "failed": 41,  # temporary failure
+    "agent_error": 41,
+    "node_shutdown": 41,
+}
+Q850_NORMAL_CLEARING = 16
+
+
+def _reason_header(disposition: str, text: str) -> str:
+    cause = _Q850_CAUSE.get(disposition, Q850_NORMAL_CLEARING)
+    clean = text.replace('"', "'").replace("\\", "/")[:120]
+    return f'Q.850;cause={cause};text="{clean}"'
 
 
 def _sdp_body(request: Request) -> bytes | None:

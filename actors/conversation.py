@@ -307,6 +307,8 @@ class Conversation:
         async for event in self.voice.brain.respond(history, turn.caller_text):
             if isinstance(event, ToolCall):
                 tools.append(event)
+                await self._speak(turn, pending, spoken)  # the words before the tool
+                pending = ""
                 continue
             if metrics.llm_first_token_s is None:
                 metrics.llm_first_token_s = self.clock() - asked
