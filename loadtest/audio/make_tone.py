@@ -10,47 +10,23 @@ go out as audio. So the fixture is raw µ-law, made here rather than committed.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from media.g711 import ulaw_encode
+
 SAMPLE_RATE_HZ = 8000
-ULAW_BIAS_14 = 0x21  # 0x84 >> 2: the bias on 14-bit samples
-ULAW_CLIP_14 = 8159
-ULAW_SEGMENT_ENDS_14 = (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)
-
-
-def linear_to_ulaw(sample: int) -> int:
-    """Encode one signed 16-bit sample as a G.711 µ-law byte.
-
-    The reference algorithm (Sun's g711.c, as in CPython's audioop): the sample is
-    cut to 14 bits, biased, and coded as a 3-bit segment and a 4-bit step.
-    """
-    value = sample >> 2
-    if value < 0:
-        value, mask = -value, 0x7F
-    else:
-        mask = 0xFF
-    value = min(value, ULAW_CLIP_14) + ULAW_BIAS_14
-    segment = next(
-        (i for i, end in enumerate(ULAW_SEGMENT_ENDS_14) if value <= end),
-        len(ULAW_SEGMENT_ENDS_14),
-    )
-    if segment >= len(ULAW_SEGMENT_ENDS_14):
-        return 0x7F ^ mask
-    return ((segment << 4) | ((value >> (segment + 1)) & 0x0F)) ^ mask
 
 
 def tone_ulaw(seconds: float = 1.0, hz: float = 440.0, dbfs: float = -12.0) -> bytes:
-    """A sine tone as µ-law bytes, 8000 per second."""
+    """A sine tone as µ-law bytes, 8000 per second (encoded by the node's own G.711)."""
     if seconds <= 0 or hz <= 0 or hz >= SAMPLE_RATE_HZ / 2:
         raise ValueError(f"bad tone: seconds={seconds} hz={hz}")
     amplitude = 32767 * 10 ** (dbfs / 20)
-    count = round(seconds * SAMPLE_RATE_HZ)
-    return bytes(
-        linear_to_ulaw(round(amplitude * math.sin(2 * math.pi * hz * n / SAMPLE_RATE_HZ)))
-        for n in range(count)
-    )
+    t = np.arange(round(seconds * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+    return ulaw_encode(np.round(amplitude * np.sin(2 * np.pi * hz * t)).astype(np.int16))
 
 
 def write_tone(path: Path, seconds: float = 1.0, hz: float = 440.0, dbfs: float = -12.0) -> Path:
