@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.agent import AgentBrain, ChatMessage, TextDelta, ToolCall
+from actors.agent import AgentBrain, ChatMessage, ToolCall
 from media.dtmf import DtmfDigit
 from media.playout import UtteranceFinished, UtteranceInterrupted, UtteranceStarted
 from media.session import MediaEvent, MediaSession, PlayoutHeld, UtteranceCaptured
@@ -369,4 +369,4 @@ class Conversation:
         )
 
 
-__all__ = ["Conversation", "ConversationState", "TextDelta", "Turn", "Voice"]
+__all__ = ["Conversation", "ConversationState", "Turn", "Voice"]

@@ -129,22 +129,12 @@ def tables(codec: str) -> tuple[npt.NDArray[np.uint8], PcmArray]:
 
 def encode(codec: str, pcm: npt.ArrayLike) -> bytes:
     """Encode for an RTP encoding name: "PCMU" or "PCMA"."""
-    name = codec.upper()
-    if name == "PCMU":
-        return ulaw_encode(pcm)
-    if name == "PCMA":
-        return alaw_encode(pcm)
-    raise ValueError(f"unsupported G.711 codec {codec!r} (expected PCMU or PCMA)")
+    return tables(codec)[0][_as_index(pcm)].tobytes()
 
 
 def decode(codec: str, data: bytes) -> PcmArray:
     """Decode for an RTP encoding name: "PCMU" or "PCMA"."""
-    name = codec.upper()
-    if name == "PCMU":
-        return ulaw_decode(data)
-    if name == "PCMA":
-        return alaw_decode(data)
-    raise ValueError(f"unsupported G.711 codec {codec!r} (expected PCMU or PCMA)")
+    return tables(codec)[1][np.frombuffer(data, dtype=np.uint8)]
 
 
 def silence_byte(codec: str) -> int:
