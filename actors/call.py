@@ -30,7 +30,7 @@ from actors.messages import (
 )
 from actors.runtime import Mailbox, MailboxClosed
 from media.dtmf import parse_dtmf_info, parse_dtmf_relay
-from media.session import MediaEvent, MediaSession, VadConfig
+from media.session import MediaEvent, SessionControl, VadConfig
 from sip.dialog import Dialog
 from sip.endpoint import Flow, SipEndpoint
 from sip.message import Request, make_response
@@ -109,7 +109,7 @@ class MediaLeg(Protocol):
 
     def start_session(
         self, on_event: Callable[[MediaEvent, float], None], vad: VadConfig | None = None
-    ) -> MediaSession:
+    ) -> SessionControl:
         """Switch from the fixed greeting to a conversation: audio in, speech out."""
         ...
 

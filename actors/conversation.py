@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from actors.agent import AgentBrain, ChatMessage, ToolCall
 from media.dtmf import DtmfDigit
 from media.playout import UtteranceFinished, UtteranceInterrupted, UtteranceStarted
-from media.session import MediaEvent, MediaSession, PlayoutHeld, UtteranceCaptured
+from media.session import MediaEvent, PlayoutHeld, SessionControl, UtteranceCaptured
 from media.speech import Pcm, SpeechRecognizer, SpeechSynthesizer
 
 log = logging.getLogger("voxswitch.conversation")
@@ -129,7 +129,7 @@ class Conversation:
         self,
         *,
         voice: Voice,
-        session: MediaSession,
+        session: SessionControl,
         host: ConversationHost,
         clock: Callable[[], float],
         call_id: str,
@@ -209,7 +209,7 @@ class Conversation:
                 f"t{self._current.index}-"
             ):
                 self._current.interrupted = True
-        elif isinstance(event, UtteranceFinished) and not self.session.playout.playing:
+        elif isinstance(event, UtteranceFinished) and not self.session.playing:
             self._playout_idle()
         elif isinstance(event, PlayoutHeld):
             self._playout_held(event)
@@ -322,7 +322,7 @@ class Conversation:
         self.state.transcript.append(ChatMessage("assistant", turn.agent_text))
         for tool in tools:
             self._tool(turn, tool)
-        if not self.session.playout.playing and not self.session.playout.queued_frames:
+        if not self.session.playing and not self.session.queued_frames:
             self._playout_idle(turn_over=True)
 
     async def _speak(self, turn: Turn, sentence: str, spoken: list[str]) -> None:

@@ -80,7 +80,11 @@ def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool)
             media_timeout_s=0,
             log_level="warning",
             rtp_port_count=2 * calls + 20,
-            env={"VOXSWITCH_DRAIN_GRACE_S": "2", "VOXSWITCH_AGENT": args.agent},
+            env={
+                "VOXSWITCH_DRAIN_GRACE_S": "2",
+                "VOXSWITCH_AGENT": args.agent,
+                "VOXSWITCH_MEDIA_WORKERS": str(args.workers),
+            },
         ),
         name=f"media-node-{calls}",
         cpu=1 if pinned else None,
@@ -89,7 +93,18 @@ def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool)
     assert node.process is not None
     pid = node.process.pid
     time.sleep(1.0)
-    rss_idle = rss_mb(pid)
+    media_info = node.health().get("media")
+    assert isinstance(media_info, dict)
+    workers = [int(w) for w in media_info.get("workers", [])]
+    if pinned:
+        # The node's loop stays on CPU 1 (SIP and the conversations: light once the
+        # calls are up); media worker i goes to CPU i mod cores, so with two workers
+        # one shares CPU 0 with SIPp and the other CPU 1 with the node.
+        cores = os.cpu_count() or 1
+        for i, worker in enumerate(workers):
+            os.sched_setaffinity(worker, {i % cores})
+    pids = [pid, *workers]
+    rss_idle = sum(rss_mb(p) for p in pids)
     ramp_s = calls / args.rate
     result: list[SippResult] = []
     sipp_args = [
@@ -127,7 +142,7 @@ def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool)
             break
         active = int(health.get("active_calls", 0))  # type: ignore[call-overload]
         peak = max(peak, active)
-        rss_peak = max(rss_peak, rss_mb(pid))
+        rss_peak = max(rss_peak, sum(rss_mb(p) for p in pids))
         time.sleep(1.0)
     media = health.get("media", {}) if health else {}
     assert isinstance(media, dict)
@@ -185,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-p99-ms", type=float, default=10.0, help="schedule budget (10)")
     parser.add_argument("--agent", default="demo", help="the node's agent setting (demo)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="the node's media_workers setting (0)"
+    )
     args = parser.parse_args(argv)
     levels_wanted = [int(x) for x in args.calls.split(",") if x.strip()]
     pinned = not args.no_pin and (os.cpu_count() or 1) >= 2 and bool(shutil.which("taskset"))
@@ -205,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             f"# Concurrent media calls {stamp}",
             "",
             f"- machine: {machine_summary()}",
-            f"- pinning: {'node CPU 1, SIPp CPU 0' if pinned else 'none'}",
+            f"- pinning: {'node CPU 1, SIPp CPU 0' if pinned else 'none'}"
+            + (f"; media worker i on CPU i mod 2 ({args.workers})" if args.workers else ""),
             f"- command: python -m loadtest.concurrency {' '.join(sys.argv[1:])}".rstrip(),
             "",
             table(levels),

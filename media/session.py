@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -61,6 +62,33 @@ class PlayoutHeld:
 MediaEvent = (
     SpeechStarted | SpeechEnded | UtteranceCaptured | DtmfDigit | PlayoutEvent | PlayoutHeld
 )
+
+
+class SessionControl(Protocol):
+    """What the conversation steers: a ``MediaSession`` here, or a media worker's proxy."""
+
+    def say(self, pcm: Pcm, utterance_id: str) -> None: ...
+
+    def flush(self) -> list[MediaEvent]:
+        """Drop queued playout at once; returns the events it caused (or they follow)."""
+        ...
+
+    def resume(self) -> None: ...
+
+    @property
+    def caller_speaking(self) -> bool: ...
+
+    @property
+    def capturing(self) -> bool: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def playing(self) -> bool: ...
+
+    @property
+    def queued_frames(self) -> int: ...
 
 
 class MediaSession:
@@ -203,6 +231,15 @@ class MediaSession:
         self.paused = False
         _, events = self.playout.flush()
         return list(events)
+
+    @property
+    def playing(self) -> bool:
+        """Playout has audio to send (queued, started or not)."""
+        return self.playout.playing
+
+    @property
+    def queued_frames(self) -> int:
+        return self.playout.queued_frames
 
     @property
     def caller_speaking(self) -> bool:

@@ -45,6 +45,10 @@ class Settings:
     rtp_ports: tuple[int, int] = field(
         default=(20000, 29999), metadata={"help": "RTP port range START-END"}
     )
+    media_workers: int = field(
+        default=0,
+        metadata={"help": "processes that do the RTP socket I/O (0: the node's own loop)"},
+    )
     api_host: str = field(default="0.0.0.0", metadata={"help": "address of the HTTP API"})
     api_port: int = field(default=8080, metadata={"help": "HTTP port (health; 0 disables)"})
     max_calls: int = field(

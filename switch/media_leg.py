@@ -1,10 +1,12 @@
 """The RTP media plant: port pool, one UDP socket per call, one shared 20 ms ticker.
 
-``MediaPlant.new_leg(call_id)`` binds an even port from the pool (RTCP would be the
-odd port above it, which is never handed out) and returns an ``RtpLeg``, the call
-actor's ``MediaLeg``. The leg reads its socket with ``loop.add_reader`` (no task per
-call) and, once playing, is sent one G.711 frame per tick by the plant's single
-ticker: the greeting, then silence, forever.
+``MediaPlant.new_leg(call_id)`` binds an even port from the pool and the odd port
+above it for RTCP, and returns the call actor's ``MediaLeg``: an ``RtpLeg`` here, or
+with ``workers=N`` a ``RemoteLeg`` whose ``RtpLeg`` runs in one of N media worker
+processes (``switch.media_worker``, the same code on another core). An ``RtpLeg``
+reads its socket with ``loop.add_reader`` (no task per call) and, once playing, is
+sent one G.711 frame per tick by the plant's single ticker: the greeting then
+silence, or its conversation's playout.
 
 The ticker runs on an absolute grid (``start + n × 20 ms`` with ``loop.call_at``),
 so timer lateness does not accumulate; when a tick is a whole frame late or more
@@ -39,6 +41,7 @@ from media.rtp import HEADER, RTP_VERSION, looks_like_rtp, parse_rtp
 from media.session import MediaEvent, MediaSession, VadConfig
 from media.tones import PcmArray, greeting_pcm
 from switch.manager import MediaUnavailable
+from switch.media_remote import MediaWorker, RemoteLeg
 
 log = logging.getLogger("voxswitch.media")
 
@@ -103,6 +106,7 @@ class RtpLeg:
         sock: socket.socket,
         port: int,
         rtcp_sock: socket.socket,
+        ssrc: int | None = None,
     ) -> None:
         self._plant = plant
         self.call_id = call_id
@@ -124,7 +128,7 @@ class RtpLeg:
         self._frame_index = 0
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
-        self._ssrc = random.getrandbits(32)
+        self._ssrc = random.getrandbits(32) if ssrc is None else ssrc
         self._rtcp = RtcpSession(self._ssrc, f"voxswitch@{plant.bind_host}")
         self._marker = 0x80  # on the first packet sent
         self._playing = False
@@ -407,9 +411,14 @@ class MediaPlant:
         ports: tuple[int, int],
         greeting_file: str | None,
         *,
+        workers: int = 0,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        if workers < 0:
+            raise ValueError(f"media workers: expected 0 or more, got {workers}")
         start, end = ports
+        self._ports = ports
+        self._greeting_file = greeting_file
         first = start + (start & 1)
         self.bind_host = bind_host
         self._family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
@@ -429,6 +438,12 @@ class MediaPlant:
         self._grid_start = 0.0
         self._slot = 0  # the next grid slot to serve
         self._closed = False
+        self._worker_count = workers
+        self._workers: list[MediaWorker] = []  # started by start(), or by the first leg
+        self._remote: dict[int, RemoteLeg] = {}  # by port, when workers run the legs
+        self.worker_restarts = 0
+        self.after_tick: Callable[[], None] | None = None
+        self.ticks = 0
         self.late_ticks = 0  # ticks that skipped grid slots
         # Seconds the last packet of each recent tick left after its slot (a minute).
         self.lateness: deque[float] = deque(maxlen=LATENESS_WINDOW)
@@ -441,11 +456,11 @@ class MediaPlant:
 
     @property
     def active_legs(self) -> int:
-        return len(self._legs)
+        return len(self._legs) + len(self._remote)
 
     @property
     def playing_legs(self) -> int:
-        return len(self._playing)
+        return len(self._playing) + sum(leg.playing for leg in self._remote.values())
 
     def lateness_ms(self, percentile: float) -> float:
         """Percentile of recent ticks' lateness (last packet sent vs its 20 ms slot)."""
@@ -459,11 +474,37 @@ class MediaPlant:
 
     # ---- legs ------------------------------------------------------------------------------
 
-    def new_leg(self, call_id: str) -> RtpLeg:
+    def new_leg(self, call_id: str) -> RtpLeg | RemoteLeg:
         """A leg with a bound port; ``MediaUnavailable`` when no port can be had."""
         if self._closed:
             raise MediaUnavailable("media plant is closed")
+        port, sock, rtcp_sock = self._bind_pair()
+        if not self._worker_count:
+            return self.adopt(call_id, sock, port, rtcp_sock)
+        worker = min(self._start_workers(), key=lambda w: len(w.legs))
+        leg = RemoteLeg(worker, call_id, port, sock, rtcp_sock, self._forget_remote)
+        self._remote[port] = leg
+        return leg
+
+    def adopt(
+        self,
+        call_id: str,
+        sock: socket.socket,
+        port: int,
+        rtcp_sock: socket.socket,
+        ssrc: int | None = None,
+    ) -> RtpLeg:
+        """An ``RtpLeg`` on sockets bound elsewhere (a media worker's, from the node)."""
+        sock.setblocking(False)
+        rtcp_sock.setblocking(False)
+        leg = RtpLeg(self, call_id, sock, port, rtcp_sock, ssrc)
+        self._legs[port] = leg
         loop = self.loop
+        loop.add_reader(leg._fd, leg.on_readable)
+        loop.add_reader(leg._rtcp_fd, leg.on_rtcp_readable)
+        return leg
+
+    def _bind_pair(self) -> tuple[int, socket.socket, socket.socket]:
         attempts = min(len(self._free), MAX_BIND_ATTEMPTS)
         last_error: OSError | None = None
         for _ in range(attempts):
@@ -481,11 +522,7 @@ class MediaPlant:
                 if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                     break
                 continue
-            leg = RtpLeg(self, call_id, sock, port, rtcp_sock)
-            self._legs[port] = leg
-            loop.add_reader(leg._fd, leg.on_readable)
-            loop.add_reader(leg._rtcp_fd, leg.on_rtcp_readable)
-            return leg
+            return port, sock, rtcp_sock
         if last_error is None:
             raise MediaUnavailable(f"all {self.port_count} RTP ports are in use")
         raise MediaUnavailable(f"cannot bind an RTP port on {self.bind_host}: {last_error}")
@@ -513,11 +550,76 @@ class MediaPlant:
             self._stop_ticker()
 
     def close(self) -> None:
-        """Close every leg and stop the ticker. Idempotent."""
+        """Close every leg and stop the ticker and the workers. Idempotent."""
         self._closed = True
         for leg in list(self._legs.values()):
             leg.close()
+        for remote in list(self._remote.values()):
+            remote.close()
         self._stop_ticker()
+        for worker in self._workers:
+            worker.close()
+        for worker in self._workers:
+            worker.wait()
+        self._workers = []
+
+    # ---- media workers -----------------------------------------------------------------------
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Start the media workers and wait for each one's hello (a worker still
+        importing when its first call plays would send that call's first frames late)."""
+        workers = self._start_workers()
+        await asyncio.wait_for(asyncio.gather(*(w.ready for w in workers)), timeout)
+
+    async def sync(self) -> None:
+        """Bring the legs' counters up to date (worker legs report once a second)."""
+        await asyncio.gather(*(w.sync() for w in self._workers if not w.channel.closed))
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._workers]
+
+    def _start_workers(self) -> list[MediaWorker]:
+        while len(self._workers) < self._worker_count:
+            self._workers.append(self._new_worker())
+        return self._workers
+
+    def _new_worker(self) -> MediaWorker:
+        return MediaWorker(
+            self.loop,
+            self.bind_host,
+            self._ports,
+            self._greeting_file,
+            self._on_worker_lateness,
+            self._on_worker_exit,
+            self._port_free,
+        )
+
+    def _on_worker_lateness(self, lateness: list[float], late_ticks: int) -> None:
+        self.lateness.extend(lateness)
+        self.late_ticks = sum(w.late_ticks for w in self._workers)
+
+    def _on_worker_exit(self, dead: MediaWorker) -> None:
+        """A worker died: a new one takes over its legs (the node holds their sockets)."""
+        if self._closed or dead not in self._workers:
+            return
+        dead.wait(0.5)
+        log.error("media worker %d exited (code %s)", dead.process.pid, dead.process.poll())
+        worker = self._new_worker()
+        self._workers[self._workers.index(dead)] = worker
+        self.worker_restarts += 1
+        for leg in list(dead.legs.values()):
+            leg.moved_to(worker)
+        log.warning("media worker %d took over %d calls", worker.process.pid, len(worker.legs))
+
+    def _forget_remote(self, leg: RemoteLeg) -> None:
+        if self._remote.get(leg.local_port) is leg:
+            del self._remote[leg.local_port]
+
+    def _port_free(self, port: int) -> None:
+        """A worker closed its copy of a closed leg's sockets (or died): reuse the port."""
+        if port not in self._remote:
+            self._free.append(port)
 
     # ---- greeting ---------------------------------------------------------------------------
 
@@ -587,6 +689,9 @@ class MediaPlant:
             leg.send_frame(advance, now)
         # How late the last packet of this tick left, against its slot on the grid.
         self.lateness.append(now - (start + current * FRAME_S) + time.monotonic() - began)
+        self.ticks += 1
+        if self.after_tick is not None:
+            self.after_tick()
         self._slot = current + 1
         self._tick_handle = loop.call_at(start + self._slot * FRAME_S, self._tick)
 

@@ -59,6 +59,8 @@ class Node:
                 "legs": self.media.active_legs if self.media else 0,
                 "playing": self.media.playing_legs if self.media else 0,
                 "late_ticks": self.media.late_ticks if self.media else 0,
+                "workers": self.media.worker_pids if self.media else [],
+                "worker_restarts": self.media.worker_restarts if self.media else 0,
                 "tick_lateness_p50_ms": round(self.media.lateness_ms(50), 2) if self.media else 0,
                 "tick_lateness_p99_ms": round(self.media.lateness_ms(99), 2) if self.media else 0,
                 "tick_lateness_max_ms": round(self.media.lateness_ms(100), 2) if self.media else 0,
@@ -79,7 +81,9 @@ class Node:
             bind_host=s.sip_host,
             ports=s.rtp_ports,
             greeting_file=s.greeting_file or None,
+            workers=s.media_workers,
         )
+        await self.media.start()
         call_config = CallConfig(
             ring_s=s.ring_ms / 1000.0,
             max_duration_s=s.max_call_duration_s,

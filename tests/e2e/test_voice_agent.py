@@ -143,9 +143,17 @@ def greeting() -> Speech:
 # ---- the node --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
-    return voxswitch_nodes.start("voice", NodeOptions(max_call_duration_s=60, media_timeout_s=0))
+@pytest.fixture(scope="module", params=[0, 1], ids=["in-loop", "media-worker"])
+def node(voxswitch_nodes: NodeFactory, request: pytest.FixtureRequest) -> NodeProcess:
+    """Every voice test runs against a node whose calls' media runs on its own loop,
+    and against one whose media runs in a worker process (``media_workers``)."""
+    workers = request.param
+    options = NodeOptions(
+        max_call_duration_s=60,
+        media_timeout_s=0,
+        env={"VOXSWITCH_MEDIA_WORKERS": str(workers)},
+    )
+    return voxswitch_nodes.start(f"voice-w{workers}", options)
 
 
 def speech_turns(record: Record) -> list[dict[str, Any]]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import socket
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,8 +24,23 @@ from media.rtp import RtpPacket, pack_rtp, parse_rtp
 from media.tones import chime, greeting_pcm, load_greeting
 from switch.manager import MediaUnavailable
 from switch.media_leg import MediaPlant, RtpLeg
+from switch.media_remote import RemoteLeg
 
 HOST = "127.0.0.1"
+Leg = RtpLeg | RemoteLeg
+PlantFactory = Callable[..., Awaitable[MediaPlant]]
+
+
+@pytest.fixture(params=[0, 1], ids=["in-loop", "worker"])
+def make_plant(request: pytest.FixtureRequest) -> PlantFactory:
+    """Every test runs twice: sockets on the node's loop, and in a media worker process."""
+
+    async def make(*args: Any, **kwargs: Any) -> MediaPlant:
+        plant = MediaPlant(*args, workers=request.param, **kwargs)
+        await plant.start()
+        return plant
+
+    return make
 
 
 def port_range(pairs: int) -> tuple[int, int]:
@@ -114,8 +132,8 @@ def check_stream(packets: list[RtpPacket], payload_type: int) -> None:
 # ---- sending ----------------------------------------------------------------------------
 
 
-async def test_plays_greeting_then_paced_rtp(peer: socket.socket) -> None:
-    plant = MediaPlant(HOST, port_range(4), None)
+async def test_plays_greeting_then_paced_rtp(peer: socket.socket, make_plant: PlantFactory) -> None:
+    plant = await make_plant(HOST, port_range(4), None)
     try:
         leg = plant.new_leg("call-1")
         assert leg.local_port % 2 == 0
@@ -134,15 +152,18 @@ async def test_plays_greeting_then_paced_rtp(peer: socket.socket) -> None:
         assert frames[0] == ulaw_encode(chime()[:160])
         intervals = np.diff([t for t, _ in got])
         assert 0.015 <= float(intervals.mean()) <= 0.030
+        await plant.sync()
         assert leg.packets_sent >= 12
     finally:
         plant.close()
 
 
-async def test_silence_after_the_greeting(peer: socket.socket, tmp_path: Path) -> None:
+async def test_silence_after_the_greeting(
+    peer: socket.socket, tmp_path: Path, make_plant: PlantFactory
+) -> None:
     short = tmp_path / "short.ulaw"
     short.write_bytes(ulaw_encode(np.full(200, 5000, dtype=np.int16)))  # 2 frames, padded
-    plant = MediaPlant(HOST, port_range(2), str(short))
+    plant = await make_plant(HOST, port_range(2), str(short))
     try:
         leg = plant.new_leg("call-1")
         leg.connect(address(peer), 0, "PCMU")
@@ -157,10 +178,12 @@ async def test_silence_after_the_greeting(peer: socket.socket, tmp_path: Path) -
         plant.close()
 
 
-async def test_pcma_silence_and_reinvite_moves_target(peer: socket.socket, tmp_path: Path) -> None:
+async def test_pcma_silence_and_reinvite_moves_target(
+    peer: socket.socket, tmp_path: Path, make_plant: PlantFactory
+) -> None:
     empty_ish = tmp_path / "g.alaw"
     empty_ish.write_bytes(b"\xd5" * 160)  # one frame of A-law silence
-    plant = MediaPlant(HOST, port_range(2), str(empty_ish))
+    plant = await make_plant(HOST, port_range(2), str(empty_ish))
     second = other_socket()
     try:
         leg = plant.new_leg("call-1")
@@ -182,8 +205,8 @@ async def test_pcma_silence_and_reinvite_moves_target(peer: socket.socket, tmp_p
         second.close()
 
 
-async def test_one_ticker_serves_many_legs() -> None:
-    plant = MediaPlant(HOST, port_range(20), None)
+async def test_one_ticker_serves_many_legs(make_plant: PlantFactory) -> None:
+    plant = await make_plant(HOST, port_range(20), None)
     peers = [other_socket() for _ in range(10)]
     try:
         legs = [plant.new_leg(f"call-{i}") for i in range(10)]
@@ -202,7 +225,7 @@ async def test_one_ticker_serves_many_legs() -> None:
 
 
 async def test_late_ticker_skips_ahead_without_burst(peer: socket.socket) -> None:
-    plant = MediaPlant(HOST, port_range(2), None)
+    plant = MediaPlant(HOST, port_range(2), None)  # blocks its loop: in-loop only
     try:
         leg = plant.new_leg("call-1")
         leg.connect(address(peer), 0, "PCMU")
@@ -220,8 +243,8 @@ async def test_late_ticker_skips_ahead_without_burst(peer: socket.socket) -> Non
         plant.close()
 
 
-async def test_play_without_connect_sends_nothing() -> None:
-    plant = MediaPlant(HOST, port_range(2), None)
+async def test_play_without_connect_sends_nothing(make_plant: PlantFactory) -> None:
+    plant = await make_plant(HOST, port_range(2), None)
     try:
         leg = plant.new_leg("call-1")
         leg.play()
@@ -231,11 +254,11 @@ async def test_play_without_connect_sends_nothing() -> None:
         plant.close()
 
 
-def test_works_on_uvloop() -> None:
+def test_works_on_uvloop(make_plant: PlantFactory) -> None:
     uvloop = pytest.importorskip("uvloop")
 
     async def scenario() -> tuple[int, int]:
-        plant = MediaPlant(HOST, port_range(2), None)
+        plant = await make_plant(HOST, port_range(2), None)
         sock = other_socket()
         try:
             leg = plant.new_leg("call-1")
@@ -246,6 +269,7 @@ def test_works_on_uvloop() -> None:
             sock.sendto(pack_rtp(0, 1, 160, 42, b"\xff" * 160), (HOST, leg.local_port))
             for _ in range(50):
                 await asyncio.sleep(0.01)
+                await plant.sync()
                 if leg.packets_received:
                     break
             return leg.packets_sent, leg.packets_received
@@ -262,16 +286,19 @@ def test_works_on_uvloop() -> None:
 # ---- receiving, latching, silence ---------------------------------------------------------
 
 
-async def wait_until_received(leg: RtpLeg, count: int) -> None:
+async def wait_until_received(plant: MediaPlant, leg: Leg, count: int) -> None:
     for _ in range(100):
+        await plant.sync()
         if leg.packets_received >= count:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"leg received {leg.packets_received}, expected {count}")
 
 
-async def test_symmetric_rtp_latches_to_the_source(peer: socket.socket) -> None:
-    plant = MediaPlant(HOST, port_range(2), None)
+async def test_symmetric_rtp_latches_to_the_source(
+    peer: socket.socket, make_plant: PlantFactory
+) -> None:
+    plant = await make_plant(HOST, port_range(2), None)
     nat = other_socket()
     junk = other_socket()
     try:
@@ -279,17 +306,19 @@ async def test_symmetric_rtp_latches_to_the_source(peer: socket.socket) -> None:
         leg.connect(address(peer), 0, "PCMU")
         leg.play()
         await receive(peer, 2)
+        await plant.sync()
         assert leg.target == address(peer)
         # Not RTP: neither counted nor latched.
         junk.sendto(b"\x00" * 20, (HOST, leg.local_port))
         junk.sendto(b"hello", (HOST, leg.local_port))
         await asyncio.sleep(0.03)
+        await plant.sync()
         assert leg.packets_received == 0
         assert leg.target == address(peer)
         # RTP from another address (the peer behind a NAT): sends follow it.
         for seq in range(3):
             nat.sendto(pack_rtp(0, seq, seq * 160, 99, b"\xff" * 160), (HOST, leg.local_port))
-        await wait_until_received(leg, 3)
+        await wait_until_received(plant, leg, 3)
         assert leg.packets_received == 3
         assert leg.target == address(nat)
         drain(peer)
@@ -299,6 +328,7 @@ async def test_symmetric_rtp_latches_to_the_source(peer: socket.socket) -> None:
         assert drain(peer) == 0
         # A re-INVITE to the same address keeps the latch.
         leg.connect(address(peer), 0, "PCMU")
+        await plant.sync()
         assert leg.target == address(nat)
     finally:
         plant.close()
@@ -306,25 +336,27 @@ async def test_symmetric_rtp_latches_to_the_source(peer: socket.socket) -> None:
         junk.close()
 
 
-async def test_latched_source_is_kept_against_a_newcomer(peer: socket.socket) -> None:
-    plant = MediaPlant(HOST, port_range(2), None)
+async def test_latched_source_is_kept_against_a_newcomer(
+    peer: socket.socket, make_plant: PlantFactory
+) -> None:
+    plant = await make_plant(HOST, port_range(2), None)
     intruder = other_socket()
     try:
         leg = plant.new_leg("call-1")
         leg.connect(("192.0.2.10", 4000), 0, "PCMU")  # SDP address we never reach
         peer.sendto(pack_rtp(0, 1, 0, 1), (HOST, leg.local_port))
-        await wait_until_received(leg, 1)
+        await wait_until_received(plant, leg, 1)
         intruder.sendto(pack_rtp(0, 1, 0, 2), (HOST, leg.local_port))
-        await wait_until_received(leg, 2)
+        await wait_until_received(plant, leg, 2)
         assert leg.target == address(peer)
     finally:
         plant.close()
         intruder.close()
 
 
-async def test_silence_grows_and_resets(peer: socket.socket) -> None:
+async def test_silence_grows_and_resets(peer: socket.socket, make_plant: PlantFactory) -> None:
     loop = asyncio.get_running_loop()
-    plant = MediaPlant(HOST, port_range(2), None)
+    plant = await make_plant(HOST, port_range(2), None)
     try:
         leg = plant.new_leg("call-1")
         leg.connect(address(peer), 0, "PCMU")
@@ -335,7 +367,7 @@ async def test_silence_grows_and_resets(peer: socket.socket) -> None:
         await asyncio.sleep(0.1)
         assert leg.silence_s(loop.time()) >= 0.09
         peer.sendto(pack_rtp(0, 1, 0, 7, b"\xff" * 160), (HOST, leg.local_port))
-        await wait_until_received(leg, 1)
+        await wait_until_received(plant, leg, 1)
         assert leg.silence_s(loop.time()) < 0.05
         assert leg.silence_s(loop.time() + 3.0) == pytest.approx(3.0, abs=0.05)
     finally:
@@ -345,9 +377,9 @@ async def test_silence_grows_and_resets(peer: socket.socket) -> None:
 # ---- ports ---------------------------------------------------------------------------------
 
 
-async def test_port_exhaustion_and_release() -> None:
+async def test_port_exhaustion_and_release(make_plant: PlantFactory) -> None:
     start, end = port_range(2)
-    plant = MediaPlant(HOST, (start, end), None)
+    plant = await make_plant(HOST, (start, end), None)
     try:
         a = plant.new_leg("a")
         b = plant.new_leg("b")
@@ -357,6 +389,7 @@ async def test_port_exhaustion_and_release() -> None:
         a.close()
         a.close()  # idempotent
         assert a.closed
+        await plant.sync()  # a worker frees the port once it has closed its copy
         c = plant.new_leg("c")
         assert c.local_port == a.local_port
         assert plant.active_legs == 2
@@ -368,26 +401,27 @@ async def test_port_exhaustion_and_release() -> None:
         plant.new_leg("after close")
 
 
-async def test_ports_round_robin() -> None:
+async def test_ports_round_robin(make_plant: PlantFactory) -> None:
     start, end = port_range(3)
-    plant = MediaPlant(HOST, (start, end), None)
+    plant = await make_plant(HOST, (start, end), None)
     try:
         ports = []
         for i in range(4):
             leg = plant.new_leg(f"call-{i}")
             ports.append(leg.local_port)
             leg.close()
+            await plant.sync()
         assert ports == [start, start + 2, start + 4, start]
     finally:
         plant.close()
 
 
-async def test_busy_port_is_skipped() -> None:
+async def test_busy_port_is_skipped(make_plant: PlantFactory) -> None:
     start, end = port_range(2)
     squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         squatter.bind((HOST, start))
-        plant = MediaPlant(HOST, (start, end), None)
+        plant = await make_plant(HOST, (start, end), None)
         try:
             leg = plant.new_leg("a")
             assert leg.local_port == start + 2
@@ -404,10 +438,12 @@ def test_odd_range_start_and_tiny_ranges() -> None:
     assert plant.port_count == 2  # 41002 and 41004; 41006 has no RTCP neighbour
     with pytest.raises(ValueError):
         MediaPlant(HOST, (41001, 41002), None)
+    with pytest.raises(ValueError, match="media workers"):
+        MediaPlant(HOST, (41002, 41005), None, workers=-1)
 
 
-async def test_close_stops_sending(peer: socket.socket) -> None:
-    plant = MediaPlant(HOST, port_range(2), None)
+async def test_close_stops_sending(peer: socket.socket, make_plant: PlantFactory) -> None:
+    plant = await make_plant(HOST, port_range(2), None)
     leg = plant.new_leg("call-1")
     leg.connect(address(peer), 0, "PCMU")
     leg.play()
@@ -423,13 +459,15 @@ async def test_close_stops_sending(peer: socket.socket) -> None:
     plant.close()
 
 
-async def test_unsupported_codec_and_hostname() -> None:
-    plant = MediaPlant(HOST, port_range(2), None)
+async def test_unsupported_codec_and_hostname(make_plant: PlantFactory) -> None:
+    plant = await make_plant(HOST, port_range(2), None)
     try:
         leg = plant.new_leg("call-1")
         with pytest.raises(ValueError):
             leg.connect((HOST, 4000), 9, "G722")
         leg.connect(("peer.example.com", 4000), 0, "PCMU")  # never resolved in the hot path
+        leg.play()
+        await plant.sync()
         assert leg.target is None
     finally:
         plant.close()
@@ -517,11 +555,11 @@ def test_load_raw_g711(tmp_path: Path) -> None:
     assert np.allclose(load_greeting(alaw), samples, atol=600)
 
 
-async def test_plant_uses_the_greeting_file(tmp_path: Path) -> None:
+async def test_plant_uses_the_greeting_file(tmp_path: Path, make_plant: PlantFactory) -> None:
     samples = (np.sin(np.arange(400) / 5) * 8000).astype("<i2")
     path = tmp_path / "greeting.wav"
     write_wav(path, samples, 8000)
-    plant = MediaPlant(HOST, port_range(2), str(path))
+    plant = await make_plant(HOST, port_range(2), str(path))
     try:
         frames = plant.greeting_frames("PCMA")
         assert len(frames) == 3  # 400 samples → 2.5 frames, padded with silence
@@ -538,7 +576,8 @@ async def test_plant_uses_the_greeting_file(tmp_path: Path) -> None:
 
 async def test_rtcp_reports_loss_and_jitter_to_the_peer_and_reads_its_reports() -> None:
     """Our SR goes to the peer's RTP port + 1 and carries a block on what we heard; the
-    peer's RR about our stream lands in the leg's stats."""
+    peer's RR about our stream lands in the leg's stats. (In-loop: the test triggers the
+    report; a media worker runs the same leg code on its own schedule.)"""
 
     # The peer: an RTP socket and its RTCP socket on the next port up.
     while True:
@@ -564,7 +603,7 @@ async def test_rtcp_reports_loss_and_jitter_to_the_peer_and_reads_its_reports() 
             rtp_peer.sendto(
                 pack_rtp(0, seq, seq * 160, 0xABCD, b"\xff" * 160), ("127.0.0.1", leg.local_port)
             )
-        await wait_until_received(leg, 90)
+        await wait_until_received(plant, leg, 90)
         await asyncio.sleep(0.1)  # let some of our RTP go out too
         leg.send_rtcp(asyncio.get_running_loop().time())
         data = await recv_datagram(rtcp_peer, 2.0)
@@ -601,8 +640,10 @@ async def test_rtcp_reports_loss_and_jitter_to_the_peer_and_reads_its_reports() 
         rtcp_peer.close()
 
 
-async def test_send_dtmf_goes_out_as_rfc4733_events(peer: socket.socket) -> None:
-    plant = MediaPlant(HOST, port_range(4), None)
+async def test_send_dtmf_goes_out_as_rfc4733_events(
+    peer: socket.socket, make_plant: PlantFactory
+) -> None:
+    plant = await make_plant(HOST, port_range(4), None)
     try:
         leg = plant.new_leg("dtmf-out")
         leg.connect(address(peer), 0, "PCMU", telephone_event_pt=101)
@@ -629,9 +670,9 @@ async def test_send_dtmf_goes_out_as_rfc4733_events(peer: socket.socket) -> None
 
 
 async def test_send_dtmf_without_telephone_event_sends_nothing_extra(
-    peer: socket.socket,
+    peer: socket.socket, make_plant: PlantFactory
 ) -> None:
-    plant = MediaPlant(HOST, port_range(4), None)
+    plant = await make_plant(HOST, port_range(4), None)
     try:
         leg = plant.new_leg("dtmf-none")
         leg.connect(address(peer), 0, "PCMU")
@@ -641,3 +682,60 @@ async def test_send_dtmf_without_telephone_event_sends_nothing_extra(
         assert {p.payload_type for p in got} == {0}
     finally:
         plant.close()
+
+
+# ---- media workers --------------------------------------------------------------------------
+
+
+async def test_failed_sends_are_counted(make_plant: PlantFactory) -> None:
+    """A send the kernel refuses (broadcast without SO_BROADCAST) counts as an error,
+    whether the leg sent it itself or a media worker did and reported it."""
+    plant = await make_plant(HOST, port_range(2), None)
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(("255.255.255.255", 9), 0, "PCMU")
+        leg.play()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            await plant.sync()
+            if leg.send_errors >= 5:
+                break
+        assert leg.send_errors >= 5
+        assert leg.packets_sent == 0
+        assert leg.stats()["send_errors"] == leg.send_errors
+    finally:
+        plant.close()
+
+
+async def test_a_dead_media_worker_is_replaced_and_the_call_goes_on(
+    peer: socket.socket,
+) -> None:
+    plant = MediaPlant(HOST, port_range(4), None, workers=1)
+    await plant.start()
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 0, "PCMU")
+        leg.play()
+        before = [p for _, p in await receive(peer, 5)]
+        await plant.sync()
+        assert len(plant.lateness) > 0  # the worker reports each tick's lateness
+        (pid,) = plant.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if plant.worker_restarts:
+                break
+        assert plant.worker_restarts == 1
+        assert plant.worker_pids != [pid]
+        drain(peer)
+        after = [p for _, p in await receive(peer, 5)]
+        check_stream(after[1:], 0)
+        # The same socket; a new SSRC, as the stream's numbering starts over.
+        assert after[0].ssrc != before[0].ssrc
+        assert all(p.ssrc == after[0].ssrc for p in after)
+        # Inbound reaches the leg through the new worker too.
+        peer.sendto(pack_rtp(0, 1, 160, 42, b"\xff" * 160), (HOST, leg.local_port))
+        await wait_until_received(plant, leg, 1)
+    finally:
+        plant.close()
+    assert plant.worker_pids == []
