@@ -111,8 +111,11 @@ class JitterBuffer:
 
     # -- arrival ---------------------------------------------------------------------
 
-    def put(self, sequence: int, timestamp: int, pcm: Pcm) -> None:
-        """Store one decoded RTP packet (any number of samples)."""
+    def put(self, sequence: int, timestamp: int, pcm: Pcm, *, copy: bool = True) -> None:
+        """Store one decoded RTP packet (any number of samples); ``copy=False`` when the
+        caller hands the array over (it will not reuse it)."""
+        if not copy and self._put_next(sequence, timestamp, pcm):
+            return
         self._received += 1
         sequence &= _SEQ_MOD - 1
         timestamp &= _TS_MOD - 1
@@ -160,6 +163,37 @@ class JitterBuffer:
         if not stored:
             self._duplicates += 1
         self._enforce_capacity()
+
+    def _put_next(self, sequence: int, timestamp: int, pcm: Pcm) -> bool:
+        """The usual packet, fast: the next sequence number, one frame exactly after the
+        newest timestamp, not behind the playout point. False: take the general path."""
+        seq_ref, ts_ref = self._seq_ref, self._ts_ref
+        size = self.frame_samples
+        if seq_ref is None or ts_ref is None or pcm.size != size:
+            return False
+        if (sequence - seq_ref) & (_SEQ_MOD - 1) != 1:
+            return False
+        ts = ts_ref + size
+        if (timestamp - ts) & (_TS_MOD - 1) or (self._playout is not None and ts < self._playout):
+            return False
+        self._received += 1
+        seq = seq_ref + 1
+        self._remember(seq, timestamp & (_TS_MOD - 1))
+        self._seq_ref, self._ts_ref = seq, ts
+        chunks = self._chunks
+        if ts in chunks:
+            self._duplicates += 1
+            return True
+        keys = self._keys
+        if not keys or keys[-1] < ts:
+            keys.append(ts)
+        else:
+            bisect.insort(keys, ts)
+        chunks[ts] = pcm
+        self._buffered += size
+        if self._buffered > self.max_frames * size:
+            self._enforce_capacity()
+        return True
 
     def _remember(self, seq: int, timestamp: int) -> None:
         self._seen[seq] = timestamp

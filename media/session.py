@@ -140,8 +140,8 @@ class MediaSession:
         """One RTP packet. The VAD hears audio as it arrives, not after the jitter buffer:
         barge-in must not wait the buffer's depth."""
         if payload_type == self.payload_type:
-            pcm = self._decode_table[np.frombuffer(payload, dtype=np.uint8)]
-            self.jitter.put(sequence, timestamp, pcm)
+            pcm = self._decode_table.take(np.frombuffer(payload, dtype=np.uint8))
+            self.jitter.put(sequence, timestamp, pcm, copy=False)  # a fresh array
             if pcm.size != FRAME_SAMPLES:
                 return []
             self._heard_since_tick = True
@@ -240,6 +240,16 @@ class MediaSession:
     @property
     def queued_frames(self) -> int:
         return self.playout.queued_frames
+
+    def control_state(self) -> tuple[bool, bool, bool, int]:
+        """(caller speaking, capturing, paused, frames queued) in one call: a media
+        worker polls it for every session after every tick."""
+        return (
+            self.vad.state in _VOICE_STATES,
+            self._utterance is not None,
+            self.paused,
+            self.playout.queued_frames,
+        )
 
     @property
     def caller_speaking(self) -> bool:

@@ -79,6 +79,7 @@ class RtpLeg:
         "_play_started",
         "_playing",
         "_port",
+        "_ready",
         "_received",
         "_remote",
         "_rtcp",
@@ -143,6 +144,7 @@ class RtpLeg:
         self._on_event: Callable[[MediaEvent, float], None] | None = None
         self._dtmf_out: deque[OutgoingEvent] = deque()
         self._dtmf_base: int | None = None
+        self._ready: list[bytes] = []  # the packets of the coming slot, made a tick ahead
 
     # ---- MediaLeg ------------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class RtpLeg:
         if self._remote is not None and target != self._remote:
             self._latched = None  # a re-INVITE moved the peer: latch afresh
         self._remote = target
+        self._ready.clear()  # made for the old codec or payload type
         self._payload_type = payload_type & 0x7F
         self.codec = name
         self._telephone_event_pt = telephone_event_pt
@@ -261,8 +264,19 @@ class RtpLeg:
 
     # ---- the plant's side ---------------------------------------------------------------
 
-    def send_frame(self, advance: int, now: float) -> None:
-        """Send the next frame; ``advance`` grid slots have passed since the last tick."""
+    def send_ready(self) -> None:
+        """Send what ``prepare_frame`` made for this slot (to where the peer is now)."""
+        ready = self._ready
+        if ready:
+            target = self._latched or self._remote
+            if target is not None:
+                for packet in ready:
+                    self._sendto(packet, target)
+            ready.clear()
+
+    def prepare_frame(self, advance: int, now: float) -> None:
+        """Make the packet(s) for the slot at ``now``; ``advance`` grid slots have passed
+        since the last one."""
         target = self._latched or self._remote
         session = self._session
         if target is None or (session is None and not self._frames):
@@ -288,14 +302,14 @@ class RtpLeg:
                 self._frame_index = index + 1
             else:
                 payload = self._silence
-        if self._dtmf_out and self._send_dtmf_due(target):
+        if self._dtmf_out and self._dtmf_due():
             return  # events replace audio while they last; between digits audio goes on
         header = HEADER.pack(
             _RTP_FIRST_BYTE, first | self._payload_type, self._seq, self._ts, self._ssrc
         )
-        self._sendto(header + payload, target)
+        self._ready.append(header + payload)
 
-    def _send_dtmf_due(self, target: tuple[str, int]) -> bool:
+    def _dtmf_due(self) -> bool:
         """Telephone-event packets whose time has come; False when none was due."""
         assert self._telephone_event_pt is not None
         if self._dtmf_base is None:
@@ -316,7 +330,7 @@ class RtpLeg:
                 (base + event.timestamp) & 0xFFFFFFFF,
                 self._ssrc,
             )
-            self._sendto(header + event.payload, target)
+            self._ready.append(header + event.payload)
         if not queue:
             self._dtmf_base = None
         return sent_any
@@ -685,10 +699,17 @@ class MediaPlant:
         if current > self._slot:
             self.late_ticks += 1
         began = time.monotonic()
-        for leg in self._playing.values():
-            leg.send_frame(advance, now)
+        # Each tick first sends the packets made in the previous one, then makes the
+        # next slot's: what goes on the wire leaves within the sends' time of the slot,
+        # not after every call's jitter buffer, playout and encoding has run.
+        legs = self._playing.values()
+        for leg in legs:
+            leg.send_ready()
         # How late the last packet of this tick left, against its slot on the grid.
         self.lateness.append(now - (start + current * FRAME_S) + time.monotonic() - began)
+        upcoming = start + (current + 1) * FRAME_S
+        for leg in legs:
+            leg.prepare_frame(advance, upcoming)
         self.ticks += 1
         if self.after_tick is not None:
             self.after_tick()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import os
 import signal
 import socket
 import sys
+from collections import deque
 from typing import Any
 
 from media.session import MediaEvent, MediaSession
@@ -30,7 +32,8 @@ from switch.media_leg import MediaPlant, RtpLeg
 
 log = logging.getLogger("voxswitch.media")
 
-STATS_INTERVAL_S = 1.0
+STATS_INTERVAL_S = 1.0  # each leg's counters reach the node this often
+STATS_SLICES = 10  # ... spread over this many reports
 
 # What the node's mirror of a session holds: (commands handled, caller speaking,
 # capturing, playout held, frames queued).
@@ -59,6 +62,7 @@ class WorkerHost:
         self.done: asyncio.Future[None] = loop.create_future()
         self.channel = Channel(loop, sock, self.on_message, self.on_close)
         self._reported_lateness = 0
+        self._stats_round: deque[int] = deque()  # legs still to report this second
         plant.after_tick = self.report_states
         self._stats_handle = loop.call_later(STATS_INTERVAL_S, self.report_stats)
         self.channel.send(("hello", os.getpid()))
@@ -130,13 +134,7 @@ class WorkerHost:
         session = call.session
         if session is None:
             return None
-        return (
-            call.acked,
-            session.caller_speaking,
-            session.capturing,
-            session.paused,
-            session.queued_frames,
-        )
+        return (call.acked, *session.control_state())
 
     def report_state(self, call: _Call, *, force: bool = False) -> None:
         state = self.state_of(call)
@@ -151,13 +149,7 @@ class WorkerHost:
             session = call.session
             if session is None:
                 continue
-            state = (
-                call.acked,
-                session.caller_speaking,
-                session.capturing,
-                session.paused,
-                session.queued_frames,
-            )
+            state = (call.acked, *session.control_state())
             if state != call.reported:
                 call.reported = state
                 changed.append((port, state))
@@ -165,20 +157,35 @@ class WorkerHost:
             self.channel.send(("states", 0, changed))
 
     def report_stats(self, *, again: bool = True) -> None:
-        """Once a second: every leg's counters, and the schedule's lateness since the last."""
+        """Every leg's counters once a second, a tenth of the legs every 100 ms (all at
+        once would stall the loop for milliseconds: a late tick), and the schedule's
+        lateness since the last report. ``again=False``: all legs now (a sync)."""
         now = self.loop.time()
         plant = self.plant
-        lateness = list(plant.lateness)
-        new = lateness[-min(len(lateness), plant.ticks - self._reported_lateness) :]
+        fresh = min(plant.ticks - self._reported_lateness, len(plant.lateness))
+        lateness = list(itertools.islice(reversed(plant.lateness), fresh))[::-1]
         self._reported_lateness = plant.ticks
-        legs = [
-            (port, leg.packets_sent, leg.packets_received, leg.silence_s(now), leg.target,
-             leg.stats())
-            for port, leg in ((port, c.leg) for port, c in self.calls.items())
-        ]  # fmt: skip
-        self.channel.send(("stats", 0, now, new if plant.ticks else [], plant.late_ticks, legs))
         if again:
-            self._stats_handle = self.loop.call_later(STATS_INTERVAL_S, self.report_stats)
+            if not self._stats_round:
+                self._stats_round = deque(self.calls)
+            share = -(-len(self._stats_round) // STATS_SLICES) if self._stats_round else 0
+            ports = [self._stats_round.popleft() for _ in range(share)]
+        else:
+            ports = list(self.calls)
+        legs = []
+        for port in ports:
+            call = self.calls.get(port)
+            if call is not None:
+                leg = call.leg
+                legs.append(
+                    (port, leg.packets_sent, leg.packets_received, leg.silence_s(now),
+                     leg.target, leg.stats())
+                )  # fmt: skip
+        self.channel.send(("stats", 0, now, lateness, plant.late_ticks, legs))
+        if again:
+            self._stats_handle = self.loop.call_later(
+                STATS_INTERVAL_S / STATS_SLICES, self.report_stats
+            )
 
     def on_close(self) -> None:
         """The node is gone (or closed us): stop."""

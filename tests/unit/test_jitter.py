@@ -10,6 +10,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from media import g711
 from media.jitter import JitterBuffer
@@ -402,3 +404,34 @@ def test_g711_round_trip_with_loss(codec: str) -> None:
     assert (stats.late, stats.duplicates, stats.overflowed) == (0, 0, 0)
     assert stats.concealed >= len(lost)  # every loss was at least concealed
     assert stats.depth == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-3, 6), st.sampled_from([160, 160, 160, 80, 320]), st.booleans()),
+        min_size=1,
+        max_size=120,
+    ),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
+)
+def test_fast_path_for_handed_over_frames_matches_the_general_path(
+    steps: list[tuple[int, int, bool]], seq0: int, ts0: int
+) -> None:
+    """``copy=False`` takes a shortcut for the in-order next frame; whatever arrives
+    (reordered, duplicated, odd sizes, jumps, wraps) the output and counters match."""
+    general, fast = JitterBuffer(), JitterBuffer()
+    seq, ts = seq0, ts0
+    rng = np.random.default_rng(seq0)
+    for jump, size, pull in steps:
+        seq = (seq + jump) & 0xFFFF
+        ts = (ts + jump * 160) & 0xFFFFFFFF
+        pcm = rng.integers(-3000, 3000, size, dtype=np.int16)
+        general.put(seq, ts, pcm)
+        fast.put(seq, ts, pcm.copy(), copy=False)
+        if pull:
+            assert np.array_equal(general.pull(), fast.pull())
+    for _ in range(60):
+        assert np.array_equal(general.pull(), fast.pull())
+    assert general.stats == fast.stats
