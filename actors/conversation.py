@@ -9,7 +9,9 @@ holds playout at once (the next 20 ms frame is silence); if the caller goes on f
 recorded as interrupted; a shorter sound ("uh-huh", a cough) lets playout resume.
 
 The state (turns, transcript, step) lives here, in the actor: it is what a
-checkpoint saves. The media session is sans-I/O and lives on the same loop.
+checkpoint saves. The media session (a ``SessionControl``) is the sans-I/O
+``MediaSession`` on the same loop, or the proxy of one in a media worker process; its
+events arrive through the actor's mailbox either way.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Concurrent media calls: the most calls one node holds with voice running on each.
 
     python -m loadtest.concurrency [--calls 250,500,750,1000] [--hold-s 40] [--rate 50]
+                                   [--workers 2]
     make bench-media BENCH_ARGS="--calls 500,1000"
 
 For each N, a fresh node (the default demo agent: VAD on every inbound stream,
@@ -12,7 +13,9 @@ left, over the last minute), its RSS (from /proc) against its RSS idle, and the
 number of calls it holds. N passes when no call failed and the schedule's p99
 lateness stayed under ``--max-p99-ms`` (10 ms).
 
-The node is pinned to CPU 1 and SIPp to CPU 0 when there are two cores. The
+``--workers`` (default 2) is the node's ``media_workers``: its calls' media runs in
+that many worker processes (0: on the node's own loop). The node is pinned to CPU 1,
+SIPp to CPU 0, and media worker i to CPU i mod 2 when there are two cores. The
 caller audio is quiet noise: the VAD runs on every frame but hears no speech, so
 no call asks the recogniser for anything (that load is per turn, not per call).
 """
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent", default="demo", help="the node's agent setting (demo)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument(
-        "--workers", type=int, default=0, help="the node's media_workers setting (0)"
+        "--workers", type=int, default=2, help="the node's media_workers setting (2)"
     )
     args = parser.parse_args(argv)
     levels_wanted = [int(x) for x in args.calls.split(",") if x.strip()]

@@ -19,6 +19,7 @@ import pytest
 
 from media.dtmf import DtmfReceiver
 from media.g711 import alaw_encode, ulaw_encode
+from media.playout import UtteranceInterrupted
 from media.rtcp import ReportBlock, Sdes, SenderReport, build_receiver_report, parse_rtcp
 from media.rtp import RtpPacket, pack_rtp, parse_rtp
 from media.tones import chime, greeting_pcm, load_greeting
@@ -742,3 +743,44 @@ async def test_a_dead_media_worker_is_replaced_and_the_call_goes_on(
     finally:
         plant.close()
     assert plant.worker_pids == []
+
+
+async def test_conversation_controls_reach_the_session_and_its_state_comes_back(
+    peer: socket.socket, make_plant: PlantFactory
+) -> None:
+    """What the conversation does to a session — say, flush — works the same whether the
+    session is on this loop or in a media worker: the audio is on the wire, the events
+    come back, and the state it reads is right at once and after the worker's reports."""
+    plant = await make_plant(HOST, port_range(2), None)
+    events: list[Any] = []
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 0, "PCMU")
+        session = leg.start_session(lambda event, at: events.append(event))
+        leg.play()
+        await receive(peer, 3)  # silence until there is something to say
+        assert not session.playing
+        tone = (8000 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)).astype(np.int16)
+        session.say(tone, "t1-0")
+        assert session.playing and session.queued_frames == 50  # at once, not a tick later
+        drain(peer)
+        payloads = [p.payload for _, p in await receive(peer, 10)]
+        assert ulaw_encode(tone[:160]) in payloads  # the reply is on the wire
+        await plant.sync()
+        assert 0 < session.queued_frames < 50 and session.playing
+        events += session.flush()  # in-loop: returned; from a worker: they follow
+        assert not session.playing and session.queued_frames == 0
+        for _ in range(100):
+            if any(isinstance(e, UtteranceInterrupted) for e in events):
+                break
+            await asyncio.sleep(0.01)
+        kinds = [type(e).__name__ for e in events]
+        assert kinds[:2] == ["UtteranceStarted", "UtteranceInterrupted"], kinds
+        await asyncio.sleep(0.05)
+        await plant.sync()
+        assert not session.playing and not session.paused and not session.caller_speaking
+        drain(peer)
+        silence = ulaw_encode(np.zeros(160, dtype=np.int16))
+        assert all(p.payload == silence for _, p in await receive(peer, 5))
+    finally:
+        plant.close()
