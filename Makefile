@@ -2,6 +2,7 @@
 #
 #   make run [ARGS="--sip-port 5070"]   run a node on embedded defaults (SIP 0.0.0.0:5060)
 #   make test                           what CI runs: test deps, lint, types, all tests
+#   make services | services-down       Redis, PostgreSQL, Kafka on loopback (deploy/local/services.sh)
 #   make lint | unit | e2e | bench | bench-media | clean | distclean
 
 PYTHON ?= python3
@@ -13,10 +14,11 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint unit e2e bench bench-media test-deps venv clean distclean
+.PHONY: help run test lint unit e2e bench bench-media test-deps services services-down venv \
+	clean distclean
 
 help:
-	@sed -n '1,6p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,7p' Makefile | sed 's/^# \{0,1\}//'
 
 # The venv. Debian's python3 needs python3-venv for `-m venv`: install it if that fails.
 $(BIN)/python:
@@ -34,6 +36,12 @@ venv: $(STAMP)
 test-deps:
 	deploy/local/install-test-deps.sh
 
+services:
+	deploy/local/services.sh up
+
+services-down:
+	deploy/local/services.sh down
+
 run: $(STAMP)
 	exec $(BIN)/voxswitch serve $(ARGS)
 
@@ -42,14 +50,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy loadtest
 
-test: test-deps $(STAMP)
+test: test-deps services $(STAMP)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -q $(PYTEST_ARGS) tests/
 
 unit: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS) tests/unit
 
-e2e: test-deps $(STAMP)
+e2e: test-deps services $(STAMP)
 	$(BIN)/pytest -q -m e2e $(PYTEST_ARGS) tests/e2e
 
 bench: test-deps $(STAMP)

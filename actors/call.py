@@ -8,6 +8,7 @@ hands back a ``CallRecord`` when it ends; the manager supervises it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -62,7 +63,8 @@ class CallRecord:
     from_uri: str
     to_uri: str
     node_id: str
-    offered_at: float  # wall clock (epoch seconds)
+    trunk: str = ""  # the carrier trunk it came through ('' when none matched)
+    offered_at: float = 0.0  # wall clock (epoch seconds)
     answered_at: float | None = None
     ended_at: float | None = None
     disposition: str = ""  # completed, canceled, failed, no_ack, media_timeout, ...
@@ -75,6 +77,7 @@ class CallRecord:
     dtmf: str = ""
     barge_ins: list[dict[str, float]] = field(default_factory=list)
     media: dict[str, Any] = field(default_factory=dict)  # loss and jitter both ways (RTCP)
+    transfer_target: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -165,6 +168,8 @@ class CallActor:
     voice: Voice | None = None  # None: answer with the greeting chime only
     vad: VadConfig | None = None
     conversation: Conversation | None = None
+    # Told "answered" and "transferred" as they happen (the manager publishes them).
+    on_milestone: Callable[[str, CallRecord], None] | None = None
     _answerer: SdpAnswerer | None = None
     _retransmitter: SuccessRetransmitter | None = None
 
@@ -281,6 +286,7 @@ class CallActor:
         self.state = CallState.ANSWERED
         self.record.answered_at = time.time()
         self.record.sip_code = 200
+        self._milestone("answered")
 
     async def _wait_for_ack(self) -> bool:
         while True:
@@ -446,6 +452,7 @@ class CallActor:
             ],
         )
         self.record.reason = f"transfer to {target}"
+        self.record.transfer_target = target
 
         def on_event(event: TransactionEvent) -> None:
             if isinstance(event, ResponseReceived) and event.response.status >= 200:
@@ -460,12 +467,59 @@ class CallActor:
         response = message.response
         if response is not None and 200 <= response.status < 300:
             # The caller now calls the target; our leg is done (blind transfer).
+            self._milestone("transferred")
             self._hangup("transferred", self.record.reason)
             return True
         status = response.status if response is not None else "timeout"
         log.info("call %s: REFER refused (%s); hanging up", self.call_id, status)
         self._hangup("transfer_failed", f"REFER answered {status}")
         return True
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint holds: enough to end the call from outside (BYE and a
+        record), and the state a takeover would resume from."""
+        record = self.record
+        conversation = self.conversation
+        return {
+            "call_id": self.call_id,
+            "node_id": self.config.node_id,
+            "state": self.state.name,
+            "saved_at": time.time(),
+            "dialog": dataclasses.asdict(self.dialog) if self.dialog is not None else None,
+            "transport": self.flow.transport,
+            "peer": list(self.flow.remote),
+            "media": {
+                "local_port": self.media.local_port,
+                "codec": record.codec,
+                "ssrc": getattr(self.media, "ssrc", None),
+                "packets_sent": self.media.packets_sent,
+                "packets_received": self.media.packets_received,
+            },
+            "record": {
+                "direction": record.direction,
+                "from_uri": record.from_uri,
+                "to_uri": record.to_uri,
+                "trunk": record.trunk,
+                "offered_at": record.offered_at,
+                "answered_at": record.answered_at,
+                "sip_code": record.sip_code,
+            },
+            "conversation": None
+            if conversation is None
+            else {
+                "step": conversation.state.step,
+                "turns": len(conversation.state.turns),
+                "dtmf": conversation.state.dtmf,
+                "transcript": [
+                    {"role": m.role, "content": m.content}
+                    for m in conversation.state.transcript
+                ],
+            },
+        }
+
+    def _milestone(self, name: str) -> None:
+        if self.on_milestone is not None:
+            self.on_milestone(name, self.record)
 
     async def _close_conversation(self) -> None:
         conversation = self.conversation
@@ -513,7 +567,7 @@ class CallActor:
                 "BYE",
                 via_sent_by=self.local.sent_by(),
                 transport=self.flow.transport,
-                headers=[("Reason", _reason_header(disposition, reason))],
+                headers=[("Reason", reason_header(disposition, reason))],
             )
             self.endpoint.send_request(bye, self.flow, lambda event: None)
         self._stop_retransmitting()
@@ -557,11 +611,12 @@ _Q850_CAUSE = {
     "failed": 41,  # temporary failure
     "agent_error": 41,
     "node_shutdown": 41,
+    "node_restart": 41,
 }
 Q850_NORMAL_CLEARING = 16
 
 
-def _reason_header(disposition: str, text: str) -> str:
+def reason_header(disposition: str, text: str) -> str:
     cause = _Q850_CAUSE.get(disposition, Q850_NORMAL_CLEARING)
     clean = text.replace('"', "'").replace("\\", "/")[:120]
     return f'Q.850;cause={cause};text="{clean}"'

@@ -17,6 +17,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a node")
+    db = sub.add_parser("db", help="the call-record database")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    migrate = db_sub.add_parser("migrate", help="create or upgrade the tables")
+    migrate.add_argument(
+        "--postgres-dsn", dest="postgres_dsn", default=None, help="env VOXSWITCH_POSTGRES_DSN"
+    )
     serve.add_argument("--config", help="TOML config file (env VOXSWITCH_CONFIG)")
     for f in settings_fields():
         help_text = f.metadata.get("help", "")
@@ -51,7 +57,35 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
             return int(asyncio.run(run_node(settings)))
         return int(uvloop.run(run_node(settings)))
+    if args.command == "db":
+        return _db_migrate(args.postgres_dsn)
     return 2
+
+
+def _db_migrate(dsn: str | None) -> int:
+    settings = load_settings({"postgres_dsn": dsn})
+    if not settings.postgres_dsn:
+        print("voxswitch db migrate: set --postgres-dsn or VOXSWITCH_POSTGRES_DSN", file=sys.stderr)
+        return 2
+
+    async def run() -> list[str]:
+        import asyncpg
+
+        from switch.sinks import migrate
+
+        connection = await asyncpg.connect(settings.postgres_dsn, timeout=10)
+        try:
+            return await migrate(connection)
+        finally:
+            await connection.close()
+
+    try:
+        applied = asyncio.run(run())
+    except (TimeoutError, OSError) as exc:
+        print(f"voxswitch db migrate: cannot reach PostgreSQL: {exc}", file=sys.stderr)
+        return 1
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
 
 
 if __name__ == "__main__":

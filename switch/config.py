@@ -125,6 +125,29 @@ class Settings:
         default="voxswitch-calls.jsonl",
         metadata={"help": "call records, one JSON object per line ('' disables)"},
     )
+    redis_url: str = field(
+        default="", metadata={"help": "Redis for call checkpoints ('' keeps them in memory)"}
+    )
+    kafka_bootstrap: str = field(
+        default="", metadata={"help": "Kafka bootstrap servers for lifecycle events"}
+    )
+    kafka_topic: str = field(
+        default="voxswitch.calls", metadata={"help": "Kafka topic of the call lifecycle"}
+    )
+    postgres_dsn: str = field(
+        default="", metadata={"help": "PostgreSQL DSN for call records (tables calls, call_turns)"}
+    )
+    spool_dir: str = field(
+        default="voxswitch-spool",
+        metadata={"help": "the outbox: events wait here until every sink has them"},
+    )
+    spool_max_mb: int = field(
+        default=1024, metadata={"help": "undelivered events beyond this: new calls get 503"}
+    )
+    events_file: str = field(
+        default="voxswitch-events.jsonl",
+        metadata={"help": "lifecycle events as JSON lines when no Kafka/PostgreSQL is set"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -210,6 +233,8 @@ def load_settings(
         value = getattr(settings, name)
         if value < 20 or value % 20:
             raise ConfigError(f"{name}: must be a multiple of 20 ms, at least 20")
+    if settings.spool_max_mb < 1:
+        raise ConfigError("spool_max_mb: must be at least 1")
     if settings.asr_pool_size < 1:
         raise ConfigError("asr_pool_size: must be at least 1")
     if settings.sip_auth_realm:

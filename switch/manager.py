@@ -14,18 +14,29 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from actors.call import ALLOW, CallActor, CallConfig, CallRecord, LocalAddress, MediaLeg
+from actors.call import (
+    ALLOW,
+    CallActor,
+    CallConfig,
+    CallRecord,
+    LocalAddress,
+    MediaLeg,
+    reason_header,
+)
 from actors.conversation import Voice
 from actors.messages import AckArrived, CancelArrived, Hangup, RequestArrived
 from media.session import VadConfig
 from sip.auth import DigestAuthenticator
-from sip.dialog import new_tag
+from sip.dialog import Dialog, new_tag
 from sip.endpoint import Flow, ServerTransaction, SipEndpoint
 from sip.errors import UriError
 from sip.message import Request, make_response
 from sip.parser import KNOWN_METHODS
 from sip.transaction import InviteServerTransaction
+from switch import events
+from switch.checkpoints import Checkpointer, CheckpointStore
 
 log = logging.getLogger("voxswitch.manager")
 
@@ -62,8 +73,14 @@ class CallManager:
         authenticator: DigestAuthenticator | None = None,
         voice: Voice | None = None,
         vad: VadConfig | None = None,
+        publish: Callable[[dict[str, Any]], None] | None = None,
+        outbox_full: Callable[[], bool] | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.loop = loop
+        self.checkpointer = checkpointer
+        self.publish = publish  # lifecycle events, into the outbox
+        self.outbox_full = outbox_full
         self.local = local
         self.media_factory = media_factory
         self.call_config = call_config
@@ -164,6 +181,11 @@ class CallManager:
         if len(self._tasks) >= self.max_calls:
             self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
             return
+        if self.outbox_full is not None and self.outbox_full():
+            # Events we could not deliver fill the spool: take no call whose record
+            # we might have to drop.
+            self._reply(txn, request, 503, [("Retry-After", "60")], reason="Backlog Full")
+            return
         if request.body and request.content_type not in ACCEPTED_BODIES:
             self._reply(txn, request, 415, [("Accept", "application/sdp")])
             return
@@ -191,6 +213,9 @@ class CallManager:
             voice=self.voice,
             vad=self.vad,
         )
+        actor.on_milestone = self._milestone
+        if self.publish is not None:
+            self.publish(events.offered(actor.record))
         self._dialogs[(call_id, actor.local_tag)] = actor
         self._by_invite[id(txn)] = actor
         task = self.loop.create_task(actor.run(), name=f"call {call_id}")
@@ -222,6 +247,84 @@ class CallManager:
         )
         if self.on_record is not None:
             self.on_record(record)
+        if self.checkpointer is not None:
+            self.checkpointer.ended(record.call_id)
+        self._publish_end(record)
+
+    def _publish_end(self, record: CallRecord) -> None:
+        if self.publish is not None:
+            for event in events.ended(record):
+                self.publish(event)
+
+    def _milestone(self, name: str, record: CallRecord) -> None:
+        if name == "answered" and self.checkpointer is not None:
+            self.checkpointer.changed(record.call_id)
+        if self.publish is None:
+            return
+        if name == "answered":
+            self.publish(events.answered(record))
+        elif name == "transferred":
+            self.publish(events.transferred(record, record.transfer_target))
+
+    def live_snapshots(self) -> dict[str, Callable[[], dict[str, Any]]]:
+        """Every answered live call and how to snapshot it (for the checkpointer)."""
+        return {a.call_id: a.snapshot for a in self._tasks if a.dialog is not None}
+
+    # ---- after a restart ----------------------------------------------------------------
+
+    async def end_orphans(
+        self, store: CheckpointStore, node_id: str, flow_to: Callable[[tuple[str, int]], Flow]
+    ) -> int:
+        """Calls this node checkpointed before it died (none of them is live now): BYE
+        the caller from the saved dialog, record them ``node_restart``, drop the
+        checkpoints. Returns how many."""
+        orphans = [s for s in await store.owned(node_id) if s["call_id"] not in self._live_ids()]
+        for snapshot in orphans:
+            self._end_orphan(snapshot, flow_to)
+        await store.delete(node_id, [s["call_id"] for s in orphans])
+        return len(orphans)
+
+    def _live_ids(self) -> set[str]:
+        return {a.call_id for a in self._tasks}
+
+    def _end_orphan(
+        self, snapshot: dict[str, Any], flow_to: Callable[[tuple[str, int]], Flow]
+    ) -> None:
+        call_id = snapshot["call_id"]
+        reason = "the node restarted during the call"
+        saved = snapshot.get("dialog")
+        peer = snapshot.get("peer")
+        if saved and peer and snapshot.get("transport") == "UDP":
+            dialog = Dialog(**saved)
+            bye = dialog.create_request(
+                "BYE",
+                via_sent_by=self.local.sent_by(),
+                headers=[("Reason", reason_header("node_restart", reason))],
+            )
+            self.endpoint.send_request(bye, flow_to((peer[0], int(peer[1]))), lambda _: None)
+        else:  # its TCP connection died with the old process: nothing to send it over
+            log.warning("call %s: not reachable after the restart; recorded only", call_id)
+        kept = snapshot.get("record") or {}
+        record = CallRecord(
+            call_id=call_id,
+            direction=kept.get("direction", "inbound"),
+            from_uri=kept.get("from_uri", ""),
+            to_uri=kept.get("to_uri", ""),
+            node_id=snapshot.get("node_id", self.call_config.node_id),
+            trunk=kept.get("trunk", ""),
+            offered_at=kept.get("offered_at") or snapshot.get("saved_at", 0.0),
+            answered_at=kept.get("answered_at"),
+            ended_at=snapshot.get("saved_at") or time.time(),
+            disposition="node_restart",
+            sip_code=kept.get("sip_code"),
+            reason=reason,
+            codec=(snapshot.get("media") or {}).get("codec", ""),
+        )
+        self.stats.dispositions["node_restart"] += 1
+        log.warning("call %s: ended after a node restart (BYE sent, record written)", call_id)
+        if self.on_record is not None:
+            self.on_record(record)
+        self._publish_end(record)
 
     def _reply(
         self,

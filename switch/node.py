@@ -11,6 +11,8 @@ import signal
 import time
 from typing import Any, TextIO
 
+from redis.exceptions import RedisError
+
 from actors.call import CallConfig, CallRecord, LocalAddress
 from actors.conversation import Voice
 from control_api.app import create_app, make_server
@@ -18,6 +20,8 @@ from sip.auth import DigestAuthenticator
 from sip.message import Message
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
+from switch.backbone import Backbone, build_sinks
+from switch.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.config import Settings, auth_algorithms, auth_users
 from switch.manager import CallManager
 from switch.media_leg import MediaPlant
@@ -26,6 +30,9 @@ from switch.voice import build_voice, vad_config
 log = logging.getLogger("voxswitch.node")
 
 GC_GEN0_THRESHOLD = 50_000
+BACKBONE_FLUSH_S = 5.0
+CHECKPOINT_TTL_MARGIN_S = 120
+ORPHAN_RETRY_S = 5.0
 
 
 class Node:
@@ -35,6 +42,10 @@ class Node:
         self.manager: CallManager | None = None
         self.media: MediaPlant | None = None
         self.voice: Voice | None = None
+        self.backbone: Backbone | None = None
+        self.checkpoints: CheckpointStore | None = None
+        self.checkpointer: Checkpointer | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
         self._tcp: TcpServer | None = None
@@ -55,6 +66,8 @@ class Node:
             "max_calls": self.settings.max_calls,
             "calls_offered": manager.stats.calls_offered if manager else 0,
             "dispositions": dict(manager.stats.dispositions) if manager else {},
+            "backbone": self.backbone.status() if self.backbone else {},
+            "checkpoints": self.checkpointer.status() if self.checkpointer else {},
             "media": {
                 "legs": self.media.active_legs if self.media else 0,
                 "playing": self.media.playing_legs if self.media else 0,
@@ -91,6 +104,24 @@ class Node:
             node_id=s.name,
         )
         self.voice = build_voice(s)
+        sinks = build_sinks(
+            kafka_bootstrap=s.kafka_bootstrap,
+            kafka_topic=s.kafka_topic,
+            postgres_dsn=s.postgres_dsn,
+            events_file=s.events_file,
+            node_id=s.name,
+        )
+        self.backbone = Backbone(s.spool_dir, sinks, max_bytes=s.spool_max_mb * 1024 * 1024)
+        self.backbone.start()
+        self.checkpoints = build_store(s.redis_url)
+        # A checkpoint outlives the longest call it can describe, not much more.
+        ttl_s = int(s.max_call_duration_s) + CHECKPOINT_TTL_MARGIN_S
+        self.checkpointer = Checkpointer(
+            self.checkpoints,
+            s.name,
+            ttl_s,
+            lambda: self.manager.live_snapshots() if self.manager is not None else {},
+        )
         if s.records_file:
             self._records = open(s.records_file, "a", encoding="utf-8")  # noqa: SIM115
         authenticator = None
@@ -111,11 +142,18 @@ class Node:
             authenticator=authenticator,
             voice=self.voice,
             vad=vad_config(s),
+            publish=self.backbone.publish,
+            outbox_full=lambda: self.backbone is not None and self.backbone.full,
+            checkpointer=self.checkpointer,
         )
         endpoint = self.manager.endpoint
         self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
         self._tcp = TcpServer(self._receive_tcp)
         await self._tcp.start(s.sip_host, s.sip_port)
+        self._background = [
+            loop.create_task(self._end_orphans(), name="end orphans"),
+            loop.create_task(self.checkpointer.run(), name="checkpointer"),
+        ]
         log.info(
             "node %s: SIP on %s:%d (UDP, TCP), RTP %d-%d, advertising %s",
             s.name,
@@ -125,6 +163,25 @@ class Node:
             s.rtp_ports[1],
             local.host,
         )
+
+    async def _end_orphans(self) -> None:
+        """The calls a previous run of this node left (it died): end them, until the
+        checkpoint store answers."""
+        assert self.manager is not None and self.checkpoints is not None
+        assert self._udp is not None
+        while True:
+            try:
+                count = await self.manager.end_orphans(
+                    self.checkpoints, self.settings.name, self._udp.flow_to
+                )
+            except (OSError, RedisError) as exc:
+                log.warning("checkpoints unreadable (%s); retrying in %.0f s", exc, ORPHAN_RETRY_S)
+                await asyncio.sleep(ORPHAN_RETRY_S)
+                continue
+            if count:
+                log.warning("ended %d calls left by the previous run of node %s",
+                            count, self.settings.name)  # fmt: skip
+            return
 
     def _receive_tcp(self, message: Message, conn: TcpConnection) -> None:
         assert self.manager is not None
@@ -148,6 +205,13 @@ class Node:
     async def drain_and_close(self) -> None:
         if self.manager is not None:
             await self.manager.drain(self.settings.drain_grace_s)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.checkpointer is not None:
+            await self.checkpointer.flush()
+        if self.checkpoints is not None:
+            await self.checkpoints.close()
         if self._udp is not None:
             await asyncio.sleep(0.2)  # let the last BYEs and 200s leave
             self._udp.close()
@@ -163,6 +227,13 @@ class Node:
                 await close_brain()
         if self._records is not None:
             self._records.close()
+        if self.backbone is not None:
+            # What the calls just published: give the sinks a moment; the rest stays
+            # in the spool for the next start.
+            if not await self.backbone.flush(BACKBONE_FLUSH_S):
+                log.warning("stopping with undelivered events in the spool: %s",
+                            self.backbone.status()["sinks"])
+            await self.backbone.close()
 
 
 def _tune_gc() -> None:

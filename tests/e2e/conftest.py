@@ -7,6 +7,7 @@ wrote a Python traceback to stderr while it ran.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from loadtest.sipp import (
 )
 
 HERE = Path(__file__).resolve().parent
+SERVICES_SCRIPT = HERE.parents[1] / "deploy" / "local" / "services.sh"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -109,3 +111,22 @@ def phones(baresip_path: str, tmp_path: Path) -> Iterator[PhoneFactory]:
     yield make
     for phone in made:
         phone.quit()
+
+
+@pytest.fixture(scope="session")
+def services() -> dict[str, str]:
+    """Redis, PostgreSQL and Kafka started by the repo's script (idempotent: fast when
+    ``make test`` already did it); the ``VOXSWITCH_…`` settings that reach them."""
+    up = subprocess.run(
+        [str(SERVICES_SCRIPT), "up"], capture_output=True, text=True, timeout=900, check=False
+    )
+    if up.returncode:
+        pytest.fail(f"deploy/local/services.sh up failed:\n{up.stderr[-3000:]}", pytrace=False)
+    out = subprocess.run(
+        [str(SERVICES_SCRIPT), "env"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    found = {}
+    for line in out.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        found[name.strip()] = value.strip().strip("'\"")
+    return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.call import _reason_header, _sdp_body
+from actors.call import reason_header, _sdp_body
 from sip.message import Request
 from sip.parser import parse_message
 
@@ -14,11 +14,11 @@ from sip.parser import parse_message
     [("max_duration", 16), ("agent_hangup", 16), ("media_timeout", 102), ("agent_error", 41)],
 )
 def test_reason_header_carries_a_q850_cause(disposition: str, cause: int) -> None:
-    assert _reason_header(disposition, "why") == f'Q.850;cause={cause};text="why"'
+    assert reason_header(disposition, "why") == f'Q.850;cause={cause};text="why"'
 
 
 def test_reason_text_cannot_break_the_quoted_string() -> None:
-    assert _reason_header("failed", 'a "quoted" \\ text') == (
+    assert reason_header("failed", 'a "quoted" \\ text') == (
         "Q.850;cause=41;text=\"a 'quoted' / text\""
     )
 

@@ -1,0 +1,114 @@
+"""Call lifecycle events: what the node publishes (Kafka) and records (PostgreSQL).
+
+Every event is a JSON object with ``type``, ``event_id`` (a UUID, the idempotency key),
+``call_id``, ``ts`` (epoch seconds), ``schema_version`` and ``node_id``, plus the fields
+of its type (``schemas/call-events.v1.json`` is the contract, checked by the tests).
+Events of one call are published with the call id as the Kafka key, so they stay in
+order on one partition.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from actors.call import CallRecord
+
+SCHEMA_VERSION = 1
+TYPES = (
+    "call.offered",
+    "call.answered",
+    "call.turn",
+    "call.dtmf",
+    "call.transferred",
+    "call.ended",
+)
+
+
+def event(
+    kind: str, call_id: str, node_id: str, ts: float | None = None, **fields: Any
+) -> dict[str, Any]:
+    if kind not in TYPES:
+        raise ValueError(f"unknown event type {kind!r}")
+    return {
+        "type": kind,
+        "event_id": str(uuid.uuid4()),
+        "call_id": call_id,
+        "ts": time.time() if ts is None else ts,
+        "schema_version": SCHEMA_VERSION,
+        "node_id": node_id,
+        **fields,
+    }
+
+
+def offered(record: CallRecord) -> dict[str, Any]:
+    return event(
+        "call.offered",
+        record.call_id,
+        record.node_id,
+        record.offered_at,
+        direction=record.direction,
+        from_uri=record.from_uri,
+        to_uri=record.to_uri,
+        trunk=record.trunk,
+    )
+
+
+def answered(record: CallRecord) -> dict[str, Any]:
+    return event("call.answered", record.call_id, record.node_id, record.answered_at,
+                 codec=record.codec)  # fmt: skip
+
+
+def transferred(record: CallRecord, target: str) -> dict[str, Any]:
+    return event("call.transferred", record.call_id, record.node_id, target=target)
+
+
+def ended(record: CallRecord) -> list[dict[str, Any]]:
+    """The call's turns and DTMF (as the conversation kept them), then ``call.ended``."""
+    node, call = record.node_id, record.call_id
+    events = [
+        event(
+            "call.turn",
+            call,
+            node,
+            record.ended_at,
+            index=turn["index"],
+            source=turn["source"],
+            caller_text=turn["caller"],
+            agent_text=turn["agent"],
+            interrupted=turn["interrupted"],
+            tools=turn["tools"],
+            latency_s=turn.get("latency_s"),
+            asr_s=turn.get("asr_s"),
+            llm_first_token_s=turn.get("llm_first_token_s"),
+            tts_first_audio_s=turn.get("tts_first_audio_s"),
+        )
+        for turn in record.turns
+    ]
+    if record.dtmf:
+        events.append(event("call.dtmf", call, node, record.ended_at, digits=record.dtmf))
+    events.append(
+        event(
+            "call.ended",
+            call,
+            node,
+            record.ended_at,
+            direction=record.direction,
+            from_uri=record.from_uri,
+            to_uri=record.to_uri,
+            trunk=record.trunk,
+            offered_at=record.offered_at,
+            answered_at=record.answered_at,
+            ended_at=record.ended_at,
+            duration_s=round(record.duration_s, 3),
+            disposition=record.disposition,
+            sip_code=record.sip_code,
+            reason=record.reason,
+            codec=record.codec,
+            packets_sent=record.packets_sent,
+            packets_received=record.packets_received,
+            media=record.media,
+        )
+    )
+    return events
