@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.call import reason_header, _sdp_body
+from actors.call import _sdp_body, reason_header
 from sip.message import Request
 from sip.parser import parse_message
 
