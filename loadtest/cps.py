@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loadtest.node import NodeOptions, NodeProcess
+from loadtest.services import services_env
 from loadtest.sipp import SippResult, run_sipp, sipp_binary, sipp_version
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -76,6 +77,7 @@ class BenchConfig:
     min_achieved_pct: float
     settle_s: float
     pin: bool
+    services: bool = False  # Redis, Kafka, PostgreSQL configured on the node
 
 
 def percentile_bucket(repartition: dict[str, int], fraction: float = 0.95) -> str:
@@ -205,7 +207,7 @@ def bench(cfg: BenchConfig) -> int:
             media_timeout_s=0,
             log_level="warning",
             rtp_port_count=2000,
-            env={"VOXSWITCH_DRAIN_GRACE_S": "2"},
+            env={"VOXSWITCH_DRAIN_GRACE_S": "2", **(services_env() if cfg.services else {})},
         ),
         name="bench-node",
         cpu=1 if pinned else None,
@@ -317,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--settle-s", type=float, default=2.0, help="pause between steps (2)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="node with Redis, Kafka and PostgreSQL (deploy/local/services.sh)",
+    )
     args = parser.parse_args(argv)
     if args.start <= 0 or args.step <= 0 or args.max_cps < args.start:
         parser.error("need 0 < start <= max and step > 0")
@@ -332,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         min_achieved_pct=args.min_achieved_pct,
         settle_s=args.settle_s,
         pin=not args.no_pin,
+        services=args.services,
     )
     return bench(cfg)
 

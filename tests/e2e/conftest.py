@@ -7,7 +7,6 @@ wrote a Python traceback to stderr while it ran.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from loadtest.baresip import Baresip
 from loadtest.node import NodeFactory, NodeProcess
+from loadtest.services import ServicesError, services_env
 from loadtest.sipp import (
     SippNotFound,
     SippResult,
@@ -28,7 +28,6 @@ from loadtest.sipp import (
 )
 
 HERE = Path(__file__).resolve().parent
-SERVICES_SCRIPT = HERE.parents[1] / "deploy" / "local" / "services.sh"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,16 +116,7 @@ def phones(baresip_path: str, tmp_path: Path) -> Iterator[PhoneFactory]:
 def services() -> dict[str, str]:
     """Redis, PostgreSQL and Kafka started by the repo's script (idempotent: fast when
     ``make test`` already did it); the ``VOXSWITCH_…`` settings that reach them."""
-    up = subprocess.run(
-        [str(SERVICES_SCRIPT), "up"], capture_output=True, text=True, timeout=900, check=False
-    )
-    if up.returncode:
-        pytest.fail(f"deploy/local/services.sh up failed:\n{up.stderr[-3000:]}", pytrace=False)
-    out = subprocess.run(
-        [str(SERVICES_SCRIPT), "env"], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
-    found = {}
-    for line in out.splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        found[name.strip()] = value.strip().strip("'\"")
-    return found
+    try:
+        return services_env()
+    except ServicesError as exc:
+        pytest.fail(str(exc), pytrace=False)
