@@ -45,16 +45,20 @@ class Voice:
     synthesizer: SpeechSynthesizer
     brain: AgentBrain
     barge_in_min_s: float = 0.3
-    _cache: dict[str, Pcm] = field(default_factory=dict)
+    _cache: dict[str, asyncio.Future[Pcm]] = field(default_factory=dict)
 
     async def speech(self, text: str, *, cache: bool = False) -> Pcm:
-        """Synthesise ``text``; fixed phrases (greeting, goodbye) once per node."""
-        if cache and text in self._cache:
-            return self._cache[text]
-        pcm = await self.synthesizer.synthesize(text)
-        if cache:
-            self._cache[text] = pcm
-        return pcm
+        """Synthesise ``text``; fixed phrases (greeting, goodbye) once per node — also
+        when a burst of calls asks for one before its first synthesis is done (at
+        900 calls/s, each call's greeting queued on the one espeak thread otherwise)."""
+        if not cache:
+            return await self.synthesizer.synthesize(text)
+        future = self._cache.get(text)
+        if future is None or (future.done() and future.exception() is not None):
+            future = asyncio.ensure_future(self.synthesizer.synthesize(text))
+            self._cache[text] = future
+        # Shielded: a call that hangs up mid-synthesis must not cancel it for the others.
+        return await asyncio.shield(future)
 
 
 @dataclass

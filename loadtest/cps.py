@@ -78,6 +78,7 @@ class BenchConfig:
     settle_s: float
     pin: bool
     services: bool = False  # Redis, Kafka, PostgreSQL configured on the node
+    agent: str = "demo"  # the node's agent: demo (a conversation per call) or none
 
 
 def percentile_bucket(repartition: dict[str, int], fraction: float = 0.95) -> str:
@@ -207,7 +208,11 @@ def bench(cfg: BenchConfig) -> int:
             media_timeout_s=0,
             log_level="warning",
             rtp_port_count=2000,
-            env={"VOXSWITCH_DRAIN_GRACE_S": "2", **(services_env() if cfg.services else {})},
+            env={
+                "VOXSWITCH_DRAIN_GRACE_S": "2",
+                "VOXSWITCH_AGENT": cfg.agent,
+                **(services_env() if cfg.services else {}),
+            },
         ),
         name="bench-node",
         cpu=1 if pinned else None,
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--settle-s", type=float, default=2.0, help="pause between steps (2)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--agent", default="demo", help="the node's agent: demo or none (demo)")
     parser.add_argument(
         "--services",
         action="store_true",
@@ -340,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         settle_s=args.settle_s,
         pin=not args.no_pin,
         services=args.services,
+        agent=args.agent,
     )
     return bench(cfg)
 

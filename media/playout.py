@@ -18,6 +18,7 @@ Frames are views into one copy of each pushed array, so taking a frame copies no
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 
@@ -100,8 +101,7 @@ class PlayoutQueue:
             utterance = _Utterance(utterance_id)
         whole = samples.size // n
         rows = samples[: whole * n].reshape(whole, n).copy()  # one copy; frames are its rows
-        for frame in rows:
-            self._frames.append((frame, utterance))
+        self._frames.extend(zip(rows, itertools.repeat(utterance, whole), strict=True))
         self._tail_fill = n
         remainder = samples.size - whole * n
         if remainder:

@@ -21,6 +21,7 @@ from switch.spool import Spool
 log = logging.getLogger("voxswitch.backbone")
 
 BATCH = 500
+LINGER_S = 0.02
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -45,6 +46,8 @@ class Courier:
             if not batch:
                 self.wake.clear()
                 await self.wake.wait()
+                # Let a burst gather: one batch, one round trip, one commit.
+                await asyncio.sleep(LINGER_S)
                 continue
             try:
                 await self.sink.deliver([event for _, event in batch])

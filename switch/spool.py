@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 log = logging.getLogger("voxswitch.spool")
 
 SEGMENT_BYTES = 16 * 1024 * 1024
+PERSIST_EVERY_S = 0.25
 SUFFIX = ".jsonl"
 
 
@@ -161,6 +163,7 @@ class _Reader:
         self._file: Any = None
         self._file_first = -1
         self._file_index = 0  # sequence number of the next line in _file
+        self._persisted_at = 0.0
 
     def read(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
         """Up to ``limit`` events from the read position on (not yet committed ones
@@ -189,20 +192,28 @@ class _Reader:
         return events
 
     def commit(self, through: int) -> None:
-        """Events up to and including ``through`` are delivered."""
+        """Events up to and including ``through`` are delivered. The cursor file is
+        rewritten at most every ``PERSIST_EVERY_S`` (and at close): after a crash a
+        sink may get up to that much again, which its event ids make harmless."""
         committed = through + 1
         if committed <= self.committed:
             return
         self.committed = committed
-        tmp = self._cursor_path.with_suffix(".tmp")
-        tmp.write_text(f"{committed}\n")
-        os.replace(tmp, self._cursor_path)
+        now = time.monotonic()
+        if now - self._persisted_at >= PERSIST_EVERY_S:
+            self._persist(now)
         self._spool._collect()
+
+    def _persist(self, now: float) -> None:
+        self._persisted_at = now
+        tmp = self._cursor_path.with_suffix(".tmp")
+        tmp.write_text(f"{self.committed}\n")
+        os.replace(tmp, self._cursor_path)
 
     def rewind(self) -> None:
         """Read again from the last commit (a delivery failed)."""
         self._position = self.committed
-        self.close()
+        self._close_file()
 
     def _segment_of(self, seq: int) -> _Segment:
         for segment in reversed(self._spool._segments):
@@ -211,12 +222,16 @@ class _Reader:
         return self._spool._segments[0]
 
     def _open(self, segment: _Segment) -> None:
-        self.close()
+        self._close_file()
         self._file = open(segment.path, "rb")  # noqa: SIM115
         self._file_first = segment.first
         self._file_index = segment.first
 
     def close(self) -> None:
+        self._close_file()
+        self._persist(time.monotonic())
+
+    def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -167,3 +167,40 @@ async def test_goodbye_is_recognised_played_and_then_the_call_hung_up(
     goodbye = AGENT.match(turn.caller_text)
     assert goodbye is not None and turn.agent_text == goodbye.entry.say
     assert not call.session.playout.playing  # the goodbye had been played out
+
+
+async def test_a_burst_of_calls_synthesises_a_fixed_phrase_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fifty calls asking for the greeting at once: one synthesis, one shared result;
+    a caller cancelled while waiting does not cancel it for the others."""
+    synthesizer = EspeakSynthesizer(rate_wpm=300)
+    runs = 0
+    real = synthesizer.synthesize
+
+    async def counted(text: str) -> np.ndarray:
+        nonlocal runs
+        runs += 1
+        return await real(text)
+
+    monkeypatch.setattr(synthesizer, "synthesize", counted)
+    voice = Voice(
+        recognizer=PocketSphinxRecognizer(AGENT.phrases(), pool_size=1),
+        synthesizer=synthesizer,
+        brain=AGENT,
+    )
+    try:
+        impatient = asyncio.ensure_future(voice.speech(AGENT.greeting(), cache=True))
+        waiting = [voice.speech(AGENT.greeting(), cache=True) for _ in range(50)]
+        await asyncio.sleep(0)
+        impatient.cancel()
+        results = await asyncio.gather(*waiting)
+        assert runs == 1
+        assert all(r is results[0] for r in results) and results[0].size > 8000
+        await voice.speech(AGENT.greeting(), cache=True)
+        await voice.speech("not cached", cache=False)
+        await voice.speech("not cached", cache=False)
+        assert runs == 3
+    finally:
+        await voice.recognizer.aclose()
+        await synthesizer.aclose()
