@@ -16,7 +16,6 @@ as long as the process). A store that is down makes the saves fail: the calls go
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -118,10 +117,11 @@ def build_store(redis_url: str) -> CheckpointStore:
 
 
 class Checkpointer:
-    """Saves the live calls' snapshots: changed ones within ``MIN_ROUND_S``, all of
-    them every ``EVERY_S``; deletes the ended ones. Runs as one task."""
+    """Saves the live calls' snapshots: changed ones within ``ROUND_S``, and every
+    live call once per ``EVERY_S`` — a slice of them each round, so a thousand calls
+    never stall the loop for one long snapshot burst; deletes the ended ones."""
 
-    MIN_ROUND_S = 0.1
+    ROUND_S = 0.1
     EVERY_S = 1.0
 
     def __init__(
@@ -137,36 +137,33 @@ class Checkpointer:
         self._live = snapshots  # call id -> how to snapshot it, for every live call
         self._changed: set[str] = set()
         self._ended: list[str] = []
-        self._wake = asyncio.Event()
+        self._round: list[str] = []  # live calls still to save in this second
         self.up = True
         self.failures = 0
         self.saved = 0
         self.last_error = ""
 
     def changed(self, call_id: str) -> None:
+        """Save it in the next round (within ``ROUND_S``)."""
         self._changed.add(call_id)
-        self._wake.set()
 
     def ended(self, call_id: str) -> None:
         self._changed.discard(call_id)
         self._ended.append(call_id)
-        self._wake.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_full = loop.time()
+        slices = round(self.EVERY_S / self.ROUND_S)
+        turn = 0
         while True:
-            timeout = max(0.0, next_full - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            self._wake.clear()
+            await asyncio.sleep(self.ROUND_S - loop.time() % self.ROUND_S)
             live = self._live()
-            full = loop.time() >= next_full
-            if full:
-                next_full = loop.time() + self.EVERY_S
-                wanted = list(live)
-            else:
-                wanted = [c for c in self._changed if c in live]
+            if turn % slices == 0:
+                self._round = list(live)
+            turn += 1
+            share = -(-len(self._round) // max(1, slices - (turn - 1) % slices))
+            due, self._round = self._round[:share], self._round[share:]
+            wanted = [c for c in {*due, *self._changed} if c in live]
             self._changed.clear()
             ended, self._ended = self._ended, []
             try:
@@ -180,7 +177,6 @@ class Checkpointer:
                 if not self.up:
                     log.warning("checkpoint store is back")
                 self.up = True
-            await asyncio.sleep(self.MIN_ROUND_S)
 
     async def flush(self) -> None:
         """Delete what ended (at shutdown: the drained calls' checkpoints)."""
