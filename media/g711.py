@@ -117,6 +117,14 @@ def alaw_decode(data: bytes) -> PcmArray:
     return ALAW_DECODE_TABLE[np.frombuffer(data, dtype=np.uint8)]
 
 
+def codec_name(codec: str) -> str:
+    """The RTP encoding name, checked: "PCMU" or "PCMA" (ValueError otherwise)."""
+    name = codec.upper()
+    if name not in ("PCMU", "PCMA"):
+        raise ValueError(f"unsupported codec {codec!r} (expected PCMU or PCMA)")
+    return name
+
+
 def tables(codec: str) -> tuple[npt.NDArray[np.uint8], PcmArray]:
     """(encode, decode) lookup tables of a codec, for hot paths that skip the dispatch."""
     name = codec.upper()

@@ -35,7 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from media.dtmf import DtmfSender, OutgoingEvent
-from media.g711 import encode, silence_byte
+from media.g711 import codec_name, encode, silence_byte
 from media.rtcp import RtcpSession
 from media.rtp import HEADER, RTP_VERSION, looks_like_rtp, parse_rtp
 from media.session import MediaEvent, MediaSession, VadConfig
@@ -47,7 +47,6 @@ log = logging.getLogger("voxswitch.media")
 
 FRAME_S = 0.020
 SAMPLES_PER_FRAME = 160  # 20 ms at 8 kHz, one byte per sample in G.711
-CODECS = ("PCMU", "PCMA")
 RELATCH_AFTER_S = 2.0
 MAX_BIND_ATTEMPTS = 64  # per new leg, when other processes hold ports of our range
 RECV_SIZE = 2048
@@ -160,9 +159,7 @@ class RtpLeg:
         telephone_event_pt: int | None = None,
     ) -> None:
         """Set (or, on a re-INVITE, change) the SDP address, payload type and codec."""
-        name = codec.upper()
-        if name not in CODECS:
-            raise ValueError(f"unsupported codec {codec!r} (expected PCMU or PCMA)")
+        name = codec_name(codec)
         target = _ip_target(remote)
         if self._remote is not None and target != self._remote:
             self._latched = None  # a re-INVITE moved the peer: latch afresh

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from media.g711 import codec_name
 from media.session import MediaEvent, VadConfig
 from media.speech import Pcm
 from switch.media_channel import Channel, socket_pair
@@ -142,10 +143,8 @@ class RemoteLeg:
         codec: str,
         telephone_event_pt: int | None = None,
     ) -> None:
-        if codec.upper() not in ("PCMU", "PCMA"):
-            raise ValueError(f"unsupported codec {codec!r} (expected PCMU or PCMA)")
+        self.codec = codec_name(codec)
         self._setup["connect"] = (remote, payload_type, codec, telephone_event_pt)
-        self.codec = codec.upper()
         self.send("connect", remote, payload_type, codec, telephone_event_pt)
 
     def start_session(

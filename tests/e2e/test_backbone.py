@@ -210,7 +210,7 @@ def test_postgres_outage_spools_events_and_a_restart_delivers_them(
     """PostgreSQL unreachable: calls go on, their events wait in the spool; the node is
     SIGKILLed; PostgreSQL returns and the restarted node delivers what the spool held."""
     dsn = services["VOXSWITCH_POSTGRES_DSN"]
-    port = int(dsn.rsplit(":", 1)[1].split("/", 1)[0])
+    port = _port(dsn)
     proxy = TcpProxy(port).up()
     try:
         env = {
@@ -254,7 +254,7 @@ def test_redis_outage_calls_go_on_and_checkpoints_resume(
     sipp: SippRunner,
 ) -> None:
     url = services["VOXSWITCH_REDIS_URL"]
-    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    port = _port(url)
     proxy = TcpProxy(port).up()
     node_id = names["VOXSWITCH_NODE_ID"]
     try:
@@ -283,3 +283,8 @@ def _sink(node: NodeProcess, name: str) -> dict[str, Any]:
     backbone = node.health()["backbone"]
     assert isinstance(backbone, dict)
     return dict(backbone["sinks"][name])
+
+
+def _port(url: str) -> int:
+    """The port of a ``scheme://…host:port/db`` URL."""
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
