@@ -126,6 +126,10 @@ class MediaLeg(Protocol):
     def silence_s(self, now: float) -> float:
         """Seconds since the last RTP packet from the peer (or since play started)."""
 
+    def rtp_state(self) -> dict[str, int | None]:
+        """Our stream's SSRC, next sequence number and timestamp (for a checkpoint)."""
+        ...
+
     @property
     def packets_sent(self) -> int: ...
 
@@ -294,6 +298,7 @@ class CallActor:
             if isinstance(message, AckArrived):
                 self._stop_retransmitting()
                 self.state = CallState.CONFIRMED
+                self._milestone("confirmed")
                 return True
             if isinstance(message, AckTimedOut):
                 log.info("call %s: no ACK for 200 OK, hanging up", self.call_id)
@@ -405,6 +410,7 @@ class CallActor:
             request, 200, headers=[*headers, ("Content-Type", "application/sdp")], body=sdp
         )
         self.endpoint.respond(txn, response)  # type: ignore[arg-type]
+        self._milestone("renegotiated")
         if request.method == "INVITE":
             self._stop_retransmitting()
             self._retransmitter = self.endpoint.retransmit_until_ack(
@@ -488,13 +494,7 @@ class CallActor:
             "dialog": _dialog_state(self.dialog) if self.dialog is not None else None,
             "transport": self.flow.transport,
             "peer": list(self.flow.remote),
-            "media": {
-                "local_port": self.media.local_port,
-                "codec": record.codec,
-                "ssrc": getattr(self.media, "ssrc", None),
-                "packets_sent": self.media.packets_sent,
-                "packets_received": self.media.packets_received,
-            },
+            "media": self._media_state(),
             "record": {
                 "direction": record.direction,
                 "from_uri": record.from_uri,
@@ -515,6 +515,24 @@ class CallActor:
                     for m in conversation.state.transcript
                 ],
             },
+        }
+
+    def _media_state(self) -> dict[str, Any]:
+        """The negotiated media: our port and answer, the peer's RTP address, the codec,
+        and our RTP stream's position (SSRC, sequence, timestamp)."""
+        negotiated = self._answerer.negotiated if self._answerer is not None else None
+        return {
+            "local_port": self.media.local_port,
+            "codec": self.record.codec or None,
+            "payload_type": negotiated.codec.payload_type if negotiated else None,
+            "telephone_event_pt": negotiated.telephone_event_pt if negotiated else None,
+            "remote_rtp": list(negotiated.remote_rtp) if negotiated else None,
+            "local_sdp": self._answerer.current_answer_bytes().decode(errors="replace")
+            if negotiated and self._answerer is not None
+            else None,
+            "rtp": self.media.rtp_state(),
+            "packets_sent": self.media.packets_sent,
+            "packets_received": self.media.packets_received,
         }
 
     def _milestone(self, name: str) -> None:

@@ -257,7 +257,8 @@ class CallManager:
                 self.publish(event)
 
     def _milestone(self, name: str, record: CallRecord) -> None:
-        if name == "answered" and self.checkpointer is not None:
+        """answered, confirmed, renegotiated, transferred: checkpoint the call again."""
+        if self.checkpointer is not None:
             self.checkpointer.changed(record.call_id)
         if self.publish is None:
             return

@@ -259,6 +259,9 @@ class RtpLeg:
     def ssrc(self) -> int:
         return self._ssrc
 
+    def rtp_state(self) -> dict[str, int | None]:
+        return {"ssrc": self._ssrc, "sequence": self._seq, "timestamp": self._ts}
+
     # ---- the plant's side ---------------------------------------------------------------
 
     def send_ready(self) -> None:

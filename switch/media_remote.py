@@ -127,6 +127,7 @@ class RemoteLeg:
         self.ssrc = random.getrandbits(32)
         self.codec = ""
         self.target: tuple[str, int] | None = None  # where the worker sends (reported)
+        self.rtp: dict[str, int | None] = {}  # the worker's stream position (reported)
         self.closed = False
         worker.adopt(self)
 
@@ -193,6 +194,10 @@ class RemoteLeg:
     def stats(self) -> dict[str, Any]:
         """As of the worker's last report (at most a second old)."""
         return dict(self._stats)
+
+    def rtp_state(self) -> dict[str, int | None]:
+        """As of the worker's last report; the SSRC is ours, always current."""
+        return {"sequence": None, "timestamp": None, **self.rtp, "ssrc": self.ssrc}
 
     def close(self) -> None:
         if self.closed:
@@ -312,10 +317,11 @@ class MediaWorker:
                 leg.on_state(args[0])
         elif kind == "stats":
             at, lateness, late_ticks, legs = args
-            for leg_port, sent, received, silence, target, stats in legs:
+            for leg_port, sent, received, silence, target, stats, rtp in legs:
                 leg = self.legs.get(leg_port)
                 if leg is not None:
                     leg.on_stats(sent, received, silence, at, target, stats)
+                    leg.rtp = rtp
             self.late_ticks = late_ticks
             self._on_lateness(lateness, late_ticks)
         elif kind == "closed":

@@ -179,7 +179,7 @@ class WorkerHost:
                 leg = call.leg
                 legs.append(
                     (port, leg.packets_sent, leg.packets_received, leg.silence_s(now),
-                     leg.target, leg.stats())
+                     leg.target, leg.stats(), leg.rtp_state())
                 )  # fmt: skip
         self.channel.send(("stats", 0, now, lateness, plant.late_ticks, legs))
         if again:

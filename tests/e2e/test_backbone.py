@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -127,7 +129,12 @@ def test_a_call_in_kafka_postgres_and_redis(
     assert snapshot["node_id"] == node_id
     assert snapshot["dialog"]["call_id"] == snapshot["call_id"]
     assert snapshot["dialog"]["remote_tag"] and snapshot["dialog"]["local_tag"]
-    assert snapshot["transport"] == "UDP" and snapshot["media"]["codec"] == "PCMU"
+    assert snapshot["transport"] == "UDP" and snapshot["state"] == "CONFIRMED"
+    media = snapshot["media"]
+    assert media["codec"] == "PCMU" and media["payload_type"] == 0
+    assert media["remote_rtp"][0] == "127.0.0.1" and media["remote_rtp"][1] > 0
+    assert f"m=audio {media['local_port']} RTP/AVP 0" in media["local_sdp"]
+    assert media["rtp"]["ssrc"] and media["rtp"]["sequence"] is not None
     assert redis_client.ttl(f"voxswitch:call:{snapshot['call_id']}") > 60
     thread.join(40)
     assert results and results[0].successful_calls == 1, node.log_tail()
@@ -288,3 +295,29 @@ def _sink(node: NodeProcess, name: str) -> dict[str, Any]:
 def _port(url: str) -> int:
     """The port of a ``scheme://…host:port/db`` URL."""
     return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def test_db_migrate_command(services: dict[str, str], tmp_path: Path) -> None:
+    """``voxswitch db migrate`` against the real database: up to date (the node's start
+    applied everything), and a clear exit 1 when PostgreSQL is not there."""
+    voxswitch = [sys.executable, "-m", "switch.cli"]
+    dsn = services["VOXSWITCH_POSTGRES_DSN"]
+    ok = subprocess.run(
+        [*voxswitch, "db", "migrate", "--postgres-dsn", dsn],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "applied: nothing (up to date)"
+    closed = TcpProxy(_port(dsn))  # bound once, never listening: nothing answers there
+    nowhere = dsn.replace(f":{_port(dsn)}/", f":{closed.port}/")
+    down = subprocess.run(
+        [*voxswitch, "db", "migrate", "--postgres-dsn", nowhere],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert down.returncode == 1
+    assert "cannot reach PostgreSQL" in down.stderr
+    missing = subprocess.run(
+        [*voxswitch, "db", "migrate"], capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert missing.returncode == 2 and "VOXSWITCH_POSTGRES_DSN" in missing.stderr
