@@ -1,6 +1,7 @@
 """The HTTP API, served by the node on its own event loop (FastAPI + uvicorn).
 
-This milestone: health and readiness. Calls, trunks and campaigns come later.
+This milestone: health, readiness and Prometheus metrics. Calls, trunks and campaigns
+come later.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+
+from control_api.metrics import CONTENT_TYPE, NodeMetrics
 
 
 class NodeStatus(Protocol):
@@ -21,8 +24,15 @@ class NodeStatus(Protocol):
     def draining(self) -> bool: ...
 
 
-def create_app(node: NodeStatus) -> FastAPI:
+def create_app(node: NodeStatus, metrics: NodeMetrics | None = None) -> FastAPI:
     app = FastAPI(title="voxswitch", version="0.1.0")
+
+    if metrics is not None:
+
+        @app.get("/metrics")
+        def prometheus() -> Response:
+            """The node's counters, gauges and histograms in Prometheus' text format."""
+            return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/health")
     def health() -> JSONResponse:

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from actors.call import CallConfig, CallRecord, LocalAddress
 from actors.conversation import Voice
 from control_api.app import create_app, make_server
+from control_api.metrics import NodeMetrics
 from sip.auth import DigestAuthenticator
 from sip.message import Message
 from sip.transport.tcp import TcpConnection, TcpServer
@@ -50,6 +51,7 @@ class Node:
         self._udp: UdpTransport | None = None
         self._tcp: TcpServer | None = None
         self._stop = asyncio.Event()
+        self.metrics = NodeMetrics(self)
 
     @property
     def draining(self) -> bool:
@@ -82,6 +84,7 @@ class Node:
                 "received": stats.received if stats else 0,
                 "sent": stats.sent if stats else 0,
                 "parse_errors": stats.parse_errors if stats else 0,
+                "responses_by_code": dict(stats.by_status_sent) if stats else {},
                 "transactions": manager.endpoint.transaction_count if manager else 0,
             },
         }
@@ -153,6 +156,7 @@ class Node:
         self._background = [
             loop.create_task(self._end_orphans(), name="end orphans"),
             loop.create_task(self.checkpointer.run(), name="checkpointer"),
+            loop.create_task(self.metrics.sample_loop_lag(), name="loop lag"),
         ]
         log.info(
             "node %s: SIP on %s:%d (UDP, TCP), RTP %d-%d, advertising %s",
@@ -188,6 +192,7 @@ class Node:
         self.manager.endpoint.receive_message(message, conn)
 
     def _record(self, record: CallRecord) -> None:
+        self.metrics.call_ended(record.turns, record.media)
         # The embedded default: one JSON line per call. PostgreSQL and Kafka come with
         # the backbone.
         if self._records is not None:
@@ -260,7 +265,9 @@ async def run_node(settings: Settings) -> int:
     api_task: asyncio.Task[None] | None = None
     server = None
     if settings.api_port:
-        server = make_server(create_app(node), settings.api_host, settings.api_port)
+        server = make_server(
+            create_app(node, node.metrics), settings.api_host, settings.api_port
+        )
         api_task = loop.create_task(server.serve())
     await node.wait_stopped()
     log.info("stopping: draining calls")
