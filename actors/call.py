@@ -22,11 +22,13 @@ from actors.messages import (
     AckTimedOut,
     CallMessage,
     CancelArrived,
+    DtmfRequested,
     Hangup,
     MediaArrived,
     MediaTimedOut,
     ReferAnswered,
     RequestArrived,
+    SayRequested,
     TransferRequested,
 )
 from actors.runtime import Mailbox, MailboxClosed
@@ -340,6 +342,11 @@ class CallActor:
                     self.conversation.handle(message.event, message.at)
             elif isinstance(message, TransferRequested):
                 self._refer(message.target)
+            elif isinstance(message, SayRequested):
+                if self.conversation is not None:
+                    self.conversation.announce(message.text)
+            elif isinstance(message, DtmfRequested):
+                self.send_dtmf(message.digits)
             elif isinstance(message, ReferAnswered):
                 if self._refer_answered(message):
                     return
@@ -480,6 +487,55 @@ class CallActor:
         log.info("call %s: REFER refused (%s); hanging up", self.call_id, status)
         self._hangup("transfer_failed", f"REFER answered {status}")
         return True
+
+    def command(self, message: CallMessage) -> None:
+        """A command from outside (the control API), handled in the actor's turn."""
+        self.mailbox.put(message)
+
+    @property
+    def has_agent(self) -> bool:
+        return self.voice is not None
+
+    def view(self, *, detail: bool = False) -> dict[str, Any]:
+        """The call as the control API shows it; ``detail`` adds the conversation."""
+        record = self.record
+        now = time.time()
+        out: dict[str, Any] = {
+            "call_id": self.call_id,
+            "direction": record.direction,
+            "from": record.from_uri,
+            "to": record.to_uri,
+            "state": self.state.value,
+            "node_id": record.node_id,
+            "offered_at": record.offered_at,
+            "answered_at": record.answered_at,
+            "duration_s": round(now - record.answered_at, 3) if record.answered_at else 0.0,
+            "codec": record.codec or None,
+            "agent": self.conversation is not None,
+        }
+        if detail:
+            conversation = self.conversation
+            state = conversation.state if conversation is not None else None
+            out["step"] = state.step if state else None
+            out["dtmf"] = state.dtmf if state else ""
+            out["transcript"] = (
+                [{"role": m.role, "content": m.content} for m in state.transcript] if state else []
+            )
+            out["turns"] = (
+                [
+                    {"index": t.index, "source": t.source, "caller": t.caller_text,
+                     "agent": t.agent_text, "interrupted": t.interrupted,
+                     **t.metrics.as_dict()}
+                    for t in state.turns
+                ]
+                if state
+                else []
+            )  # fmt: skip
+            out["media"] = {
+                "packets_sent": self.media.packets_sent,
+                "packets_received": self.media.packets_received,
+            }
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         """What a checkpoint holds: enough to end the call from outside (BYE and a
@@ -641,7 +697,7 @@ _Q850_CAUSE = {
     "agent_error": 41,
     "node_shutdown": 41,
     "node_restart": 41,
-}
+}  # others (completed, agent_hangup, api_hangup, ...): 16, normal clearing
 Q850_NORMAL_CLEARING = 16
 
 

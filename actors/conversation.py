@@ -148,6 +148,7 @@ class Conversation:
         self.state = ConversationState()
         self._turn_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._announcements = 0
         self._current: Turn | None = None  # the turn whose reply is queued or playing
         self._barge_timer: asyncio.TimerHandle | None = None
         self._backchannel = False  # the caller's sound during playout was too short
@@ -157,6 +158,17 @@ class Conversation:
 
     def start(self) -> None:
         self._spawn(self._greet())
+
+    def announce(self, text: str) -> None:
+        """Say ``text`` after what is queued, outside the turn loop (the API's ``say``)."""
+        self._announcements += 1
+        utterance_id = f"api-{self._announcements}"
+        self.state.transcript.append(ChatMessage("assistant", text))
+        self._spawn(self._announce(text, utterance_id))
+
+    async def _announce(self, text: str, utterance_id: str) -> None:
+        self.session.say(await self.voice.speech(text), utterance_id)
+        self.state.step = "speaking"
 
     async def aclose(self) -> None:
         if self._barge_timer is not None:

@@ -68,6 +68,20 @@ class ReferAnswered:
     response: Response | None
 
 
+@dataclass(frozen=True, slots=True)
+class SayRequested:
+    """Say this to the caller now (the control API)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfRequested:
+    """Send these digits to the caller as RFC 4733 events (the control API)."""
+
+    digits: str
+
+
 CallMessage = (
     RequestArrived
     | AckArrived
@@ -78,4 +92,7 @@ CallMessage = (
     | MediaArrived
     | TransferRequested
     | ReferAnswered
+    | SayRequested
+    | DtmfRequested
 )
+

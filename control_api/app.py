@@ -7,14 +7,18 @@ come later.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
+from control_api.keys import ApiKeys
 from control_api.metrics import CONTENT_TYPE, NodeMetrics
+
+MAX_BODY_BYTES = 64 * 1024
 
 
 class NodeStatus(Protocol):
@@ -24,8 +28,62 @@ class NodeStatus(Protocol):
     def draining(self) -> bool: ...
 
 
-def create_app(node: NodeStatus, metrics: NodeMetrics | None = None) -> FastAPI:
+class LiveCall(Protocol):
+    def view(self, *, detail: bool = False) -> dict[str, Any]: ...
+
+    def command(self, message: Any) -> None: ...
+
+    @property
+    def has_agent(self) -> bool: ...
+
+
+class CallControl(Protocol):
+    """The node's live calls, as the API steers them."""
+
+    def live_calls(self) -> Sequence[LiveCall]: ...
+
+    def live_call(self, call_id: str) -> LiveCall | None: ...
+
+
+class SayBody(BaseModel):
+    text: str = Field(min_length=1, max_length=2000, description="what the agent says now")
+
+
+class DtmfBody(BaseModel):
+    digits: str = Field(pattern=r"^[0-9*#A-Da-d]{1,32}$", description="0-9 * # A-D")
+
+
+class TransferBody(BaseModel):
+    target: str = Field(
+        pattern=r"^(sips?:[^\s<>]+|tel:\+?[0-9][0-9-]*)$",
+        max_length=256,
+        description="SIP or tel URI the caller is referred to (blind transfer, REFER)",
+    )
+
+
+class Accepted(BaseModel):
+    call_id: str
+    status: str
+
+
+def create_app(
+    node: NodeStatus,
+    metrics: NodeMetrics | None = None,
+    *,
+    keys: ApiKeys | None = None,
+    calls: CallControl | None = None,
+    commands: CallCommands | None = None,
+) -> FastAPI:
     app = FastAPI(title="voxswitch", version="0.1.0")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(
+                {"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
+            )
+        return await call_next(request)
 
     if metrics is not None:
 
@@ -40,7 +98,90 @@ def create_app(node: NodeStatus, metrics: NodeMetrics | None = None) -> FastAPI:
         body = node.health()
         return JSONResponse(body, status_code=503 if node.draining else 200)
 
+    if keys is None or calls is None or commands is None:
+        return app
+
+    def require(scope: str) -> Any:
+        def check(authorization: str | None = Header(default=None)) -> None:
+            scheme, _, token = (authorization or "").partition(" ")
+            key = keys.verify(token.strip()) if scheme.lower() == "bearer" else None
+            if key is None:
+                detail = "missing or invalid API key (Authorization: Bearer <key>)"
+                if not keys.configured:
+                    detail = "no API keys: set VOXSWITCH_API_KEY or run 'voxswitch apikey create'"
+                raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+            if not key.allows(scope):
+                raise HTTPException(403, f"this key lacks the scope {scope!r}")
+
+        return Depends(check)
+
+    def find(call_id: str) -> LiveCall:
+        call = calls.live_call(call_id)
+        if call is None:
+            raise HTTPException(404, f"no live call {call_id!r}")
+        return call
+
+    @app.get("/v1/calls", dependencies=[require("calls:read")])
+    def list_calls(
+        state: str | None = Query(default=None, pattern="^(ringing|answered|confirmed)$"),
+        direction: str | None = Query(default=None, pattern="^(inbound|outbound)$"),
+    ) -> dict[str, Any]:
+        """The node's live calls (filter by state and direction)."""
+        views = [c.view() for c in calls.live_calls()]
+        views = [
+            v for v in views
+            if (state is None or v["state"] == state)
+            and (direction is None or v["direction"] == direction)
+        ]  # fmt: skip
+        return {"calls": views, "count": len(views)}
+
+    @app.get("/v1/calls/{call_id}", dependencies=[require("calls:read")])
+    def get_call(call_id: str) -> dict[str, Any]:
+        """One live call: state, timings, transcript so far, turn latencies."""
+        return find(call_id).view(detail=True)
+
+    @app.delete("/v1/calls/{call_id}", status_code=202, dependencies=[require("calls:write")])
+    def hang_up(call_id: str) -> Accepted:
+        """Hang up: BYE when answered, a final response while it rings."""
+        find(call_id).command(commands.hang_up())
+        return Accepted(call_id=call_id, status="ending")
+
+    @app.post("/v1/calls/{call_id}/say", status_code=202, dependencies=[require("calls:write")])
+    def say(call_id: str, body: SayBody) -> Accepted:
+        """The agent says ``text`` after what it is saying now."""
+        call = find(call_id)
+        if not call.has_agent:
+            raise HTTPException(409, "this call has no voice agent")
+        call.command(commands.say(body.text))
+        return Accepted(call_id=call_id, status="queued")
+
+    @app.post("/v1/calls/{call_id}/dtmf", status_code=202, dependencies=[require("calls:write")])
+    def dtmf(call_id: str, body: DtmfBody) -> Accepted:
+        """Send digits to the caller as RFC 4733 telephone-events."""
+        find(call_id).command(commands.dtmf(body.digits.upper()))
+        return Accepted(call_id=call_id, status="queued")
+
+    @app.post(
+        "/v1/calls/{call_id}/transfer", status_code=202, dependencies=[require("calls:write")]
+    )
+    def transfer(call_id: str, body: TransferBody) -> Accepted:
+        """Blind transfer with SIP REFER; the call ends transferred or transfer_failed."""
+        find(call_id).command(commands.transfer(body.target))
+        return Accepted(call_id=call_id, status="transferring")
+
     return app
+
+
+class CallCommands(Protocol):
+    """The messages the API puts in a call's mailbox."""
+
+    def hang_up(self) -> object: ...
+
+    def say(self, text: str) -> object: ...
+
+    def dtmf(self, digits: str) -> object: ...
+
+    def transfer(self, target: str) -> object: ...
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -23,6 +23,19 @@ def _build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--postgres-dsn", dest="postgres_dsn", default=None, help="env VOXSWITCH_POSTGRES_DSN"
     )
+    apikey = sub.add_parser("apikey", help="API keys of the control API")
+    apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
+    create = apikey_sub.add_parser("create", help="make a key (printed once, stored hashed)")
+    create.add_argument("--name", required=True, help="who or what uses it")
+    create.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        help="calls:read, calls:write or admin (repeat for several; default admin)",
+    )
+    create.add_argument(
+        "--api-keys-file", dest="api_keys_file", default=None, help="env VOXSWITCH_API_KEYS_FILE"
+    )
     serve.add_argument("--config", help="TOML config file (env VOXSWITCH_CONFIG)")
     for f in settings_fields():
         help_text = f.metadata.get("help", "")
@@ -59,7 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(uvloop.run(run_node(settings)))
     if args.command == "db":
         return _db_migrate(args.postgres_dsn)
+    if args.command == "apikey":
+        return _apikey_create(args.name, tuple(args.scopes or ["admin"]), args.api_keys_file)
     return 2
+
+
+def _apikey_create(name: str, scopes: tuple[str, ...], path: str | None) -> int:
+    from control_api.keys import ApiKeys
+
+    settings = load_settings({"api_keys_file": path})
+    try:
+        token = ApiKeys(settings.api_keys_file or None).create(name, scopes)
+    except ValueError as exc:
+        print(f"voxswitch apikey create: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
 
 
 def _db_migrate(dsn: str | None) -> int:

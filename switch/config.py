@@ -51,6 +51,13 @@ class Settings:
     )
     api_host: str = field(default="0.0.0.0", metadata={"help": "address of the HTTP API"})
     api_port: int = field(default=8080, metadata={"help": "HTTP port (health; 0 disables)"})
+    api_key: str = field(
+        default="", metadata={"help": "a first admin API key (Authorization: Bearer)"}
+    )
+    api_keys_file: str = field(
+        default="voxswitch-api-keys.json",
+        metadata={"help": "API keys made by 'voxswitch apikey create' (hashed)"},
+    )
     max_calls: int = field(
         default=2000, metadata={"help": "concurrent calls; beyond it INVITEs get 503"}
     )

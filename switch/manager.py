@@ -267,6 +267,16 @@ class CallManager:
         elif name == "transferred":
             self.publish(events.transferred(record, record.transfer_target))
 
+    def find(self, call_id: str) -> CallActor | None:
+        """The live call with this Call-ID (the control API's call id)."""
+        for actor in self._tasks:
+            if actor.call_id == call_id:
+                return actor
+        return None
+
+    def live(self) -> list[CallActor]:
+        return list(self._tasks)
+
     def live_snapshots(self) -> dict[str, Callable[[], dict[str, Any]]]:
         """Every answered live call and how to snapshot it (for the checkpointer)."""
         return {a.call_id: a.snapshot for a in self._tasks if a.dialog is not None}

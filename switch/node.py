@@ -13,9 +13,11 @@ from typing import Any, TextIO
 
 from redis.exceptions import RedisError
 
-from actors.call import CallConfig, CallRecord, LocalAddress
+from actors.call import CallActor, CallConfig, CallRecord, LocalAddress
 from actors.conversation import Voice
+from actors.messages import DtmfRequested, Hangup, SayRequested, TransferRequested
 from control_api.app import create_app, make_server
+from control_api.keys import ApiKeys
 from control_api.metrics import NodeMetrics
 from sip.auth import DigestAuthenticator
 from sip.message import Message
@@ -187,6 +189,14 @@ class Node:
                             count, self.settings.name)  # fmt: skip
             return
 
+    # ---- the control API's view of the calls ------------------------------------------
+
+    def live_calls(self) -> list[CallActor]:
+        return self.manager.live() if self.manager is not None else []
+
+    def live_call(self, call_id: str) -> CallActor | None:
+        return self.manager.find(call_id) if self.manager is not None else None
+
     def _receive_tcp(self, message: Message, conn: TcpConnection) -> None:
         assert self.manager is not None
         self.manager.endpoint.receive_message(message, conn)
@@ -241,6 +251,25 @@ class Node:
             await self.backbone.close()
 
 
+class _ApiCommands:
+    """The mailbox messages behind the API's call commands."""
+
+    def hang_up(self) -> Hangup:
+        return Hangup("api_hangup", detail="hung up through the API")
+
+    def say(self, text: str) -> SayRequested:
+        return SayRequested(text)
+
+    def dtmf(self, digits: str) -> DtmfRequested:
+        return DtmfRequested(digits)
+
+    def transfer(self, target: str) -> TransferRequested:
+        return TransferRequested(target)
+
+
+API_COMMANDS = _ApiCommands()
+
+
 def _tune_gc() -> None:
     """Fewer, cheaper cyclic collections for a heap of thousands of live calls.
 
@@ -265,9 +294,9 @@ async def run_node(settings: Settings) -> int:
     api_task: asyncio.Task[None] | None = None
     server = None
     if settings.api_port:
-        server = make_server(
-            create_app(node, node.metrics), settings.api_host, settings.api_port
-        )
+        keys = ApiKeys(settings.api_keys_file or None, settings.api_key)
+        app = create_app(node, node.metrics, keys=keys, calls=node, commands=API_COMMANDS)
+        server = make_server(app, settings.api_host, settings.api_port)
         api_task = loop.create_task(server.serve())
     await node.wait_stopped()
     log.info("stopping: draining calls")
