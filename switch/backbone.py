@@ -17,6 +17,7 @@ from typing import Any
 
 from switch.sinks import Event, FileSink, KafkaSink, PostgresSink, Sink
 from switch.spool import Spool
+from switch.webhooks import WebhookSink
 
 log = logging.getLogger("voxswitch.backbone")
 
@@ -80,6 +81,7 @@ class Courier:
             "delivered": self.delivered,
             "failures": self.failures,
             "last_error": self.last_error,
+            "rejected": getattr(self.sink, "rejected", 0),  # kept aside (webhook 4xx)
         }
 
 
@@ -134,9 +136,18 @@ class Backbone:
 
 
 def build_sinks(
-    *, kafka_bootstrap: str, kafka_topic: str, postgres_dsn: str, events_file: str, node_id: str
+    *,
+    kafka_bootstrap: str,
+    kafka_topic: str,
+    postgres_dsn: str,
+    events_file: str,
+    node_id: str,
+    webhook_url: str = "",
+    webhook_secret: str = "",
+    spool_dir: str | Path = ".",
 ) -> list[Sink]:
-    """Kafka and/or PostgreSQL when configured; else the local events file."""
+    """Kafka and/or PostgreSQL when configured, else the local events file; and the
+    webhook when one is set."""
     sinks: list[Sink] = []
     if kafka_bootstrap:
         sinks.append(KafkaSink(kafka_bootstrap, kafka_topic, f"voxswitch-{node_id}"))
@@ -144,4 +155,7 @@ def build_sinks(
         sinks.append(PostgresSink(postgres_dsn))
     if not sinks and events_file:
         sinks.append(FileSink(events_file))
+    if webhook_url:
+        dead = Path(spool_dir) / "webhook-dead-letters.jsonl"
+        sinks.append(WebhookSink(webhook_url, webhook_secret, dead))
     return sinks

@@ -155,6 +155,12 @@ class Settings:
         default="voxswitch-events.jsonl",
         metadata={"help": "lifecycle events as JSON lines when no Kafka/PostgreSQL is set"},
     )
+    webhook_url: str = field(
+        default="", metadata={"help": "POST every lifecycle event here (signed, retried)"}
+    )
+    webhook_secret: str = field(
+        default="", metadata={"help": "HMAC-SHA256 key of the webhook signature"}
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -240,6 +246,11 @@ def load_settings(
         value = getattr(settings, name)
         if value < 20 or value % 20:
             raise ConfigError(f"{name}: must be a multiple of 20 ms, at least 20")
+    if settings.webhook_url:
+        if not settings.webhook_url.startswith(("http://", "https://")):
+            raise ConfigError("webhook_url: must be an http:// or https:// URL")
+        if not settings.webhook_secret:
+            raise ConfigError("webhook_secret: set it with webhook_url (it signs every POST)")
     if settings.spool_max_mb < 1:
         raise ConfigError("spool_max_mb: must be at least 1")
     if settings.asr_pool_size < 1:

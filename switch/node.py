@@ -115,6 +115,9 @@ class Node:
             postgres_dsn=s.postgres_dsn,
             events_file=s.events_file,
             node_id=s.name,
+            webhook_url=s.webhook_url,
+            webhook_secret=s.webhook_secret,
+            spool_dir=s.spool_dir,
         )
         self.backbone = Backbone(s.spool_dir, sinks, max_bytes=s.spool_max_mb * 1024 * 1024)
         self.backbone.start()
