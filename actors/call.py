@@ -80,6 +80,7 @@ class CallRecord:
     barge_ins: list[dict[str, float]] = field(default_factory=list)
     media: dict[str, Any] = field(default_factory=dict)  # loss and jitter both ways (RTCP)
     transfer_target: str = ""
+    sip_headers: dict[str, str] = field(default_factory=dict)  # the INVITE's X- headers
 
     @property
     def duration_s(self) -> float:
@@ -187,6 +188,7 @@ class CallActor:
             to_uri=str(self.invite.to.uri),
             node_id=self.config.node_id,
             offered_at=time.time(),
+            sip_headers=custom_headers(self.invite),
         )
 
     @property
@@ -512,6 +514,7 @@ class CallActor:
             "duration_s": round(now - record.answered_at, 3) if record.answered_at else 0.0,
             "codec": record.codec or None,
             "agent": self.conversation is not None,
+            "sip_headers": dict(record.sip_headers),
         }
         if detail:
             conversation = self.conversation
@@ -676,6 +679,19 @@ class CallActor:
                 self._hangup("failed", reason)
         finally:
             self._close_media()
+
+
+MAX_CUSTOM_HEADERS = 20
+MAX_CUSTOM_HEADER_CHARS = 512
+
+
+def custom_headers(request: Request) -> dict[str, str]:
+    """The request's ``X-`` headers (a carrier's or a dialer's metadata), bounded."""
+    found: dict[str, str] = {}
+    for name, value in request.headers:
+        if name.lower().startswith("x-") and len(found) < MAX_CUSTOM_HEADERS:
+            found[name] = value[:MAX_CUSTOM_HEADER_CHARS]
+    return found
 
 
 def _dialog_state(dialog: Dialog) -> dict[str, Any]:

@@ -52,6 +52,7 @@ def offered(record: CallRecord) -> dict[str, Any]:
         from_uri=record.from_uri,
         to_uri=record.to_uri,
         trunk=record.trunk,
+        sip_headers=record.sip_headers,
     )
 
 

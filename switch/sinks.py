@@ -196,10 +196,10 @@ class PostgresSink:
         if kind == "call.offered":
             await db.execute(
                 "INSERT INTO calls (call_id, direction, from_uri, to_uri, trunk, node_id,"
-                " offered_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " offered_at, sip_headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
                 " ON CONFLICT (call_id) DO NOTHING",
                 e["call_id"], e["direction"], e["from_uri"], e["to_uri"], e["trunk"],
-                e["node_id"], _time(e["ts"]),
+                e["node_id"], _time(e["ts"]), json.dumps(e.get("sip_headers") or {}),
             )  # fmt: skip
         elif kind == "call.answered":
             await db.execute(

@@ -150,3 +150,32 @@ def test_live_call_listed_steered_and_hung_up(node: NodeProcess, sipp: SippRunne
     (record,) = [r for r in node.records() if r["call_id"] == call_id]
     assert record["disposition"] == "api_hangup"
     assert api(node, "GET", f"/v1/calls/{call_id}")[0] == 404
+
+
+def test_x_headers_reach_the_call_and_its_record(
+    node: NodeProcess, sipp: SippRunner, tmp_path: Path
+) -> None:
+    base = Path(__file__).resolve().parents[2] / "loadtest" / "scenarios" / "wait_for_bye.xml"
+    scenario = tmp_path / "x_headers.xml"
+    scenario.write_text(
+        base.read_text().replace(
+            "Subject: voxswitch e2e wait for BYE",
+            "Subject: voxswitch e2e wait for BYE\n      X-Campaign: spring-2026\n"
+            "      X-Customer-Id: 42",
+            1,
+        )
+    )
+    results: list[SippResult] = []
+    caller = threading.Thread(
+        target=lambda: results.append(sipp(node, scenario, timeout_s=40)), daemon=True
+    )
+    caller.start()
+    call_id = wait_for_call(node)["call_id"]
+    status, detail = api(node, "GET", f"/v1/calls/{call_id}")
+    assert status == 200
+    assert detail["sip_headers"] == {"X-Campaign": "spring-2026", "X-Customer-Id": "42"}
+    assert api(node, "DELETE", f"/v1/calls/{call_id}")[0] == 202
+    caller.join(20)
+    assert results and results[0].successful_calls == 1
+    (record,) = [r for r in node.records() if r["call_id"] == call_id]
+    assert record["sip_headers"] == {"X-Campaign": "spring-2026", "X-Customer-Id": "42"}
