@@ -61,7 +61,8 @@ class Baresip:
         self.record_dir = workdir / "recordings"
         self.stdout_path = workdir / "baresip.stdout.log"
         self.stderr_path = workdir / "baresip.stderr.log"
-        self.sip_port = free_port(udp=True, tcp=True)
+        # baresip also listens for SIP over TLS on the port above sip_listen's: both free.
+        self.sip_port = free_port(udp=True, tcp=True, span=2)
         rtp_start, rtp_end = free_port_range(20)
         self.config_dir.mkdir(parents=True)
         self.record_dir.mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,6 +43,11 @@ def test_metrics_count_calls_responses_and_the_spool(
     assert m[("voxswitch_sip_responses_sent_total", (("code", "200"),))] >= 6  # INVITEs, BYEs
     assert m[("voxswitch_sip_responses_sent_total", (("code", "180"),))] == 3
     assert m[("voxswitch_active_calls", ())] == 0
+    # The last events leave the spool within the courier's linger (20 ms).
+    deadline = time.monotonic() + 5
+    while m[("voxswitch_outbox_depth", (("sink", "file"),))] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        m = scrape(node)
     assert m[("voxswitch_outbox_depth", (("sink", "file"),))] == 0
     assert m[("voxswitch_sink_up", (("sink", "file"),))] == 1
     assert m[("voxswitch_checkpoints_up", ())] == 1
