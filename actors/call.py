@@ -226,6 +226,7 @@ class CallActor:
                 host=self,
                 clock=self.clock,
                 call_id=self.call_id,
+                context=self.record.sip_headers,
             )
             self.conversation.start()
         self.media.play()

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -139,6 +139,7 @@ class Conversation:
         host: ConversationHost,
         clock: Callable[[], float],
         call_id: str,
+        context: Mapping[str, str] | None = None,
     ) -> None:
         self.voice = voice
         self.session = session
@@ -146,6 +147,8 @@ class Conversation:
         self.clock = clock
         self.call_id = call_id
         self.state = ConversationState()
+        if context:
+            self.state.transcript.append(self._context_message(context))
         self._turn_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._announcements = 0
@@ -158,6 +161,13 @@ class Conversation:
 
     def start(self) -> None:
         self._spawn(self._greet())
+
+    def _context_message(self, context: Mapping[str, str]) -> ChatMessage:
+        """The call's metadata (the INVITE's X- headers) for the brain, first in the
+        transcript: an LLM reads it as instructions' context; the scripted agent
+        ignores the history."""
+        lines = "; ".join(f"{name}: {value}" for name, value in context.items())
+        return ChatMessage("system", f"Call context from the SIP INVITE: {lines}")
 
     def announce(self, text: str) -> None:
         """Say ``text`` after what is queued, outside the turn loop (the API's ``say``)."""

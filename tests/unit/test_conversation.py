@@ -204,3 +204,36 @@ async def test_a_burst_of_calls_synthesises_a_fixed_phrase_once(
     finally:
         await voice.recognizer.aclose()
         await synthesizer.aclose()
+
+
+async def test_the_invites_x_headers_reach_the_brain_as_call_context() -> None:
+    """The context leads the transcript, so an LLM's request carries it after its own
+    system prompt (the scripted agent does not read the history)."""
+    from switch.agents.openai_chat import OpenAIChatAgent
+
+    voice = Voice(
+        recognizer=PocketSphinxRecognizer(AGENT.phrases(), pool_size=1),
+        synthesizer=EspeakSynthesizer(rate_wpm=300),
+        brain=AGENT,
+    )
+    session = MediaSession(codec="PCMU", payload_type=0)
+    loop = asyncio.get_running_loop()
+    conversation = Conversation(
+        voice=voice, session=session, host=Host(), clock=loop.time, call_id="ctx",
+        context={"X-Campaign": "spring-2026", "X-Customer-Id": "42"},
+    )  # fmt: skip
+    try:
+        first = conversation.state.transcript[0]
+        assert first.role == "system"
+        assert "X-Campaign: spring-2026" in first.content and "X-Customer-Id: 42" in first.content
+        llm = OpenAIChatAgent("http://127.0.0.1:9", None, "m", "You are a pizza shop.", "Hi")
+        messages = llm.request_body(conversation.state.transcript, "hello")["messages"]
+        assert [m["role"] for m in messages] == ["system", "system", "user"]
+        assert messages[1]["content"] == first.content
+        plain = Conversation(
+            voice=voice, session=session, host=Host(), clock=loop.time, call_id="plain"
+        )
+        assert plain.state.transcript == []  # no headers: nothing added
+    finally:
+        await conversation.aclose()
+        await voice.recognizer.aclose()
