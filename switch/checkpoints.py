@@ -138,6 +138,7 @@ class Checkpointer:
         self._changed: set[str] = set()
         self._ended: list[str] = []
         self._round: list[str] = []  # live calls still to save in this second
+        self._turn = 0  # rounds so far
         self.up = True
         self.failures = 0
         self.saved = 0
@@ -152,31 +153,37 @@ class Checkpointer:
         self._ended.append(call_id)
 
     async def run(self) -> None:
+        """A round every ``ROUND_S``, on the loop clock's grid."""
         loop = asyncio.get_running_loop()
-        slices = round(self.EVERY_S / self.ROUND_S)
-        turn = 0
         while True:
             await asyncio.sleep(self.ROUND_S - loop.time() % self.ROUND_S)
-            live = self._live()
-            if turn % slices == 0:
-                self._round = list(live)
-            turn += 1
-            share = -(-len(self._round) // max(1, slices - (turn - 1) % slices))
-            due, self._round = self._round[:share], self._round[share:]
-            wanted = [c for c in {*due, *self._changed} if c in live]
-            self._changed.clear()
-            ended, self._ended = self._ended, []
-            try:
-                await self.store.save(self.node_id, [live[c]() for c in wanted], self.ttl_s)
-                await self.store.delete(self.node_id, ended)
-            except (OSError, RedisError) as exc:
-                self._failed(exc)
-                self._ended = ended + self._ended  # delete them next time
-            else:
-                self.saved += len(wanted)
-                if not self.up:
-                    log.warning("checkpoint store is back")
-                self.up = True
+            await self.round()
+
+    async def round(self) -> None:
+        """Save this round's slice of the live calls and the changed ones; delete the
+        ended ones."""
+        live = self._live()
+        slices = round(self.EVERY_S / self.ROUND_S)
+        position = self._turn % slices
+        if position == 0:
+            self._round = list(live)
+        self._turn += 1
+        share = -(-len(self._round) // (slices - position))
+        due, self._round = self._round[:share], self._round[share:]
+        wanted = [c for c in {*due, *self._changed} if c in live]
+        self._changed.clear()
+        ended, self._ended = self._ended, []
+        try:
+            await self.store.save(self.node_id, [live[c]() for c in wanted], self.ttl_s)
+            await self.store.delete(self.node_id, ended)
+        except (OSError, RedisError) as exc:
+            self._failed(exc)
+            self._ended = ended + self._ended  # delete them next time
+        else:
+            self.saved += len(wanted)
+            if not self.up:
+                log.warning("checkpoint store is back")
+            self.up = True
 
     async def flush(self) -> None:
         """Delete what ended (at shutdown: the drained calls' checkpoints)."""

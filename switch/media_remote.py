@@ -311,10 +311,6 @@ class MediaWorker:
                 leg = self.legs.get(leg_port)
                 if leg is not None:
                     leg.on_state(state)
-        elif kind == "state":
-            leg = self.legs.get(port)
-            if leg is not None:
-                leg.on_state(args[0])
         elif kind == "stats":
             at, lateness, late_ticks, legs = args
             for leg_port, sent, received, silence, target, stats, rtp in legs:

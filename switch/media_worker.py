@@ -111,7 +111,7 @@ class WorkerHost:
                 self.on_event(call.leg.local_port, event, self.loop.time())
         elif kind == "resume":
             session.resume()
-        self.report_state(call, force=True)
+        # The new acknowledgement goes out with the state after the next tick.
 
     def adopt(self, port: int, call_id: str, ssrc: int, fds: list[int]) -> None:
         rtp_fd, rtcp_fd = fds
@@ -136,21 +136,12 @@ class WorkerHost:
             return None
         return (call.acked, *session.control_state())
 
-    def report_state(self, call: _Call, *, force: bool = False) -> None:
-        state = self.state_of(call)
-        if state is not None and (force or state != call.reported):
-            call.reported = state
-            self.channel.send(("state", call.leg.local_port, state))
-
     def report_states(self) -> None:
         """After every tick: the sessions whose mirrored state changed, in one message."""
         changed = []
         for port, call in self.calls.items():
-            session = call.session
-            if session is None:
-                continue
-            state = (call.acked, *session.control_state())
-            if state != call.reported:
+            state = self.state_of(call)
+            if state is not None and state != call.reported:
                 call.reported = state
                 changed.append((port, state))
         if changed:

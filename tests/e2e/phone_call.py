@@ -8,13 +8,43 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from loadtest.baresip import Baresip, FloatArray, read_wav
+import numpy as np
+
+from loadtest.baresip import RATE, Baresip, FloatArray, read_wav
 from loadtest.node import NodeProcess
+from media.speech import Pcm
 
 Record = dict[str, Any]
 
 ESTABLISHED = r"Call established: sip:agent@"
 TERMINATED = r"Call with sip:agent@\S+ terminated|session closed"
+
+
+FRAME = RATE // 50  # 20 ms
+LOUD_RMS = 300.0  # a 20 ms frame of espeak speech is far above this; silence frames are 0
+
+
+def frame_rms(x: FloatArray | Pcm) -> FloatArray:
+    frames = np.asarray(x, dtype=np.float64)[: x.size // FRAME * FRAME].reshape(-1, FRAME)
+    rms: FloatArray = np.sqrt(np.mean(frames**2, axis=1))
+    return rms
+
+
+def loud_regions(x: FloatArray | Pcm, merge_gap_s: float = 0.1) -> list[tuple[float, float]]:
+    """(start_s, end_s) of what a phone heard loud, gaps shorter than `merge_gap_s` merged."""
+    regions: list[list[int]] = []
+    max_gap = round(merge_gap_s / 0.02)
+    for i in np.flatnonzero(frame_rms(x) > LOUD_RMS):
+        if regions and i - regions[-1][1] < max_gap:
+            regions[-1][1] = int(i) + 1
+        else:
+            regions.append([int(i), int(i) + 1])
+    return [(s * 0.02, e * 0.02) for s, e in regions]
+
+
+def describe_audio(x: FloatArray) -> str:
+    text = ", ".join(f"{a:.2f}-{b:.2f}" for a, b in loud_regions(x))
+    return f"heard {x.size / RATE:.2f} s; loud (gaps < 0.1 s merged): {text}"
 
 
 def agent_uri(node: NodeProcess) -> str:

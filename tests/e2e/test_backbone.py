@@ -21,6 +21,7 @@ import redis
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippResult, SippRunner
+from tests.e2e.polling import wait_for
 from tests.e2e.tcp_proxy import TcpProxy
 
 SCHEMA = json.loads(
@@ -29,17 +30,6 @@ SCHEMA = json.loads(
 
 
 # ---- helpers -----------------------------------------------------------------------------
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def kafka_events(bootstrap: str, topic: str, expect: int, timeout_s: float = 20.0) -> list[Any]:

@@ -45,7 +45,7 @@ from tests.e2e.fake_openai import (
     tone_hz,
     tone_seconds,
 )
-from tests.e2e.phone_call import TERMINATED, PhoneCall
+from tests.e2e.phone_call import TERMINATED, PhoneCall, describe_audio, loud_regions
 
 pytestmark = pytest.mark.e2e
 
@@ -55,8 +55,6 @@ KEYS = {CHAT: "sk-llm-e2e", TRANSCRIPTIONS: "sk-asr-e2e", SPEECH: "sk-tts-e2e"}
 CHAT_MODEL, ASR_MODEL, TTS_MODEL, TTS_VOICE = "test-model", "test-asr", "test-tts", "test-voice"
 QUESTION = "what is the weather on mars"
 SENTENCES = [s.strip() for s in WEATHER_REPLY]
-FRAME = RATE // 50  # 20 ms
-LOUD_RMS = 300.0
 MIC_S = 20.0  # the mic file outlasts every call (baresip ends the call at its end)
 PREROLL_S = 0.2  # VadConfig.preroll_ms
 HANGOVER_S = 0.5  # vad_stop_ms: the utterance goes on until the VAD decides it ended
@@ -105,35 +103,12 @@ def silence(seconds: float) -> Pcm:
     return np.zeros(round(seconds * RATE), dtype=np.int16)
 
 
-def frame_rms(x: FloatArray | Pcm) -> FloatArray:
-    frames = np.asarray(x, dtype=np.float64)[: x.size // FRAME * FRAME].reshape(-1, FRAME)
-    rms: FloatArray = np.sqrt(np.mean(frames**2, axis=1))
-    return rms
-
-
-def loud_regions(x: FloatArray | Pcm, merge_gap_s: float = 0.1) -> list[tuple[float, float]]:
-    """(start_s, end_s) of the loud stretches, gaps shorter than `merge_gap_s` merged."""
-    regions: list[list[int]] = []
-    max_gap = round(merge_gap_s / 0.02)
-    for i in np.flatnonzero(frame_rms(x) > LOUD_RMS):
-        if regions and i - regions[-1][1] < max_gap:
-            regions[-1][1] = int(i) + 1
-        else:
-            regions.append([int(i), int(i) + 1])
-    return [(s * 0.02, e * 0.02) for s, e in regions]
-
-
 def dominant_hz(x: FloatArray, start_s: float, end_s: float) -> float:
     """The strongest frequency of x[start_s:end_s] (Hann window, 8 kHz)."""
     seg = np.asarray(x[round(start_s * RATE) : round(end_s * RATE)], dtype=np.float64)
     assert seg.size >= RATE // 10, f"segment {start_s:.2f}-{end_s:.2f} s too short"
     spectrum = np.abs(np.fft.rfft(seg * np.hanning(seg.size)))
     return float(np.fft.rfftfreq(seg.size, 1 / RATE)[int(np.argmax(spectrum))])
-
-
-def describe_audio(x: FloatArray) -> str:
-    text = ", ".join(f"{a:.2f}-{b:.2f}" for a, b in loud_regions(x))
-    return f"heard {x.size / RATE:.2f} s; loud: {text}"
 
 
 class Question:

@@ -33,14 +33,18 @@ from loadtest.sipp import SippRunner
 from media.asr import PocketSphinxRecognizer, phrase_words
 from media.tts import EspeakSynthesizer
 from switch.agents import DEMO_AGENT_PATH, ScriptedAgent
-from tests.e2e.phone_call import TERMINATED, PhoneCall, Record
+from tests.e2e.phone_call import (
+    TERMINATED,
+    PhoneCall,
+    Record,
+    describe_audio,
+    loud_regions,
+)
 
 pytestmark = pytest.mark.e2e
 
 Pcm = npt.NDArray[np.int16]
 
-FRAME = RATE // 50  # 20 ms
-LOUD_RMS = 300.0  # a 20 ms frame of espeak speech is far above this; silence frames are 0
 NODE_WPM = 170  # the node's EspeakSynthesizer default
 CALLER_WPM = 150
 MIC_S = 40.0  # the mic file outlasts every call (baresip ends the call at its end)
@@ -75,30 +79,6 @@ def microphone(*parts: Pcm) -> Pcm:
     return np.concatenate([pcm, silence(max(0.0, MIC_S - pcm.size / RATE))])
 
 
-def frame_rms(x: FloatArray | Pcm) -> FloatArray:
-    frames = np.asarray(x, dtype=np.float64)[: x.size // FRAME * FRAME].reshape(-1, FRAME)
-    rms: FloatArray = np.sqrt(np.mean(frames**2, axis=1))
-    return rms
-
-
-def speech_regions(x: FloatArray | Pcm, merge_gap_s: float) -> list[tuple[float, float]]:
-    """(start_s, end_s) of the loud stretches, gaps shorter than `merge_gap_s` merged."""
-    regions: list[list[int]] = []
-    max_gap = round(merge_gap_s / 0.02)
-    for i in np.flatnonzero(frame_rms(x) > LOUD_RMS):
-        if regions and i - regions[-1][1] < max_gap:
-            regions[-1][1] = int(i) + 1
-        else:
-            regions.append([int(i), int(i) + 1])
-    return [(s * 0.02, e * 0.02) for s, e in regions]
-
-
-def describe_regions(x: FloatArray) -> str:
-    found = speech_regions(x, merge_gap_s=0.1)
-    text = ", ".join(f"{a:.2f}-{b:.2f}" for a, b in found)
-    return f"heard {x.size / RATE:.2f} s; loud (gaps < 0.1 s merged): {text}"
-
-
 def transcribe(pcm: FloatArray, extra_phrases: list[str]) -> str:
     """What pocketsphinx hears in `pcm`, with the demo agent's LM plus `extra_phrases`."""
 
@@ -122,7 +102,7 @@ class Speech:
     @classmethod
     def of(cls, text: str, wpm: int) -> Speech:
         pcm = synthesize(text, wpm)
-        found = speech_regions(pcm, merge_gap_s=1.0)
+        found = loud_regions(pcm, merge_gap_s=1.0)
         assert found, f"espeak said nothing for {text!r}"
         return cls(pcm, found[0][0], found[-1][1])
 
@@ -178,7 +158,7 @@ def test_caller_question_gets_the_knowledge_base_answer(
     time.sleep(reply.seconds + 1.0)  # the phone hears the whole answer
     call.hang_up()
     heard = call.heard()
-    context = f"{describe_regions(heard)}\n{call.context()}"
+    context = f"{describe_audio(heard)}\n{call.context()}"
     record = call.record()
     context = f"record: {record}\n{context}"
 
@@ -196,7 +176,7 @@ def test_caller_question_gets_the_knowledge_base_answer(
     # What the phone heard after the question: the answer, recognisable.
     question_end = lead + question.end_s
     after = heard[round(question_end * RATE) :]
-    spoken = speech_regions(after, merge_gap_s=GREETING_GAP_S)
+    spoken = loud_regions(after, merge_gap_s=GREETING_GAP_S)
     assert spoken, f"the phone heard nothing after the question\n{context}"
     # About the answer's length (the phone hung up after it).
     assert spoken[0][1] - spoken[0][0] >= 0.8 * reply.seconds, context
@@ -221,7 +201,7 @@ def test_talking_over_the_greeting_stops_it_within_100_ms(
     time.sleep(reply.seconds + 1.0)
     call.hang_up()
     heard = call.heard()
-    context = f"{describe_regions(heard)}\n{call.context()}"
+    context = f"{describe_audio(heard)}\n{call.context()}"
     record = call.record()
     context = f"record: {record}\n{context}"
 
@@ -235,7 +215,7 @@ def test_talking_over_the_greeting_stops_it_within_100_ms(
 
     # The greeting from the start, cut right after the caller's onset; then the answer.
     onset = lead + question.onset_s
-    spoken = speech_regions(heard, merge_gap_s=GREETING_GAP_S)
+    spoken = loud_regions(heard, merge_gap_s=GREETING_GAP_S)
     assert len(spoken) >= 2, context
     first, second = spoken[0], spoken[1]
     assert first[0] <= 0.3, f"greeting starts at {first[0]:.2f} s\n{context}"
@@ -261,7 +241,7 @@ def test_short_noise_over_the_greeting_does_not_interrupt(
     time.sleep(greeting.end_s + 2.0)  # the whole greeting, and a moment after it
     call.hang_up()
     heard = call.heard()
-    context = f"{describe_regions(heard)}\n{call.context()}"
+    context = f"{describe_audio(heard)}\n{call.context()}"
     record = call.record()
     context = f"record: {record}\n{context}"
 
@@ -273,7 +253,7 @@ def test_short_noise_over_the_greeting_does_not_interrupt(
     assert len(record["barge_ins"]) == 1, context
     assert 0 <= record["barge_ins"][0]["held_ms"] < 100, context
     # The whole greeting in one stretch, the short hold the only extra gap.
-    spoken = speech_regions(heard, merge_gap_s=GREETING_GAP_S)
+    spoken = loud_regions(heard, merge_gap_s=GREETING_GAP_S)
     assert spoken, context
     first = spoken[0]
     assert first[0] <= 0.3, f"greeting starts at {first[0]:.2f} s\n{context}"
@@ -299,7 +279,7 @@ def test_goodbye_ends_the_call_from_the_agent(
     assert ended is not None, f"the node did not hang up\n{call.context()}"
     hung_up_after = ended - established
     heard = call.heard()
-    context = f"{describe_regions(heard)}\n{call.context()}"
+    context = f"{describe_audio(heard)}\n{call.context()}"
     record = call.record()
     context = f"record: {record}\n{context}"
 
@@ -313,7 +293,7 @@ def test_goodbye_ends_the_call_from_the_agent(
     from_node = [m.method for m in phone.sip_trace() if m.source == node.sip_address]
     assert "BYE" in from_node, f"{from_node}\n{context}"
     assert hung_up_after >= lead + bye.end_s + farewell.seconds, context
-    spoken = speech_regions(heard[round((lead + bye.end_s) * RATE) :], GREETING_GAP_S)
+    spoken = loud_regions(heard[round((lead + bye.end_s) * RATE) :], GREETING_GAP_S)
     assert spoken and spoken[0][1] - spoken[0][0] >= 0.8 * farewell.seconds, context
 
 

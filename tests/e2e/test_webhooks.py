@@ -13,6 +13,7 @@ from typing import Any
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippRunner
 from switch.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from tests.e2e.polling import wait_for
 
 SECRET = "whsec-test-0123456789"
 
@@ -68,14 +69,6 @@ def webhook_status(node: NodeProcess) -> dict[str, Any]:
     backbone = node.health()["backbone"]
     assert isinstance(backbone, dict)
     return dict(backbone["sinks"]["webhook"])
-
-
-def wait_for(what: str, check: Any, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def test_signed_retried_and_refused_events(
