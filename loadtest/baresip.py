@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from loadtest.ports import LOOPBACK, free_port, free_port_range
+from loadtest.ports import LOOPBACK, free_port, free_port_range, release
 
 RATE = 8000  # G.711, and what sndfile records at with auplay/ausrc_srate 8000
 PHONE_TONE_HZ = 200.0  # the default microphone: far below anything the node sends
@@ -64,6 +64,7 @@ class Baresip:
         # baresip also listens for SIP over TLS on the port above sip_listen's: both free.
         self.sip_port = free_port(udp=True, tcp=True, span=2)
         rtp_start, rtp_end = free_port_range(20)
+        self._ports = [self.sip_port, self.sip_port + 1, *range(rtp_start, rtp_end + 1)]
         self.config_dir.mkdir(parents=True)
         self.record_dir.mkdir()
         source = workdir / "phone-tone.wav"
@@ -153,6 +154,7 @@ module_app\t\tmenu.so
         """/quit, then SIGTERM, then SIGKILL: every wait bounded."""
         proc = self.process
         if proc is None:
+            self._release_ports()
             return None
         self.command("/quit")
         try:
@@ -167,7 +169,12 @@ module_app\t\tmenu.so
         if proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
+        self._release_ports()
         return proc.returncode
+
+    def _release_ports(self) -> None:
+        release(self._ports)
+        self._ports = []  # once: another phone may hold them next
 
     def sip_trace(self) -> list[SipMessage]:
         """The SIP messages of the ``-s`` trace, in order."""

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from loadtest.ports import LOOPBACK, free_port, free_port_range
+from loadtest.ports import LOOPBACK, free_port, free_port_range, release
 
 ENV_PREFIX = "VOXSWITCH_"
 
@@ -85,6 +85,7 @@ class NodeProcess:
         self.sip_port = free_port(udp=True, tcp=True)
         self.api_port = free_port(udp=False, tcp=True)
         self.rtp_ports = free_port_range(self.options.rtp_port_count, exclude=used_rtp_ranges)
+        self._ports_released = False
         self.cpu = cpu
         self.stdout_path = workdir / f"{name}.stdout.log"
         self.stderr_path = workdir / f"{name}.stderr.log"
@@ -208,6 +209,10 @@ class NodeProcess:
                 proc.wait(timeout=10)
                 self._note(f"killed: still running {timeout_s:.0f} s after SIGTERM")
         self.returncode = proc.returncode
+        if not self._ports_released:  # once: another node may hold them next
+            start, end = self.rtp_ports
+            release([self.sip_port, self.api_port, *range(start, end + 1)])
+            self._ports_released = True
         return self.returncode
 
     def _note(self, text: str) -> None:

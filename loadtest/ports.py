@@ -36,6 +36,12 @@ def _bindable(kind: socket.SocketKind, port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
+def release(ports: Iterable[int]) -> None:
+    """Ports whose user has exited: they may be handed out again (a long test session
+    starts more nodes than the RTP regions hold 200-port blocks)."""
+    _handed_out.difference_update(ports)
+
+
 def port_is_free(port: int, *, udp: bool = True, tcp: bool = True, host: str = LOOPBACK) -> bool:
     """True when `port` can be bound now on `host` for each of the asked protocols."""
     if udp and not _bindable(socket.SOCK_DGRAM, port, host):

@@ -133,3 +133,18 @@ def test_port_helpers() -> None:
     assert not 32768 <= start <= 60999
     again = free_port_range(100, exclude=[(start, end)])
     assert again[1] < start or again[0] > end
+
+
+def test_released_ports_can_be_handed_out_again() -> None:
+    """A long session starts more nodes than the RTP regions hold blocks: a stopped
+    node's block goes back to the pool."""
+    from loadtest.ports import RTP_RANGE_REGIONS, release
+
+    size = 1000
+    blocks = sum((hi - lo + 1) // size for lo, hi in RTP_RANGE_REGIONS)
+    held = []
+    for _ in range(blocks * 2):  # twice what the regions hold: only with release
+        start, end = free_port_range(size)
+        held.append((start, end))
+        release(range(start, end + 1))
+    assert len(held) == blocks * 2
