@@ -16,6 +16,7 @@ import pytest
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippResult, SippRunner
+from tests.e2e.polling import wait_for
 
 ADMIN = "test-admin-key-0123456789"
 
@@ -147,7 +148,9 @@ def test_live_call_listed_steered_and_hung_up(node: NodeProcess, sipp: SippRunne
     assert status == 202 and body["status"] == "ending"
     caller.join(20)
     assert results and results[0].successful_calls == 1  # SIPp got its BYE
-    (record,) = [r for r in node.records() if r["call_id"] == call_id]
+    (record,) = wait_for(
+        "the call's record", lambda: [r for r in node.records() if r["call_id"] == call_id], 10
+    )
     assert record["disposition"] == "api_hangup"
     assert api(node, "GET", f"/v1/calls/{call_id}")[0] == 404
 
@@ -177,5 +180,7 @@ def test_x_headers_reach_the_call_and_its_record(
     assert api(node, "DELETE", f"/v1/calls/{call_id}")[0] == 202
     caller.join(20)
     assert results and results[0].successful_calls == 1
-    (record,) = [r for r in node.records() if r["call_id"] == call_id]
+    (record,) = wait_for(
+        "the call's record", lambda: [r for r in node.records() if r["call_id"] == call_id], 10
+    )
     assert record["sip_headers"] == {"X-Campaign": "spring-2026", "X-Customer-Id": "42"}

@@ -182,7 +182,9 @@ def test_sigkill_mid_call_then_restart_sends_bye_and_records_node_restart(
     thread.join(30)
     assert results and results[0].successful_calls == 1, second.log_tail()  # got its BYE
     call_id = snapshot["call_id"]
-    (record,) = [r for r in second.records() if r["call_id"] == call_id]
+    (record,) = wait_for(
+        "the call's record", lambda: [r for r in second.records() if r["call_id"] == call_id], 10
+    )
     assert record["disposition"] == "node_restart"
     assert record["answered_at"] == pytest.approx(snapshot["record"]["answered_at"])
     assert not checkpointed(redis_client, node_id)

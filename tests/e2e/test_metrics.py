@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippRunner
+from tests.e2e.polling import wait_for
 
 
 def scrape(node: NodeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -34,8 +35,8 @@ def test_metrics_count_calls_responses_and_the_spool(
     assert before[("voxswitch_calls_offered_total", ())] == 0
     result = sipp(node, "uac", calls=3, rate=10, pause_ms=200)
     assert result.successful_calls == 3
-    records = node.records()
-    assert len(records) == 3
+    # A record is written just after the call's last response leaves.
+    records = wait_for("3 call records", lambda: (r := node.records()) and len(r) == 3 and r, 10)
     m = scrape(node)
     assert m[("voxswitch_calls_offered_total", ())] == 3
     assert m[("voxswitch_calls_ended_total", (("direction", "inbound"),
