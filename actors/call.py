@@ -52,6 +52,8 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, NOTIFY"
 
 
 class CallState(Enum):
+    QUEUED = "queued"  # outbound: waiting for its trunk's pace
+    DIALING = "dialing"  # outbound: INVITE sent, nothing heard back yet
     RINGING = "ringing"
     ANSWERED = "answered"  # 200 sent, waiting for ACK
     CONFIRMED = "confirmed"  # ACK received: media flows both ways
@@ -81,6 +83,9 @@ class CallRecord:
     media: dict[str, Any] = field(default_factory=dict)  # loss and jitter both ways (RTCP)
     transfer_target: str = ""
     sip_headers: dict[str, str] = field(default_factory=dict)  # the INVITE's X- headers
+    metadata: dict[str, Any] = field(default_factory=dict)  # the API's, for outbound calls
+    campaign_id: str = ""
+    webhook_url: str = ""  # this call's lifecycle events go here too
 
     @property
     def duration_s(self) -> float:
@@ -159,8 +164,8 @@ class LocalAddress:
 
 @dataclass(eq=False)  # identity: the manager keys tasks by actor
 class CallActor:
-    invite: Request
-    invite_txn: InviteServerTransaction
+    invite: Request  # the INVITE that made the call (received, or sent for outbound)
+    invite_txn: InviteServerTransaction | None  # None: outbound (we are the client)
     flow: Flow
     local_tag: str
     endpoint: SipEndpoint
@@ -218,19 +223,25 @@ class CallActor:
         self._answer(answer)
         if not await self._wait_for_ack():
             return
+        self._start_conversation()
+        await self._talk()
+
+    def _start_conversation(self) -> None:
+        """Media flows both ways: the agent starts (or the greeting plays)."""
         if self.voice is not None:
             session = self.media.start_session(self._media_event, self.vad)
+            context = {**self.record.sip_headers, **{
+                k: str(v) for k, v in self.record.metadata.items()}}  # fmt: skip
             self.conversation = Conversation(
                 voice=self.voice,
                 session=session,
                 host=self,
                 clock=self.clock,
                 call_id=self.call_id,
-                context=self.record.sip_headers,
+                context=context,
             )
             self.conversation.start()
         self.media.play()
-        await self._talk()
 
     def _negotiate(self) -> bytes | None:
         """Offer/answer on the INVITE's SDP; answers 488 when nothing fits."""
@@ -287,6 +298,7 @@ class CallActor:
             ],
             body=sdp,
         )
+        assert self.invite_txn is not None
         self.endpoint.respond(self.invite_txn, response)
         # The transaction stops at 2xx (RFC 6026); the UAS core retransmits it until ACK.
         self._retransmitter = self.endpoint.retransmit_until_ack(
@@ -355,8 +367,14 @@ class CallActor:
                     return
             elif isinstance(message, AckArrived):
                 self._stop_retransmitting()  # ACK for a re-INVITE's 2xx
-            elif isinstance(message, RequestArrived) and self._in_dialog(message):
-                return
+            elif isinstance(message, RequestArrived):
+                if self._in_dialog(message):
+                    return
+            else:
+                self._other_message(message)
+
+    def _other_message(self, message: CallMessage) -> None:
+        """A message the established call has no use for (a subclass may)."""
 
     # ---- in-dialog requests --------------------------------------------------------
 
@@ -516,6 +534,10 @@ class CallActor:
             "codec": record.codec or None,
             "agent": self.conversation is not None,
             "sip_headers": dict(record.sip_headers),
+            "trunk": record.trunk or None,
+            "sip_code": record.sip_code,
+            "metadata": dict(record.metadata),
+            "campaign_id": record.campaign_id or None,
         }
         if detail:
             conversation = self.conversation
@@ -571,8 +593,7 @@ class CallActor:
                 "turns": len(conversation.state.turns),
                 "dtmf": conversation.state.dtmf,
                 "transcript": [
-                    {"role": m.role, "content": m.content}
-                    for m in conversation.state.transcript
+                    {"role": m.role, "content": m.content} for m in conversation.state.transcript
                 ],
             },
         }
@@ -622,6 +643,7 @@ class CallActor:
     # ---- endings -------------------------------------------------------------------
 
     def _respond(self, status: int, **kwargs: object) -> None:
+        assert self.invite_txn is not None
         response = make_response(self.invite, status, to_tag=self.local_tag, **kwargs)  # type: ignore[arg-type]
         self.endpoint.respond(self.invite_txn, response)
 
@@ -698,9 +720,7 @@ def custom_headers(request: Request) -> dict[str, str]:
 def _dialog_state(dialog: Dialog) -> dict[str, Any]:
     """The dialog's fields (``Dialog(**state)`` rebuilds it); by hand: asdict's deep
     copy cost more than the rest of a checkpoint round."""
-    return {f: getattr(dialog, f) for f in _DIALOG_FIELDS} | {
-        "route_set": list(dialog.route_set)
-    }
+    return {f: getattr(dialog, f) for f in _DIALOG_FIELDS} | {"route_set": list(dialog.route_set)}
 
 
 _DIALOG_FIELDS = tuple(f.name for f in dataclasses.fields(Dialog))

@@ -167,7 +167,7 @@ class Conversation:
         transcript: an LLM reads it as instructions' context; the scripted agent
         ignores the history."""
         lines = "; ".join(f"{name}: {value}" for name, value in context.items())
-        return ChatMessage("system", f"Call context from the SIP INVITE: {lines}")
+        return ChatMessage("system", f"Call context (SIP headers, call metadata): {lines}")
 
     def announce(self, text: str) -> None:
         """Say ``text`` after what is queued, outside the turn loop (the API's ``say``)."""

@@ -82,6 +82,19 @@ class DtmfRequested:
     digits: str
 
 
+@dataclass(frozen=True, slots=True)
+class InviteResponded:
+    """A response to the INVITE we sent (an outbound call): provisional, 2xx (and its
+    retransmissions, which we ACK again) or final error."""
+
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class InviteTimedOut:
+    """No response at all to the INVITE we sent (Timer B)."""
+
+
 CallMessage = (
     RequestArrived
     | AckArrived
@@ -94,5 +107,6 @@ CallMessage = (
     | ReferAnswered
     | SayRequested
     | DtmfRequested
+    | InviteResponded
+    | InviteTimedOut
 )
-

@@ -1,7 +1,7 @@
 """The HTTP API, served by the node on its own event loop (FastAPI + uvicorn).
 
-This milestone: health, readiness and Prometheus metrics. Calls, trunks and campaigns
-come later.
+Health and Prometheus metrics (open), live calls and their commands, outbound
+calls, trunks and routes (``control_api/outbound.py``), all behind API keys.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from pydantic import BaseModel, Field
 
 from control_api.keys import ApiKeys
 from control_api.metrics import CONTENT_TYPE, NodeMetrics
+from control_api.outbound import CallBody, CallPlaced, place_call, trunk_router
+from switch.dialer import Dialer
+from switch.trunks import TrunkBook
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -43,6 +46,9 @@ class CallControl(Protocol):
     def live_calls(self) -> Sequence[LiveCall]: ...
 
     def live_call(self, call_id: str) -> LiveCall | None: ...
+
+    def ended_call(self, call_id: str) -> dict[str, Any] | None:
+        """A call that ended a short while ago, as it ended (state ``ended``)."""
 
 
 class SayBody(BaseModel):
@@ -73,7 +79,12 @@ def create_app(
     keys: ApiKeys | None = None,
     calls: CallControl | None = None,
     commands: CallCommands | None = None,
+    dialer: Dialer | None = None,
+    trunk_status: Any = None,
+    can_sign: bool = False,
 ) -> FastAPI:
+    # Every endpoint is ``async def``: it runs on the node's loop, where the calls live
+    # (a plain ``def`` would run in a worker thread and race the actors).
     app = FastAPI(title="voxswitch", version="0.1.0")
 
     @app.middleware("http")
@@ -88,12 +99,12 @@ def create_app(
     if metrics is not None:
 
         @app.get("/metrics")
-        def prometheus() -> Response:
+        async def prometheus() -> Response:
             """The node's counters, gauges and histograms in Prometheus' text format."""
             return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/health")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         """200 while the node takes calls; 503 while it drains (so a balancer moves on)."""
         body = node.health()
         return JSONResponse(body, status_code=503 if node.draining else 200)
@@ -122,8 +133,10 @@ def create_app(
         return call
 
     @app.get("/v1/calls", dependencies=[require("calls:read")])
-    def list_calls(
-        state: str | None = Query(default=None, pattern="^(ringing|answered|confirmed)$"),
+    async def list_calls(
+        state: str | None = Query(
+            default=None, pattern="^(queued|dialing|ringing|answered|confirmed)$"
+        ),
         direction: str | None = Query(default=None, pattern="^(inbound|outbound)$"),
     ) -> dict[str, Any]:
         """The node's live calls (filter by state and direction)."""
@@ -136,18 +149,25 @@ def create_app(
         return {"calls": views, "count": len(views)}
 
     @app.get("/v1/calls/{call_id}", dependencies=[require("calls:read")])
-    def get_call(call_id: str) -> dict[str, Any]:
-        """One live call: state, timings, transcript so far, turn latencies."""
-        return find(call_id).view(detail=True)
+    async def get_call(call_id: str) -> dict[str, Any]:
+        """A call: live (state, timings, transcript so far, turn latencies) or recently
+        ended (state ``ended``, its disposition and SIP code)."""
+        call = calls.live_call(call_id)
+        if call is not None:
+            return call.view(detail=True)
+        ended = calls.ended_call(call_id)
+        if ended is None:
+            raise HTTPException(404, f"no call {call_id!r}")
+        return ended
 
     @app.delete("/v1/calls/{call_id}", status_code=202, dependencies=[require("calls:write")])
-    def hang_up(call_id: str) -> Accepted:
+    async def hang_up(call_id: str) -> Accepted:
         """Hang up: BYE when answered, a final response while it rings."""
         find(call_id).command(commands.hang_up())
         return Accepted(call_id=call_id, status="ending")
 
     @app.post("/v1/calls/{call_id}/say", status_code=202, dependencies=[require("calls:write")])
-    def say(call_id: str, body: SayBody) -> Accepted:
+    async def say(call_id: str, body: SayBody) -> Accepted:
         """The agent says ``text`` after what it is saying now."""
         call = find(call_id)
         if not call.has_agent:
@@ -156,7 +176,7 @@ def create_app(
         return Accepted(call_id=call_id, status="queued")
 
     @app.post("/v1/calls/{call_id}/dtmf", status_code=202, dependencies=[require("calls:write")])
-    def dtmf(call_id: str, body: DtmfBody) -> Accepted:
+    async def dtmf(call_id: str, body: DtmfBody) -> Accepted:
         """Send digits to the caller as RFC 4733 telephone-events."""
         find(call_id).command(commands.dtmf(body.digits.upper()))
         return Accepted(call_id=call_id, status="queued")
@@ -164,10 +184,25 @@ def create_app(
     @app.post(
         "/v1/calls/{call_id}/transfer", status_code=202, dependencies=[require("calls:write")]
     )
-    def transfer(call_id: str, body: TransferBody) -> Accepted:
+    async def transfer(call_id: str, body: TransferBody) -> Accepted:
         """Blind transfer with SIP REFER; the call ends transferred or transfer_failed."""
         find(call_id).command(commands.transfer(body.target))
         return Accepted(call_id=call_id, status="transferring")
+
+    if dialer is not None:
+        book: TrunkBook = dialer.book
+
+        @app.post(
+            "/v1/calls", status_code=202, response_model=CallPlaced,
+            dependencies=[require("calls:write")],
+            responses={429: {"description": "the trunk is full (Retry-After)"},
+                       503: {"description": "the node is full or draining (Retry-After)"}},
+        )  # fmt: skip
+        async def place(body: CallBody) -> JSONResponse:
+            """Place an outbound call: 202 with its call id; follow it at /v1/calls/{id}."""
+            return place_call(dialer, body, can_sign=can_sign)
+
+        app.include_router(trunk_router(book, require, trunk_status or (lambda _n: {})))
 
     return app
 

@@ -228,6 +228,59 @@ def run_sipp(
     `files` are written into the work directory first (e.g. ``tone.ulaw`` for a
     scenario's ``rtp_stream``).
     """
+    cmd = sipp_command(
+        [remote], scenario, workdir=workdir, transport=transport, calls=calls,
+        port=free_port(udp=True, tcp=True), timeout_s=timeout_s, trace_msg=trace_msg,
+        cpu=cpu, files=files,
+        extra_args=["-r", f"{rate:g}", "-rp", str(rate_period_ms), *_optional(
+            stat_period_s=stat_period_s, call_limit=call_limit, pause_ms=pause_ms
+        ), *extra_args],
+    )  # fmt: skip
+    started = time.monotonic()
+    killed = False
+    with (workdir / "stdout.log").open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            returncode = proc.wait(timeout=timeout_s + KILL_MARGIN_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            returncode = proc.wait(timeout=10)
+            killed = True
+    elapsed_s = time.monotonic() - started
+    return collect_result(cmd, returncode, elapsed_s, workdir, killed=killed)
+
+
+def _optional(
+    *, stat_period_s: int | None, call_limit: int | None, pause_ms: int | None
+) -> list[str]:
+    args: list[str] = []
+    if stat_period_s is not None:
+        args += ["-fd", str(stat_period_s)]
+    if call_limit is not None:
+        args += ["-l", str(call_limit)]
+    if pause_ms is not None:
+        args += ["-d", str(pause_ms)]
+    return args
+
+
+def sipp_command(
+    remote: Sequence[str],
+    scenario: str | Path,
+    *,
+    workdir: Path,
+    transport: str,
+    calls: int,
+    port: int,
+    timeout_s: float,
+    trace_msg: bool = False,
+    cpu: int | None = None,
+    files: Mapping[str, bytes] | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """SIPp's command line (client: ``remote`` is ``[host:port]``; server: ``[]``), with
+    the work directory made and the scenario's files written into it."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name, data in (files or {}).items():
         (workdir / name).write_bytes(data)
@@ -244,17 +297,15 @@ def run_sipp(
     cmd = [
         *taskset_prefix(cpu),
         sipp_binary(),
-        remote,
+        *remote,
         *scenario_args,
         "-t", transport,
         "-i", LOOPBACK,
         "-mi", LOOPBACK,
-        "-p", str(free_port(udp=True, tcp=True)),
+        "-p", str(port),
         "-mp", str(free_port(udp=True, tcp=False, span=4)),
         "-cp", str(free_port(udp=True, tcp=False)),
         "-m", str(calls),
-        "-r", f"{rate:g}",
-        "-rp", str(rate_period_ms),
         "-nostdin",
         "-timeout", f"{max(1, round(timeout_s))}s",
         "-timeout_error",
@@ -263,31 +314,72 @@ def run_sipp(
         "-trace_err", "-error_file", str(workdir / "errors.log"),
         "-trace_screen", "-screen_file", str(workdir / "screen.log"),
     ]  # fmt: skip
-    if stat_period_s is not None:
-        cmd += ["-fd", str(stat_period_s)]
-    if call_limit is not None:
-        cmd += ["-l", str(call_limit)]
-    if pause_ms is not None:
-        cmd += ["-d", str(pause_ms)]
     if trace_msg:
         cmd += ["-trace_msg", "-message_file", str(workdir / "messages.log")]
     cmd += list(extra_args)
     (workdir / "command").write_text(" ".join(cmd) + "\n")
+    return cmd
 
-    started = time.monotonic()
-    killed = False
-    with (workdir / "stdout.log").open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
+
+class SippServer:
+    """SIPp as a UAS (a carrier, a callee) in the background: the node dials it.
+
+    It exits after ``calls`` calls (or its ``-timeout``); ``wait`` collects its result,
+    ``stop`` ends it early (SIGTERM, then SIGKILL) and collects what it has.
+    """
+
+    def __init__(
+        self,
+        scenario: str | Path,
+        *,
+        workdir: Path,
+        calls: int = 1,
+        timeout_s: float = 60.0,
+        transport: str = "u1",
+        trace_msg: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.port = free_port(udp=True, tcp=True)
+        self.workdir = workdir
+        self.timeout_s = timeout_s
+        self.command = sipp_command(
+            [], scenario, workdir=workdir, transport=transport, calls=calls, port=self.port,
+            timeout_s=timeout_s, trace_msg=trace_msg, extra_args=extra_args,
+        )  # fmt: skip
+        self._out = (workdir / "stdout.log").open("wb")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def wait(self, timeout_s: float | None = None) -> SippResult:
+        killed = False
         try:
-            returncode = proc.wait(timeout=timeout_s + KILL_MARGIN_S)
+            returncode = self.process.wait(timeout=timeout_s or self.timeout_s + KILL_MARGIN_S)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            returncode = proc.wait(timeout=10)
+            self.process.kill()
+            returncode = self.process.wait(timeout=10)
             killed = True
-    elapsed_s = time.monotonic() - started
-    return collect_result(cmd, returncode, elapsed_s, workdir, killed=killed)
+        return self._result(returncode, killed)
+
+    def stop(self) -> SippResult:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self._result(self.process.wait(timeout=10), False)
+
+    def _result(self, returncode: int, killed: bool) -> SippResult:
+        self._out.close()
+        elapsed = time.monotonic() - self.started
+        return collect_result(self.command, returncode, elapsed, self.workdir, killed=killed)
 
 
 def collect_result(

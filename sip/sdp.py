@@ -380,6 +380,32 @@ class SdpAnswerer:
         negotiated = Negotiated(codec, (connection.address, m.port), te, ours)
         return negotiated, media
 
+    def offer(
+        self, codecs: tuple[str, ...] = SUPPORTED_CODECS, telephone_event_pt: int | None = 101
+    ) -> SessionDescription:
+        """Our offer for an outbound call; later exchanges build on it like on an answer."""
+        sdp = make_offer(
+            self.local_ip,
+            self.local_port,
+            codecs=codecs,
+            telephone_event_pt=telephone_event_pt,
+            ptime_ms=self.ptime_ms,
+        )
+        sdp.origin = self.origin
+        self._last = sdp
+        return sdp
+
+    def accept_answer(self, answer: SessionDescription) -> Negotiated:
+        """The peer's answer to our offer: the codec it chose (the first it lists)."""
+        for m in answer.media:
+            if m.media != "audio" or m.port == 0:
+                continue
+            accepted = self._accept(answer, m, answer.direction)
+            if accepted is not None:
+                self.negotiated = accepted[0]
+                return accepted[0]
+        raise NoCommonCodec("the answer accepts no audio stream with PCMU or PCMA")
+
     def current_answer_bytes(self) -> bytes:
         """Our SDP as last sent (for an offerless re-INVITE, §14.2)."""
         if self._last is None:

@@ -147,7 +147,7 @@ def build_sinks(
     spool_dir: str | Path = ".",
 ) -> list[Sink]:
     """Kafka and/or PostgreSQL when configured, else the local events file; and the
-    webhook when one is set."""
+    webhook when one is set, or a secret to sign the calls' own webhooks with."""
     sinks: list[Sink] = []
     if kafka_bootstrap:
         sinks.append(KafkaSink(kafka_bootstrap, kafka_topic, f"voxswitch-{node_id}"))
@@ -155,7 +155,7 @@ def build_sinks(
         sinks.append(PostgresSink(postgres_dsn))
     if not sinks and events_file:
         sinks.append(FileSink(events_file))
-    if webhook_url:
+    if webhook_url or webhook_secret:
         dead = Path(spool_dir) / "webhook-dead-letters.jsonl"
         sinks.append(WebhookSink(webhook_url, webhook_secret, dead))
     return sinks

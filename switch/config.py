@@ -161,6 +161,10 @@ class Settings:
     webhook_secret: str = field(
         default="", metadata={"help": "HMAC-SHA256 key of the webhook signature"}
     )
+    trunks_file: str = field(
+        default="voxswitch-trunks.json",
+        metadata={"help": "trunks and routes (JSON, written by the API; '' keeps them in memory)"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 

@@ -53,6 +53,8 @@ def offered(record: CallRecord) -> dict[str, Any]:
         to_uri=record.to_uri,
         trunk=record.trunk,
         sip_headers=record.sip_headers,
+        metadata=record.metadata,
+        campaign_id=record.campaign_id,
     )
 
 
@@ -110,6 +112,8 @@ def ended(record: CallRecord) -> list[dict[str, Any]]:
             packets_sent=record.packets_sent,
             packets_received=record.packets_received,
             media=record.media,
+            metadata=record.metadata,
+            campaign_id=record.campaign_id,
         )
     )
     return events

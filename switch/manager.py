@@ -9,9 +9,12 @@ a crashed actor is ended cleanly on the wire and nothing else is touched.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import time
-from collections import Counter
+import uuid
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,7 @@ from actors.call import (
 )
 from actors.conversation import Voice
 from actors.messages import AckArrived, CancelArrived, Hangup, RequestArrived
+from actors.outbound import DialTarget, Origination, OutboundCallActor, build_invite
 from media.session import VadConfig
 from sip.auth import DigestAuthenticator
 from sip.dialog import Dialog, new_tag
@@ -45,8 +49,21 @@ ACCEPTED_BODIES = ("application/sdp", "multipart/mixed")
 RETRY_AFTER_BUSY_S = 5
 
 
+RECENT_CALLS = 5000  # ended calls the API can still show
+
+
 class MediaUnavailable(Exception):
     """No RTP port could be had for a new call."""
+
+
+class CallRefused(Exception):
+    """An outbound call the node cannot place now (the API's 429/503)."""
+
+    def __init__(self, status: int, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 MediaFactory = Callable[[str], MediaLeg]  # call_id -> a media leg with a port bound
@@ -58,6 +75,7 @@ class ManagerStats:
     calls_rejected: Counter[int] = field(default_factory=Counter)
     dispositions: Counter[str] = field(default_factory=Counter)
     crashed: int = 0
+    forbidden: int = 0  # INVITEs from no trunk's address (403)
 
 
 class CallManager:
@@ -95,6 +113,12 @@ class CallManager:
         self._dialogs: dict[tuple[str, str], CallActor] = {}
         self._by_invite: dict[int, CallActor] = {}
         self._tasks: dict[CallActor, asyncio.Task[CallRecord]] = {}
+        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Where SIP to a peer goes (set by the node once its UDP socket is bound).
+        self.flow_to: Callable[[tuple[str, int]], Flow] | None = None
+        self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
+        self.trunk_of: Callable[[str], str | None] | None = None  # source IP -> trunk name
+        self.trunks_configured: Callable[[], bool] | None = None
 
     @property
     def active_calls(self) -> int:
@@ -119,8 +143,11 @@ class CallManager:
             return
         if method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
-            if self._authenticated(request, txn):
-                self._new_call(request, txn, flow)
+            trunk = self.trunk_of(flow.remote[0]) if self.trunk_of is not None else None
+            if trunk is None and self._forbidden(request, txn, flow):
+                return
+            if trunk is not None or self._authenticated(request, txn):
+                self._new_call(request, txn, flow, trunk or "")
         elif method == "OPTIONS":
             self._reply(
                 txn,
@@ -153,6 +180,19 @@ class CallManager:
         else:
             actor.mailbox.put(RequestArrived(request, txn))
 
+    def _forbidden(self, request: Request, txn: ServerTransaction, flow: Flow) -> bool:
+        """Trunks are configured, the source is none of theirs and there is no digest
+        to prove otherwise: 403 (counted in the SIP responses sent)."""
+        if self.trunks_configured is None or not self.trunks_configured():
+            return False
+        if self.authenticator is not None:
+            return False  # a known user may still call: challenge instead
+        self.stats.forbidden += 1
+        log.info("INVITE %s from %s: no trunk has this address: 403",
+                 request.call_id, flow.remote[0])  # fmt: skip
+        self._reply(txn, request, 403, reason="Unknown Trunk")
+        return True
+
     def _authenticated(self, request: Request, txn: ServerTransaction) -> bool:
         """Digest auth when configured (RFC 3261 §22.2): else answer 401 and stop."""
         auth = self.authenticator
@@ -173,7 +213,9 @@ class CallManager:
         self._reply(txn, request, 401, [("WWW-Authenticate", c) for c in challenges])
         return False
 
-    def _new_call(self, request: Request, txn: InviteServerTransaction, flow: Flow) -> None:
+    def _new_call(
+        self, request: Request, txn: InviteServerTransaction, flow: Flow, trunk: str = ""
+    ) -> None:
         self.stats.calls_offered += 1
         if self.draining:
             self._reply(txn, request, 503, [("Retry-After", "30")], reason="Node Draining")
@@ -213,20 +255,87 @@ class CallManager:
             voice=self.voice,
             vad=self.vad,
         )
+        actor.record.trunk = trunk
+        self._start(actor)
+
+    # ---- outbound ------------------------------------------------------------------
+
+    def originate(self, origination: Origination, *, agent: bool = True) -> CallActor:
+        """Start an outbound call actor (it is ``queued`` until its trunk's pace)."""
+        if self.draining:
+            raise CallRefused(503, "the node is draining", 30)
+        if len(self._tasks) >= self.max_calls:
+            raise CallRefused(503, f"the node is at its {self.max_calls} calls", RETRY_AFTER_BUSY_S)
+        if self.outbox_full is not None and self.outbox_full():
+            raise CallRefused(503, "undelivered events fill the spool", 60)
+        if self.flow_to is None or not origination.targets:
+            raise CallRefused(503, "no route for this call", RETRY_AFTER_BUSY_S)
+        call_id = uuid.uuid4().hex
+        try:
+            media = self.media_factory(call_id)
+        except MediaUnavailable as exc:
+            raise CallRefused(503, f"no RTP port: {exc}", RETRY_AFTER_BUSY_S) from exc
+        first = origination.targets[0]
+        flow = self.flow_to((first.host, first.port))
+        local_tag = new_tag()
+        invite = build_invite(
+            call_id=call_id, from_number=origination.from_number, from_tag=local_tag, cseq=1,
+            target=first, to=origination.to, via_sent_by=self.local.sent_by(),
+            contact=self.local.contact(flow), local_host=self.local.host, sdp=b"",
+        )  # fmt: skip
+        actor = OutboundCallActor(
+            invite=invite,
+            invite_txn=None,
+            flow=flow,
+            local_tag=local_tag,
+            endpoint=self.endpoint,
+            media=media,
+            local=self.local,
+            config=self.call_config,
+            clock=self.loop.time,
+            voice=self.voice if agent else None,
+            vad=self.vad,
+            origination=origination,
+            connect=self._connect,
+            pace=self.pace,
+        )
+        self._start(actor)
+        return actor
+
+    async def _connect(self, target: DialTarget) -> Flow:
+        """The flow to a target: its host resolved (DNS only for names)."""
+        assert self.flow_to is not None
+        host = target.host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            infos = await self.loop.getaddrinfo(host, target.port, type=socket.SOCK_DGRAM)
+            host = str(infos[0][4][0])
+        return self.flow_to((host, target.port))
+
+    def _start(self, actor: CallActor) -> None:
         actor.on_milestone = self._milestone
-        if self.publish is not None:
-            self.publish(events.offered(actor.record))
-        self._dialogs[(call_id, actor.local_tag)] = actor
-        self._by_invite[id(txn)] = actor
-        task = self.loop.create_task(actor.run(), name=f"call {call_id}")
+        self._publish(events.offered(actor.record), actor.record)
+        self._dialogs[(actor.call_id, actor.local_tag)] = actor
+        if actor.invite_txn is not None:
+            self._by_invite[id(actor.invite_txn)] = actor
+        task = self.loop.create_task(actor.run(), name=f"call {actor.call_id}")
         self._tasks[actor] = task
         task.add_done_callback(lambda t: self._call_done(actor, t))
+
+    def _publish(self, event: dict[str, Any], record: CallRecord) -> None:
+        if self.publish is None:
+            return
+        if record.webhook_url:
+            event["webhook_url"] = record.webhook_url  # the webhook sink posts it there too
+        self.publish(event)
 
     def _call_done(self, actor: CallActor, task: asyncio.Task[CallRecord]) -> None:
         """One-for-one supervision: whatever happened, end the call cleanly."""
         self._tasks.pop(actor, None)
         self._dialogs.pop((actor.call_id, actor.local_tag), None)
-        self._by_invite.pop(id(actor.invite_txn), None)
+        if actor.invite_txn is not None:
+            self._by_invite.pop(id(actor.invite_txn), None)
         record = actor.record
         if task.cancelled():
             actor.abort(asyncio.CancelledError())
@@ -245,27 +354,42 @@ class CallManager:
             record.reason,
             record.duration_s,
         )
+        self._remember(actor)
         if self.on_record is not None:
             self.on_record(record)
         if self.checkpointer is not None:
             self.checkpointer.ended(record.call_id)
         self._publish_end(record)
 
+    def _remember(self, actor: CallActor) -> None:
+        """The API still shows an ended call (its outcome) for a while."""
+        record = actor.record
+        view = actor.view()
+        view.update(
+            state="ended",
+            disposition=record.disposition,
+            sip_code=record.sip_code,
+            reason=record.reason,
+            ended_at=record.ended_at,
+            duration_s=round(record.duration_s, 3),
+            turns=len(record.turns),
+        )
+        self.recent[record.call_id] = view
+        while len(self.recent) > RECENT_CALLS:
+            self.recent.popitem(last=False)
+
     def _publish_end(self, record: CallRecord) -> None:
-        if self.publish is not None:
-            for event in events.ended(record):
-                self.publish(event)
+        for event in events.ended(record):
+            self._publish(event, record)
 
     def _milestone(self, name: str, record: CallRecord) -> None:
         """answered, confirmed, renegotiated, transferred: checkpoint the call again."""
         if self.checkpointer is not None:
             self.checkpointer.changed(record.call_id)
-        if self.publish is None:
-            return
         if name == "answered":
-            self.publish(events.answered(record))
+            self._publish(events.answered(record), record)
         elif name == "transferred":
-            self.publish(events.transferred(record, record.transfer_target))
+            self._publish(events.transferred(record, record.transfer_target), record)
 
     def find(self, call_id: str) -> CallActor | None:
         """The live call with this Call-ID (the control API's call id)."""
@@ -384,4 +508,4 @@ def _accepts_sdp(request: Request) -> bool:
     return any(v in ("application/sdp", "application/*", "*/*") for v in values)
 
 
-__all__ = ["CallManager", "MediaUnavailable", "UriError"]
+__all__ = ["CallManager", "CallRefused", "MediaUnavailable", "UriError"]

@@ -26,8 +26,10 @@ from sip.transport.udp import UdpFlow, UdpTransport, start_udp
 from switch.backbone import Backbone, build_sinks
 from switch.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.config import Settings, auth_algorithms, auth_users
+from switch.dialer import Dialer
 from switch.manager import CallManager
 from switch.media_leg import MediaPlant
+from switch.trunks import TrunkBook
 from switch.voice import build_voice, vad_config
 
 log = logging.getLogger("voxswitch.node")
@@ -48,6 +50,8 @@ class Node:
         self.backbone: Backbone | None = None
         self.checkpoints: CheckpointStore | None = None
         self.checkpointer: Checkpointer | None = None
+        self.book = TrunkBook.load(settings.trunks_file or None)
+        self.dialer: Dialer | None = None
         self._background: list[asyncio.Task[None]] = []
         self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
@@ -156,6 +160,10 @@ class Node:
         )
         endpoint = self.manager.endpoint
         self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
+        self.manager.flow_to = self._udp.flow_to
+        self.manager.trunk_of = self._trunk_of
+        self.manager.trunks_configured = lambda: bool(self.book.trunks)
+        self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         self._tcp = TcpServer(self._receive_tcp)
         await self._tcp.start(s.sip_host, s.sip_port)
         self._background = [
@@ -199,6 +207,22 @@ class Node:
 
     def live_call(self, call_id: str) -> CallActor | None:
         return self.manager.find(call_id) if self.manager is not None else None
+
+    def ended_call(self, call_id: str) -> dict[str, Any] | None:
+        return self.manager.recent.get(call_id) if self.manager is not None else None
+
+    # ---- trunks ------------------------------------------------------------------------
+
+    def _trunk_of(self, source_ip: str) -> str | None:
+        trunk = self.book.trunk_for_source(source_ip)
+        return trunk.name if trunk is not None else None
+
+    def trunk_up(self, name: str) -> bool:
+        return True
+
+    def trunk_status(self, name: str) -> dict[str, Any]:
+        calls = self.dialer.trunk_calls(name) if self.dialer is not None else 0
+        return {"up": self.trunk_up(name), "calls": calls}
 
     def _receive_tcp(self, message: Message, conn: TcpConnection) -> None:
         assert self.manager is not None
@@ -249,8 +273,10 @@ class Node:
             # What the calls just published: give the sinks a moment; the rest stays
             # in the spool for the next start.
             if not await self.backbone.flush(BACKBONE_FLUSH_S):
-                log.warning("stopping with undelivered events in the spool: %s",
-                            self.backbone.status()["sinks"])
+                log.warning(
+                    "stopping with undelivered events in the spool: %s",
+                    self.backbone.status()["sinks"],
+                )
             await self.backbone.close()
 
 
@@ -298,7 +324,11 @@ async def run_node(settings: Settings) -> int:
     server = None
     if settings.api_port:
         keys = ApiKeys(settings.api_keys_file or None, settings.api_key)
-        app = create_app(node, node.metrics, keys=keys, calls=node, commands=API_COMMANDS)
+        app = create_app(
+            node, node.metrics, keys=keys, calls=node, commands=API_COMMANDS,
+            dialer=node.dialer, trunk_status=node.trunk_status,
+            can_sign=bool(settings.webhook_secret),
+        )  # fmt: skip
         server = make_server(app, settings.api_host, settings.api_port)
         api_task = loop.create_task(server.serve())
     await node.wait_stopped()

@@ -88,9 +88,7 @@ class KafkaSink:
     async def deliver(self, events: list[Event]) -> None:
         producer = await self._connect()
         try:
-            sent = [
-                await producer.send(self.topic, value=e, key=e["call_id"]) for e in events
-            ]
+            sent = [await producer.send(self.topic, value=e, key=e["call_id"]) for e in events]
             await asyncio.gather(*sent)
         except BaseException:
             await self._reset()
@@ -196,10 +194,11 @@ class PostgresSink:
         if kind == "call.offered":
             await db.execute(
                 "INSERT INTO calls (call_id, direction, from_uri, to_uri, trunk, node_id,"
-                " offered_at, sip_headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
-                " ON CONFLICT (call_id) DO NOTHING",
+                " offered_at, sip_headers, metadata, campaign_id) VALUES ($1, $2, $3, $4, $5,"
+                " $6, $7, $8::jsonb, $9::jsonb, $10) ON CONFLICT (call_id) DO NOTHING",
                 e["call_id"], e["direction"], e["from_uri"], e["to_uri"], e["trunk"],
                 e["node_id"], _time(e["ts"]), json.dumps(e.get("sip_headers") or {}),
+                json.dumps(e.get("metadata") or {}), e.get("campaign_id") or "",
             )  # fmt: skip
         elif kind == "call.answered":
             await db.execute(
@@ -236,7 +235,8 @@ class PostgresSink:
                 " disposition = EXCLUDED.disposition, sip_code = EXCLUDED.sip_code,"
                 " reason = EXCLUDED.reason, codec = EXCLUDED.codec,"
                 " packets_sent = EXCLUDED.packets_sent,"
-                " packets_received = EXCLUDED.packets_received, media = EXCLUDED.media",
+                " packets_received = EXCLUDED.packets_received, media = EXCLUDED.media,"
+                " trunk = EXCLUDED.trunk",
                 e["call_id"], e["direction"], e["from_uri"], e["to_uri"], e["trunk"],
                 e["node_id"], _time(e["offered_at"]), _time(e["answered_at"]),
                 _time(e["ended_at"]), e["duration_s"], e["disposition"], e["sip_code"],

@@ -9,6 +9,9 @@ and retries with backoff, so a receiver that is down for a while gets everything
 order, when it returns. Any other 4xx is the receiver refusing this event for good:
 it is written to the dead-letter file (kept and counted, not dropped) and delivery
 goes on with the next.
+
+An event that carries ``webhook_url`` (a call placed with its own) goes there too,
+after the node-wide URL (if any); that field is not part of the body posted.
 """
 
 from __future__ import annotations
@@ -63,16 +66,20 @@ class WebhookSink:
         if client is None:
             client = self._client = httpx.AsyncClient(timeout=10.0)
         for event in events:
-            await self._post(client, event)
+            own = event.get("webhook_url")
+            body = {k: v for k, v in event.items() if k != "webhook_url"} if own else event
+            for url in (self.url, own):
+                if url:
+                    await self._post(client, url, body)
 
-    async def _post(self, client: httpx.AsyncClient, event: Event) -> None:
+    async def _post(self, client: httpx.AsyncClient, url: str, event: Event) -> None:
         body = json.dumps(event, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self.secret, int(time.time()), body),
             EVENT_ID_HEADER: str(event["event_id"]),
         }
-        response = await client.post(self.url, content=body, headers=headers)
+        response = await client.post(url, content=body, headers=headers)
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -81,7 +88,7 @@ class WebhookSink:
         self.rejected += 1
         log.warning("webhook refused event %s (%d): kept in %s",
                     event["event_id"], status, self.dead_letters)  # fmt: skip
-        record: dict[str, Any] = {"status": status, "event": event, "at": time.time()}
+        record: dict[str, Any] = {"status": status, "url": url, "event": event, "at": time.time()}
         with self.dead_letters.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
 

@@ -22,6 +22,7 @@ from loadtest.sipp import (
     SippNotFound,
     SippResult,
     SippRunner,
+    SippServer,
     run_sipp,
     sipp_binary,
     sipp_version,
@@ -79,6 +80,25 @@ def sipp(sipp_path: str, tmp_path: Path) -> SippRunner:
         return run_sipp(node.sip_address, scenario, workdir=workdir, **kwargs)
 
     return run
+
+
+SippServerFactory = Callable[..., SippServer]
+
+
+@pytest.fixture
+def sipp_server(sipp_path: str, tmp_path: Path) -> Iterator[SippServerFactory]:
+    """``sipp_server(scenario, calls=1, **options)``: SIPp as a UAS in the background
+    (the node dials its ``address``); any still running are stopped at teardown."""
+    made: list[SippServer] = []
+
+    def make(scenario: str, **kwargs: Any) -> SippServer:
+        workdir = tmp_path / f"sipp-uas-{len(made)}-{Path(scenario).stem}"
+        made.append(SippServer(scenario, workdir=workdir, **kwargs))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +13,8 @@ import pytest
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippResult, SippRunner
+from tests.e2e.api_client import ADMIN, api
 from tests.e2e.polling import wait_for
-
-ADMIN = "test-admin-key-0123456789"
-
-
-def api(
-    node: NodeProcess,
-    method: str,
-    path: str,
-    key: str | None = ADMIN,
-    body: Any = None,
-    raw: bytes | None = None,
-) -> tuple[int, Any]:
-    url = node.health_url.replace("/health", path)
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, method=method)
-    if key is not None:
-        request.add_header("Authorization", f"Bearer {key}")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +126,9 @@ def test_live_call_listed_steered_and_hung_up(node: NodeProcess, sipp: SippRunne
         "the call's record", lambda: [r for r in node.records() if r["call_id"] == call_id], 10
     )
     assert record["disposition"] == "api_hangup"
-    assert api(node, "GET", f"/v1/calls/{call_id}")[0] == 404
+    status, ended = api(node, "GET", f"/v1/calls/{call_id}")  # ended: still shown a while
+    assert status == 200 and ended["state"] == "ended" and ended["disposition"] == "api_hangup"
+    assert api(node, "GET", "/v1/calls")[1]["count"] == 0  # the list is live calls only
 
 
 def test_x_headers_reach_the_call_and_its_record(

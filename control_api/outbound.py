@@ -1,0 +1,199 @@
+"""The API's outbound side: ``POST /v1/calls`` and the trunks and routes it dials by.
+
+Trunks and routes are the carrier set-up (scope ``admin``); placing a call needs
+``calls:write``. A destination no route reaches is a 422 naming ``to`` (or
+``trunk``); a call the node or its trunk has no room for is a 429/503 with
+``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from switch.dialer import CallRequest, Dialer, NoRoute
+from switch.manager import CallRefused
+from switch.trunks import NAME_PATTERN, InboundRoute, OutboundRoute, Trunk, TrunkBook
+
+DESTINATION = r"^(\+[1-9][0-9]{6,14}|sips?:[^\s<>\"]{3,250})$"
+HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,64}$")
+MetadataValue = str | int | float | bool
+
+
+class CallBody(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    to: str = Field(pattern=DESTINATION, description="E.164 number (+15551234567) or SIP URI")
+    from_: str = Field(
+        default="", alias="from", pattern=r"^$|^\+[1-9][0-9]{6,14}$",
+        description="caller ID, E.164 (default: the trunk's caller_id)",
+    )  # fmt: skip
+    trunk: str | None = Field(default=None, pattern=NAME_PATTERN, description="default: routes")
+    agent: Literal["default", "none"] = Field(
+        default="default", description="'none': no voice agent, only the greeting"
+    )
+    metadata: dict[str, MetadataValue] = Field(
+        default_factory=dict, max_length=32, description="variables for the agent and the record"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, max_length=16, description="X- headers set on the INVITE"
+    )
+    webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]{1,2000}$",
+        description="this call's lifecycle events are POSTed here too (signed)",
+    )  # fmt: skip
+    ring_timeout_s: float = Field(default=45.0, ge=1.0, le=300.0)
+
+    @field_validator("headers")
+    @classmethod
+    def _custom_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r}: only X- headers (X-Name, letters, digits, -)")
+            if len(value) > 256 or any(ch in value for ch in "\r\n\0"):
+                raise ValueError(f"{name}: at most 256 characters, one line")
+        return headers
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_values(cls, metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+        for name, value in metadata.items():
+            if not 0 < len(name) <= 64 or (isinstance(value, str) and len(value) > 512):
+                raise ValueError(f"{name!r}: names up to 64 characters, values up to 512")
+        return metadata
+
+    def request(self) -> CallRequest:
+        return CallRequest(
+            to=self.to,
+            from_number=self.from_,
+            trunk=self.trunk or "",
+            agent=self.agent != "none",
+            ring_timeout_s=self.ring_timeout_s,
+            headers=dict(self.headers),
+            metadata=dict(self.metadata),
+            webhook_url=self.webhook_url or "",
+        )
+
+
+class CallPlaced(BaseModel):
+    call_id: str
+    status: str
+
+
+def field_error(field: str, message: str, kind: str = "value_error") -> JSONResponse:
+    """A 422 shaped like FastAPI's own validation errors, naming the body field."""
+    return JSONResponse(
+        {"detail": [{"loc": ["body", field], "msg": message, "type": kind}]}, status_code=422
+    )
+
+
+def refused(exc: CallRefused) -> JSONResponse:
+    return JSONResponse(
+        {"detail": exc.detail},
+        status_code=exc.status,
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
+def place_call(dialer: Dialer, body: CallBody, *, can_sign: bool) -> JSONResponse:
+    if body.webhook_url and not can_sign:
+        return field_error("webhook_url", "the node has no webhook_secret to sign events with")
+    try:
+        actor = dialer.dial(body.request())
+    except NoRoute as exc:
+        field, _, message = str(exc).partition(": ")
+        return field_error(field, message, "no_route")
+    except CallRefused as exc:
+        return refused(exc)
+    return JSONResponse({"call_id": actor.call_id, "status": "queued"}, status_code=202)
+
+
+def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callable[[str], Any]
+                 ) -> APIRouter:  # fmt: skip
+    """CRUD for trunks and routes; each change is saved (write-through) at once."""
+    router = APIRouter(dependencies=[require("admin")])
+    name_param = Path(pattern=NAME_PATTERN)
+
+    def missing(kind: str, name: str) -> HTTPException:
+        return HTTPException(404, f"no {kind} named {name!r}")
+
+    @router.get("/v1/trunks")
+    async def list_trunks() -> dict[str, Any]:
+        """Every trunk, with its status (up/down, registration)."""
+        return {"trunks": [{**t.public(), "status": status(t.name)} for t in book.trunks.values()]}
+
+    @router.get("/v1/trunks/{name}")
+    async def get_trunk(name: str = name_param) -> dict[str, Any]:
+        trunk = book.trunks.get(name)
+        if trunk is None:
+            raise missing("trunk", name)
+        return {**trunk.public(), "status": status(name)}
+
+    @router.put("/v1/trunks/{name}")
+    async def put_trunk(body: Trunk, name: str = name_param) -> dict[str, Any]:
+        """Create or replace a trunk (the password is kept when sent as ********)."""
+        old = book.trunks.get(name)
+        password = body.password
+        if password == "********" and old is not None:
+            password = old.password
+        trunk = body.model_copy(update={"name": name, "password": password})
+        book.trunks[name] = trunk
+        book.save()
+        return {**trunk.public(), "status": status(name)}
+
+    @router.delete("/v1/trunks/{name}", status_code=204)
+    async def delete_trunk(name: str = name_param) -> None:
+        used = [r.name for r in book.outbound.values() if name in r.trunks]
+        if name not in book.trunks:
+            raise missing("trunk", name)
+        if used:
+            raise HTTPException(409, f"trunk {name!r} is used by routes {used}")
+        del book.trunks[name]
+        book.save()
+
+    @router.get("/v1/routes/outbound")
+    async def list_outbound_routes() -> dict[str, Any]:
+        """Outbound routes: destination prefix -> trunks, tried in order."""
+        return {"routes": [r.model_dump() for r in book.outbound.values()]}
+
+    @router.put("/v1/routes/outbound/{name}")
+    async def put_outbound_route(body: OutboundRoute, name: str = name_param) -> dict[str, Any]:
+        unknown = [t for t in body.trunks if t not in book.trunks]
+        if unknown:
+            raise HTTPException(422, [{"loc": ["body", "trunks"], "type": "value_error",
+                                       "msg": f"no trunks named {unknown}"}])  # fmt: skip
+        route = body.model_copy(update={"name": name})
+        book.outbound[name] = route
+        book.save()
+        return route.model_dump()
+
+    @router.delete("/v1/routes/outbound/{name}", status_code=204)
+    async def delete_outbound_route(name: str = name_param) -> None:
+        if book.outbound.pop(name, None) is None:
+            raise missing("outbound route", name)
+        book.save()
+
+    @router.get("/v1/routes/inbound")
+    async def list_inbound_routes() -> dict[str, Any]:
+        """Inbound routes: dialed-number pattern -> the agent that answers."""
+        return {"routes": [r.model_dump() for r in book.inbound.values()]}
+
+    @router.put("/v1/routes/inbound/{name}")
+    async def put_inbound_route(body: InboundRoute, name: str = name_param) -> dict[str, Any]:
+        route = body.model_copy(update={"name": name})
+        book.inbound[name] = route
+        book.save()
+        return route.model_dump()
+
+    @router.delete("/v1/routes/inbound/{name}", status_code=204)
+    async def delete_inbound_route(name: str = name_param) -> None:
+        if book.inbound.pop(name, None) is None:
+            raise missing("inbound route", name)
+        book.save()
+
+    return router

@@ -1,0 +1,152 @@
+"""From "call this number" to a call actor: trunk choice, limits and pacing.
+
+The dialer turns a destination into the trunks to try (the named trunk, or the
+outbound routes by prefix, skipping trunks marked down), holds each trunk's pace
+(its calls per second, as evenly spaced start times) and refuses a call its trunk
+has no room for (its concurrent-call limit). The API and campaigns both dial here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.call import CallActor
+from actors.outbound import DialTarget, Origination
+from sip.errors import UriError
+from sip.uri import SipUri, parse_uri
+from switch.manager import CallManager, CallRefused
+from switch.trunks import Trunk, TrunkBook
+
+TRUNK_FULL_RETRY_S = 1
+
+
+class Pacer:
+    """Evenly spaced start times at ``rate`` per second (0: no limit), reserved in turn."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.clock = clock
+        self._next = 0.0
+
+    def reserve(self) -> float:
+        now = self.clock()
+        if self.rate <= 0:
+            return now
+        at = max(now, self._next)
+        self._next = at + 1.0 / self.rate
+        return at
+
+
+@dataclass
+class CallRequest:
+    """What ``POST /v1/calls`` (or a campaign) asks for."""
+
+    to: str
+    from_number: str = ""
+    trunk: str = ""
+    agent: bool = True
+    ring_timeout_s: float = 45.0
+    headers: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str = ""
+    campaign_id: str = ""
+
+
+class NoRoute(ValueError):
+    """No trunk (or no trunk that is up) for this destination: the API's 422/503."""
+
+
+class Dialer:
+    def __init__(
+        self,
+        manager: CallManager,
+        book: TrunkBook,
+        clock: Callable[[], float],
+        trunk_up: Callable[[str], bool] = lambda _name: True,
+    ) -> None:
+        self.manager = manager
+        self.book = book
+        self.clock = clock
+        self.trunk_up = trunk_up
+        self._pacers: dict[str, Pacer] = {}
+        manager.pace = self.reserve
+
+    def reserve(self, trunk: str) -> float:
+        """When the next attempt on ``trunk`` may start (the actor waits for it)."""
+        limit = self.book.trunks[trunk].max_cps if trunk in self.book.trunks else 0.0
+        pacer = self._pacers.get(trunk)
+        if pacer is None or pacer.rate != limit:
+            pacer = self._pacers[trunk] = Pacer(limit, self.clock)
+        return pacer.reserve()
+
+    def targets(self, request: CallRequest) -> list[DialTarget]:
+        to = request.to
+        if request.trunk:
+            trunk = self.book.trunks.get(request.trunk)
+            if trunk is None:
+                raise NoRoute(f"trunk: no trunk named {request.trunk!r}")
+            trunks = [trunk]
+        elif to.startswith("sip:"):
+            return [_direct(to)]
+        else:
+            trunks = self.book.trunks_for(to)
+            if not trunks:
+                raise NoRoute(f"to: no outbound route matches {to!r}")
+        up = [t for t in trunks if self.trunk_up(t.name)]
+        if not up:
+            names = ", ".join(t.name for t in trunks)
+            raise CallRefused(503, f"every trunk for this call is down ({names})", 30)
+        return [_through(t, to) for t in up]
+
+    def dial(self, request: CallRequest) -> CallActor:
+        targets = self.targets(request)
+        first = self.book.trunks.get(targets[0].trunk)
+        if first is not None and first.max_calls:
+            busy = sum(1 for a in self.manager.live() if a.record.trunk == first.name)
+            if busy >= first.max_calls:
+                raise CallRefused(
+                    429, f"trunk {first.name} is at its {first.max_calls} calls", TRUNK_FULL_RETRY_S
+                )
+        from_number = request.from_number or (first.caller_id if first is not None else "")
+        origination = Origination(
+            to=request.to,
+            from_number=from_number or "anonymous",
+            targets=tuple(targets),
+            ring_timeout_s=request.ring_timeout_s,
+            headers=tuple(request.headers.items()),
+            metadata=dict(request.metadata),
+            campaign_id=request.campaign_id,
+            webhook_url=request.webhook_url,
+        )
+        return self.manager.originate(origination, agent=request.agent)
+
+    def trunk_calls(self, name: str) -> int:
+        return sum(1 for a in self.manager.live() if a.record.trunk == name)
+
+
+def _through(trunk: Trunk, to: str) -> DialTarget:
+    user = to.removeprefix("tel:")
+    host = f"[{trunk.host}]" if ":" in trunk.host and not trunk.host.startswith("[") else trunk.host
+    port = "" if trunk.port == 5060 else f":{trunk.port}"
+    return DialTarget(
+        trunk=trunk.name,
+        host=trunk.host,
+        port=trunk.port,
+        request_uri=f"sip:{user}@{host}{port}",
+        username=trunk.username,
+        password=trunk.password,
+        codecs=tuple(trunk.codecs),
+    )
+
+
+def _direct(uri: str) -> DialTarget:
+    """A SIP URI dialed without a trunk (a test UA, a PBX on the LAN)."""
+    try:
+        parsed = parse_uri(uri)
+    except UriError as exc:
+        raise NoRoute(f"to: {exc}") from exc
+    if not isinstance(parsed, SipUri) or not parsed.host:
+        raise NoRoute(f"to: {uri!r} is not a SIP URI with a host")
+    return DialTarget(trunk="", host=parsed.host, port=parsed.port or 5060, request_uri=uri)

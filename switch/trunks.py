@@ -1,0 +1,182 @@
+"""Carrier trunks and routes: who may send us calls, and where outbound calls go.
+
+A ``Trunk`` is a carrier: its address, how its INVITEs are recognised (source-IP
+allowlist), the digest credentials we answer its challenges with, registration,
+codecs and limits. ``OutboundRoute`` picks trunks for a destination by prefix
+(longest prefix first, then priority); ``InboundRoute`` picks the agent for a dialed
+number. The models double as the API's request bodies, so a bad field is a 422
+naming it. ``TrunkBook`` holds them in memory and persists every change to a JSON
+file (the embedded default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+Codec = Literal["PCMU", "PCMA"]
+CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
+
+
+class Trunk(BaseModel):
+    """One carrier trunk (what ``PUT /v1/trunks/{name}`` takes)."""
+
+    name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
+    host: str = Field(pattern=HOST_PATTERN, max_length=253, description="carrier SIP address")
+    port: int = Field(default=5060, ge=1, le=65535)
+    transport: Literal["udp"] = "udp"
+    inbound_ips: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="addresses/CIDRs whose INVITEs are this trunk's (default: host)",
+    )  # fmt: skip
+    username: str = Field(default="", max_length=128, description="outbound digest user")
+    password: str = Field(default="", max_length=128, description="outbound digest password")
+    registration: bool = Field(default=False, description="REGISTER to the carrier")
+    register_expires_s: int = Field(default=3600, ge=60, le=86400)
+    codecs: list[Codec] = Field(default_factory=lambda: list(CODECS), min_length=1, max_length=2)
+    max_cps: float = Field(default=0.0, ge=0.0, le=10000.0, description="0: no limit")
+    max_calls: int = Field(default=0, ge=0, le=100000, description="0: no limit")
+    caller_id: str = Field(
+        default="", pattern=r"^$|^\+[1-9][0-9]{6,14}$",
+        description="From number on outbound calls that name none (E.164)",
+    )  # fmt: skip
+    options_interval_s: float = Field(
+        default=30.0, ge=0.0, le=3600.0, description="OPTIONS keepalive (0: off)"
+    )
+
+    @field_validator("inbound_ips")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or CIDR") from exc
+        return values
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        sources = self.inbound_ips or ([self.host] if _is_ip(self.host) else [])
+        return [ipaddress.ip_network(v, strict=False) for v in sources]
+
+    def public(self) -> dict[str, Any]:
+        """The trunk as the API shows it: the password never leaves."""
+        data = self.model_dump()
+        data["password"] = "********" if self.password else ""
+        return data
+
+
+class OutboundRoute(BaseModel):
+    """Destinations starting with ``prefix`` go out through ``trunks``, in order."""
+
+    name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
+    prefix: str = Field(default="", pattern=r"^\+?[0-9]{0,15}$", description="'' matches all")
+    trunks: list[str] = Field(min_length=1, max_length=8)
+    priority: int = Field(default=100, ge=0, le=1000, description="lower wins on a tie")
+
+
+class InboundRoute(BaseModel):
+    """Calls to a number matching ``pattern`` (a regular expression) go to ``agent``."""
+
+    name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
+    pattern: str = Field(max_length=200)
+    agent: str = Field(default="default", pattern=r"^(default|none)$")
+    priority: int = Field(default=100, ge=0, le=1000)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class TrunkBook:
+    """Trunks and routes in memory; every change is written through to ``path``."""
+
+    path: Path | None = None
+    trunks: dict[str, Trunk] = field(default_factory=dict)
+    outbound: dict[str, OutboundRoute] = field(default_factory=dict)
+    inbound: dict[str, InboundRoute] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> TrunkBook:
+        book = cls(Path(path) if path else None)
+        if book.path is None or not book.path.exists():
+            return book
+        data = json.loads(book.path.read_text())
+        book.apply(data)
+        return book
+
+    def apply(self, data: dict[str, Any]) -> None:
+        self.trunks = {t["name"]: Trunk(**t) for t in data.get("trunks", [])}
+        self.outbound = {r["name"]: OutboundRoute(**r) for r in data.get("outbound_routes", [])}
+        self.inbound = {r["name"]: InboundRoute(**r) for r in data.get("inbound_routes", [])}
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "trunks": [t.model_dump() for t in self.trunks.values()],
+            "outbound_routes": [r.model_dump() for r in self.outbound.values()],
+            "inbound_routes": [r.model_dump() for r in self.inbound.values()],
+        }
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.dump(), indent=2))
+        os.chmod(tmp, 0o600)  # it holds carrier passwords
+        os.replace(tmp, self.path)
+
+    # ---- lookups ---------------------------------------------------------------------
+
+    def trunk_for_source(self, ip: str) -> Trunk | None:
+        """The trunk whose allowlist holds ``ip`` (an INVITE's source address)."""
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        for trunk in self.trunks.values():
+            if any(address in net for net in trunk.networks()):
+                return trunk
+        return None
+
+    def trunks_for(self, destination: str) -> list[Trunk]:
+        """The trunks an outbound call to ``destination`` tries, in order (no duplicates)."""
+        number = destination.split("@")[0].removeprefix("sip:").removeprefix("tel:")
+        matching = [r for r in self.outbound.values() if number.startswith(r.prefix)]
+        matching.sort(key=lambda r: (-len(r.prefix), r.priority, r.name))
+        chosen: list[Trunk] = []
+        for route in matching:
+            for name in route.trunks:
+                trunk = self.trunks.get(name)
+                if trunk is not None and trunk not in chosen:
+                    chosen.append(trunk)
+        return chosen
+
+    def agent_for(self, number: str) -> str | None:
+        """The agent of the first inbound route matching the dialed number."""
+        for route in sorted(self.inbound.values(), key=lambda r: (r.priority, r.name)):
+            if re.fullmatch(route.pattern, number):
+                return route.agent
+        return None

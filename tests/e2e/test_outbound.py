@@ -1,0 +1,187 @@
+"""Outbound calls over the API: the node dials SIPp acting as carrier and callee."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.node import NodeFactory, NodeOptions, NodeProcess
+from loadtest.sipp import SippResult, SippServer
+from tests.e2e.api_client import ADMIN, api
+from tests.e2e.conftest import SippServerFactory
+from tests.e2e.polling import wait_for
+
+
+@pytest.fixture(scope="module")
+def node(voxswitch_nodes: NodeFactory, tmp_path_factory: pytest.TempPathFactory) -> NodeProcess:
+    trunks = tmp_path_factory.mktemp("trunks") / "trunks.json"
+    env = {"VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_TRUNKS_FILE": str(trunks),
+           "VOXSWITCH_AGENT": "none"}  # fmt: skip
+    return voxswitch_nodes.start("outbound", NodeOptions(media_timeout_s=0, env=env))
+
+
+def put_trunk(node: NodeProcess, name: str, server: SippServer, **fields: Any) -> None:
+    body = {"host": "127.0.0.1", "port": server.port, "options_interval_s": 0, **fields}
+    status, answer = api(node, "PUT", f"/v1/trunks/{name}", body=body)
+    assert status == 200, answer
+
+
+def sent(result: SippResult, status: str) -> int:
+    """How many ``status`` responses SIPp's scenario sent (its -trace_counts)."""
+    return sum(int(v) for k, v in result.counts.items()
+               if k.endswith(f"_{status}_Sent") and v.isdigit())  # fmt: skip
+
+
+def call_state(node: NodeProcess, call_id: str) -> dict[str, Any]:
+    status, body = api(node, "GET", f"/v1/calls/{call_id}")
+    assert status == 200, body
+    return dict(body)
+
+
+def wait_state(
+    node: NodeProcess, call_id: str, *states: str, timeout_s: float = 15
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        view = call_state(node, call_id)
+        return view if view["state"] in states else None
+
+    return wait_for(f"call {call_id} in {states}", reached, timeout_s)
+
+
+def place(node: NodeProcess, **body: Any) -> str:
+    status, answer = api(node, "POST", "/v1/calls", body={"from": "+15550001111", **body})
+    assert status == 202, answer
+    assert answer["status"] == "queued"
+    return str(answer["call_id"])
+
+
+def test_call_to_sipp_uas_connects_and_delete_sends_bye(
+    node: NodeProcess, sipp_server: SippServerFactory
+) -> None:
+    server = sipp_server("uas", calls=1, timeout_s=30)
+    put_trunk(node, "carrier-a", server)
+    call_id = place(node, to="+15557654321", trunk="carrier-a", agent="none",
+                    metadata={"customer": "c-42"}, headers={"X-Campaign-Ref": "r1"})  # fmt: skip
+    view = wait_state(node, call_id, "confirmed")
+    assert view["direction"] == "outbound" and view["trunk"] == "carrier-a"
+    assert view["sip_code"] == 200 and view["codec"] == "PCMU"
+    assert view["metadata"] == {"customer": "c-42"}
+    status, listed = api(node, "GET", "/v1/calls?direction=outbound&state=confirmed")
+    assert status == 200 and [c["call_id"] for c in listed["calls"]] == [call_id]
+    assert api(node, "DELETE", f"/v1/calls/{call_id}")[0] == 202
+    ended = wait_state(node, call_id, "ended")
+    assert ended["disposition"] == "api_hangup" and ended["sip_code"] == 200
+    result = server.wait(timeout_s=20)
+    assert result.successful_calls == 1, result.describe()  # SIPp got our ACK and BYE
+    record = wait_for("the call record", lambda: [r for r in node.records()
+                                                  if r["call_id"] == call_id])  # fmt: skip
+    assert record[0]["direction"] == "outbound"
+    assert record[0]["sip_headers"] == {"X-Campaign-Ref": "r1"}
+    assert record[0]["to_uri"] == "+15557654321" and record[0]["from_uri"] == "+15550001111"
+
+
+def test_digest_challenge_answered_with_trunk_credentials(
+    node: NodeProcess, sipp_server: SippServerFactory
+) -> None:
+    server = sipp_server("uas_auth.xml", calls=1, timeout_s=30)
+    put_trunk(node, "carrier-auth", server, username="voxswitch", password="trunk-secret")
+    status, shown = api(node, "GET", "/v1/trunks/carrier-auth")
+    assert status == 200 and shown["password"] == "********"  # never shown
+    call_id = place(node, to="+15557654322", trunk="carrier-auth", agent="none")
+    wait_state(node, call_id, "confirmed")
+    api(node, "DELETE", f"/v1/calls/{call_id}")
+    assert wait_state(node, call_id, "ended")["disposition"] == "api_hangup"
+    result = server.wait(timeout_s=20)
+    assert result.successful_calls == 1, result.describe()
+    assert sent(result, "403") == 0, result.describe()  # verifyauth passed
+
+
+def test_wrong_credentials_fail_the_call(node: NodeProcess, sipp_server: SippServerFactory) -> None:
+    server = sipp_server("uas_auth.xml", calls=1, timeout_s=20)
+    put_trunk(node, "carrier-bad", server, username="voxswitch", password="wrong")
+    call_id = place(node, to="+15557654323", trunk="carrier-bad", agent="none")
+    ended = wait_state(node, call_id, "ended")
+    assert ended["disposition"] == "failed" and ended["sip_code"] == 403
+    result = server.wait(timeout_s=20)
+    assert sent(result, "403") == 1 and sent(result, "200") == 0, result.describe()
+
+
+def test_unanswered_call_ends_no_answer_after_ring_timeout(
+    node: NodeProcess, sipp_server: SippServerFactory
+) -> None:
+    server = sipp_server("uas_ring.xml", calls=1, timeout_s=30)
+    put_trunk(node, "carrier-ring", server)
+    call_id = place(node, to="+15557654324", trunk="carrier-ring", ring_timeout_s=2)
+    assert wait_state(node, call_id, "ringing")["state"] == "ringing"
+    ended = wait_state(node, call_id, "ended", timeout_s=10)
+    assert ended["disposition"] == "no_answer" and ended["sip_code"] == 487
+    result = server.wait(timeout_s=20)
+    assert result.successful_calls == 1, result.describe()  # CANCEL, 487, ACK
+
+
+def test_delete_while_ringing_cancels(node: NodeProcess, sipp_server: SippServerFactory) -> None:
+    server = sipp_server("uas_ring.xml", calls=1, timeout_s=30)
+    put_trunk(node, "carrier-ring2", server)
+    call_id = place(node, to="+15557654325", trunk="carrier-ring2")
+    wait_state(node, call_id, "ringing")
+    assert api(node, "DELETE", f"/v1/calls/{call_id}")[0] == 202
+    ended = wait_state(node, call_id, "ended")
+    assert ended["disposition"] == "canceled" and ended["sip_code"] == 487
+    assert server.wait(timeout_s=20).successful_calls == 1
+
+
+def test_busy_callee(node: NodeProcess, sipp_server: SippServerFactory) -> None:
+    server = sipp_server(
+        "uas_busy.xml", calls=1, timeout_s=20
+    )
+    put_trunk(node, "carrier-busy", server)
+    call_id = place(node, to="+15557654326", trunk="carrier-busy")
+    ended = wait_state(node, call_id, "ended")
+    assert ended["disposition"] == "busy" and ended["sip_code"] == 486
+    assert server.wait(timeout_s=20).successful_calls == 1  # our ACK for the 486
+
+
+def test_routes_fail_over_on_503_but_not_on_486(
+    node: NodeProcess, sipp_server: SippServerFactory, tmp_path: Path
+) -> None:
+    down = sipp_server(
+        "uas_unavailable.xml", calls=1, timeout_s=20
+    )
+    good = sipp_server("uas", calls=1, timeout_s=30)
+    put_trunk(node, "route-first", down)
+    put_trunk(node, "route-second", good)
+    status, _ = api(node, "PUT", "/v1/routes/outbound/us", body={
+        "prefix": "+1555888", "trunks": ["route-first", "route-second"]})  # fmt: skip
+    assert status == 200
+    call_id = place(node, to="+15558880000", agent="none")
+    view = wait_state(node, call_id, "confirmed")
+    assert view["trunk"] == "route-second"
+    api(node, "DELETE", f"/v1/calls/{call_id}")
+    wait_state(node, call_id, "ended")
+    assert down.wait(timeout_s=20).successful_calls == 1
+    assert good.wait(timeout_s=20).successful_calls == 1
+    status, _ = api(node, "DELETE", "/v1/routes/outbound/us")
+    assert status == 204
+
+
+def test_bad_call_requests_name_the_field(node: NodeProcess) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"to": "5551234"}, "to"),  # not E.164
+        ({"to": "+15551234567", "from": "bob"}, "from"),
+        ({"to": "+15551234567", "headers": {"Via": "x"}}, "headers"),
+        ({"to": "+15551234567", "trunk": "no-such-trunk"}, "trunk"),
+        ({"to": "+19990001111"}, "to"),  # no route matches
+        ({"to": "+15551234567", "ring_timeout_s": 0}, "ring_timeout_s"),
+        ({"to": "+15551234567", "webhook_url": "http://127.0.0.1:9/hook"}, "webhook_url"),
+    ]
+    for body, field in cases:
+        status, answer = api(node, "POST", "/v1/calls", body=body)
+        assert status == 422, (body, answer)
+        assert any(e["loc"][-1] == field for e in answer["detail"]), (body, answer)
+    status, answer = api(node, "PUT", "/v1/trunks/t1", body={"host": "a b"})
+    assert status == 422 and answer["detail"][0]["loc"][-1] == "host"
+    status, answer = api(node, "PUT", "/v1/routes/outbound/r1", body={"trunks": ["nope"]})
+    assert status == 422 and answer["detail"][0]["loc"][-1] == "trunks"
+    assert api(node, "GET", "/v1/calls/nope")[0] == 404
