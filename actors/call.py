@@ -391,7 +391,8 @@ class CallActor:
                 # BYE before our 2xx: §15.1.2 says end the INVITE with 487.
                 self._fail(487, "canceled")
             else:
-                self._end("completed", reason="caller hung up")
+                who = "caller" if self.record.direction == "inbound" else "callee"
+                self._end("completed", reason=f"{who} hung up")
             self._stop_retransmitting()
             return True
         if method in ("INVITE", "UPDATE"):

@@ -15,9 +15,11 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from control_api.campaigns import campaign_router
 from control_api.keys import ApiKeys
 from control_api.metrics import CONTENT_TYPE, NodeMetrics
 from control_api.outbound import CallBody, CallPlaced, place_call, trunk_router
+from switch.campaigns import Campaigns
 from switch.dialer import Dialer
 from switch.trunks import TrunkBook
 
@@ -82,6 +84,7 @@ def create_app(
     dialer: Dialer | None = None,
     trunk_status: Any = None,
     can_sign: bool = False,
+    campaigns: Campaigns | None = None,
 ) -> FastAPI:
     # Every endpoint is ``async def``: it runs on the node's loop, where the calls live
     # (a plain ``def`` would run in a worker thread and race the actors).
@@ -203,6 +206,8 @@ def create_app(
             return place_call(dialer, body, can_sign=can_sign)
 
         app.include_router(trunk_router(book, require, trunk_status or (lambda _n: {})))
+    if campaigns is not None:
+        app.include_router(campaign_router(campaigns, require, can_sign=can_sign))
 
     return app
 

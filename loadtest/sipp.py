@@ -27,6 +27,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from loadtest.node import taskset_prefix
@@ -321,6 +322,22 @@ def sipp_command(
     return cmd
 
 
+_MESSAGE_HEAD = re.compile(
+    r"^-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n\w+ message received \[\d+\] bytes :\n\n(\S+)",
+    re.MULTILINE,
+)
+
+
+def received_times(messages_log: Path, method: str) -> list[float]:
+    """When SIPp received each ``method`` request (epoch seconds), from its -trace_msg
+    log: the times a load generator's peer actually saw, for pacing measurements."""
+    times = []
+    for stamp, first in _MESSAGE_HEAD.findall(messages_log.read_text(errors="replace")):
+        if first == method:
+            times.append(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp())
+    return times
+
+
 class SippServer:
     """SIPp as a UAS (a carrier, a callee) in the background: the node dials it.
 
@@ -356,6 +373,11 @@ class SippServer:
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def messages_log(self) -> Path:
+        """SIPp's -trace_msg log (with ``trace_msg=True``)."""
+        return self.workdir / "messages.log"
 
     def wait(self, timeout_s: float | None = None) -> SippResult:
         killed = False

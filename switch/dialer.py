@@ -30,6 +30,10 @@ class Pacer:
         self.clock = clock
         self._next = 0.0
 
+    def peek(self) -> float:
+        """When the next start could be, without taking it."""
+        return max(self.clock(), self._next) if self.rate > 0 else self.clock()
+
     def reserve(self) -> float:
         now = self.clock()
         if self.rate <= 0:

@@ -114,6 +114,7 @@ class CallManager:
         self._by_invite: dict[int, CallActor] = {}
         self._tasks: dict[CallActor, asyncio.Task[CallRecord]] = {}
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._watchers: dict[str, Callable[[CallRecord], None]] = {}
         # Where SIP to a peer goes (set by the node once its UDP socket is bound).
         self.flow_to: Callable[[tuple[str, int]], Flow] | None = None
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
@@ -355,6 +356,12 @@ class CallManager:
             record.duration_s,
         )
         self._remember(actor)
+        watcher = self._watchers.pop(record.call_id, None)
+        if watcher is not None:
+            try:
+                watcher(record)
+            except Exception:  # a campaign's bug must not stop the supervision
+                log.exception("call %s: end watcher failed", record.call_id)
         if self.on_record is not None:
             self.on_record(record)
         if self.checkpointer is not None:
@@ -390,6 +397,10 @@ class CallManager:
             self._publish(events.answered(record), record)
         elif name == "transferred":
             self._publish(events.transferred(record, record.transfer_target), record)
+
+    def when_ended(self, call_id: str, callback: Callable[[CallRecord], None]) -> None:
+        """Call ``callback`` with the record when this live call ends (a campaign)."""
+        self._watchers[call_id] = callback
 
     def find(self, call_id: str) -> CallActor | None:
         """The live call with this Call-ID (the control API's call id)."""

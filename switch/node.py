@@ -24,6 +24,7 @@ from sip.message import Message
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
 from switch.backbone import Backbone, build_sinks
+from switch.campaigns import Campaigns
 from switch.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.config import Settings, auth_algorithms, auth_users
 from switch.dialer import Dialer
@@ -52,6 +53,7 @@ class Node:
         self.checkpointer: Checkpointer | None = None
         self.book = TrunkBook.load(settings.trunks_file or None)
         self.dialer: Dialer | None = None
+        self.campaigns: Campaigns | None = None
         self._background: list[asyncio.Task[None]] = []
         self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
@@ -164,6 +166,7 @@ class Node:
         self.manager.trunk_of = self._trunk_of
         self.manager.trunks_configured = lambda: bool(self.book.trunks)
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
+        self.campaigns = Campaigns(self.dialer, loop.time, self.manager.when_ended)
         self._tcp = TcpServer(self._receive_tcp)
         await self._tcp.start(s.sip_host, s.sip_port)
         self._background = [
@@ -245,6 +248,8 @@ class Node:
         await self._stop.wait()
 
     async def drain_and_close(self) -> None:
+        if self.campaigns is not None:
+            await self.campaigns.close()  # no new calls while the node drains
         if self.manager is not None:
             await self.manager.drain(self.settings.drain_grace_s)
         for task in self._background:
@@ -327,7 +332,7 @@ async def run_node(settings: Settings) -> int:
         app = create_app(
             node, node.metrics, keys=keys, calls=node, commands=API_COMMANDS,
             dialer=node.dialer, trunk_status=node.trunk_status,
-            can_sign=bool(settings.webhook_secret),
+            can_sign=bool(settings.webhook_secret), campaigns=node.campaigns,
         )  # fmt: skip
         server = make_server(app, settings.api_host, settings.api_port)
         api_task = loop.create_task(server.serve())
