@@ -103,9 +103,27 @@ class _StateCollector(Collector):
             "voxswitch_calls_ended", "Calls ended, by direction and disposition",
             labels=["direction", "disposition"],
         )  # fmt: skip
-        for disposition, count in sorted(h.get("dispositions", {}).items()):
-            ended.add_metric(["inbound", disposition], count)
+        for direction, key in (("inbound", "dispositions"), ("outbound", "outbound_dispositions")):
+            for disposition, count in sorted(h.get(key, {}).items()):
+                ended.add_metric([direction, disposition], count)
         yield ended
+        yield _counter("voxswitch_sip_forbidden", "INVITEs from no trunk's address (403)",
+                       h.get("sip_forbidden", 0))  # fmt: skip
+        trunk_up = GaugeMetricFamily("voxswitch_trunk_up", "1 while a trunk answers its "
+                                     "keepalives (or has none)", labels=["trunk"])  # fmt: skip
+        trunk_calls = GaugeMetricFamily(
+            "voxswitch_trunk_calls", "Calls in progress through a trunk", labels=["trunk"]
+        )
+        registered = GaugeMetricFamily(
+            "voxswitch_trunk_registered", "1 while registered with the carrier", labels=["trunk"]
+        )
+        for name, trunk in sorted(h.get("trunks", {}).items()):
+            trunk_up.add_metric([name], 1 if trunk["up"] else 0)
+            trunk_calls.add_metric([name], trunk["calls"])
+            registration = trunk.get("registration")
+            if registration is not None:
+                registered.add_metric([name], 1 if registration["state"] == "registered" else 0)
+        yield from (trunk_up, trunk_calls, registered)
         sip = h.get("sip", {})
         responses = CounterMetricFamily(
             "voxswitch_sip_responses_sent", "SIP responses sent, by status code", labels=["code"]

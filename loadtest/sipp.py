@@ -355,8 +355,9 @@ class SippServer:
         transport: str = "u1",
         trace_msg: bool = False,
         extra_args: Sequence[str] = (),
+        port: int | None = None,
     ) -> None:
-        self.port = free_port(udp=True, tcp=True)
+        self.port = port or free_port(udp=True, tcp=True)
         self.workdir = workdir
         self.timeout_s = timeout_s
         self.command = sipp_command(

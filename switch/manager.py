@@ -74,6 +74,7 @@ class ManagerStats:
     calls_offered: int = 0
     calls_rejected: Counter[int] = field(default_factory=Counter)
     dispositions: Counter[str] = field(default_factory=Counter)
+    outbound_dispositions: Counter[str] = field(default_factory=Counter)
     crashed: int = 0
     forbidden: int = 0  # INVITEs from no trunk's address (403)
 
@@ -304,15 +305,18 @@ class CallManager:
         return actor
 
     async def _connect(self, target: DialTarget) -> Flow:
-        """The flow to a target: its host resolved (DNS only for names)."""
+        return await self.connect(target.host, target.port)
+
+    async def connect(self, host: str, port: int) -> Flow:
+        """The UDP flow to ``host``: resolved when it is a name (DNS), not an address."""
         assert self.flow_to is not None
-        host = target.host.strip("[]")
+        host = host.strip("[]")
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            infos = await self.loop.getaddrinfo(host, target.port, type=socket.SOCK_DGRAM)
+            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             host = str(infos[0][4][0])
-        return self.flow_to((host, target.port))
+        return self.flow_to((host, port))
 
     def _start(self, actor: CallActor) -> None:
         actor.on_milestone = self._milestone
@@ -347,7 +351,10 @@ class CallManager:
         if not record.disposition:
             record.disposition = "failed"
             record.ended_at = time.time()
-        self.stats.dispositions[record.disposition] += 1
+        if record.direction == "outbound":
+            self.stats.outbound_dispositions[record.disposition] += 1
+        else:
+            self.stats.dispositions[record.disposition] += 1
         log.info(
             "call %s ended: %s (%s) after %.1f s",
             record.call_id,

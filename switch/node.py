@@ -30,6 +30,7 @@ from switch.config import Settings, auth_algorithms, auth_users
 from switch.dialer import Dialer
 from switch.manager import CallManager
 from switch.media_leg import MediaPlant
+from switch.trunk_monitor import TrunkMonitor
 from switch.trunks import TrunkBook
 from switch.voice import build_voice, vad_config
 
@@ -54,6 +55,7 @@ class Node:
         self.book = TrunkBook.load(settings.trunks_file or None)
         self.dialer: Dialer | None = None
         self.campaigns: Campaigns | None = None
+        self.trunk_monitor: TrunkMonitor | None = None
         self._background: list[asyncio.Task[None]] = []
         self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
@@ -76,6 +78,9 @@ class Node:
             "max_calls": self.settings.max_calls,
             "calls_offered": manager.stats.calls_offered if manager else 0,
             "dispositions": dict(manager.stats.dispositions) if manager else {},
+            "outbound_dispositions": dict(manager.stats.outbound_dispositions) if manager else {},
+            "sip_forbidden": manager.stats.forbidden if manager else 0,
+            "trunks": {name: self.trunk_status(name) for name in self.book.trunks},
             "backbone": self.backbone.status() if self.backbone else {},
             "checkpoints": self.checkpointer.status() if self.checkpointer else {},
             "media": {
@@ -167,12 +172,16 @@ class Node:
         self.manager.trunks_configured = lambda: bool(self.book.trunks)
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         self.campaigns = Campaigns(self.dialer, loop.time, self.manager.when_ended)
+        self.trunk_monitor = TrunkMonitor(
+            self.book, endpoint, local, self.manager.connect, loop.time
+        )
         self._tcp = TcpServer(self._receive_tcp)
         await self._tcp.start(s.sip_host, s.sip_port)
         self._background = [
             loop.create_task(self._end_orphans(), name="end orphans"),
             loop.create_task(self.checkpointer.run(), name="checkpointer"),
             loop.create_task(self.metrics.sample_loop_lag(), name="loop lag"),
+            loop.create_task(self.trunk_monitor.run(), name="trunk monitor"),
         ]
         log.info(
             "node %s: SIP on %s:%d (UDP, TCP), RTP %d-%d, advertising %s",
@@ -221,11 +230,12 @@ class Node:
         return trunk.name if trunk is not None else None
 
     def trunk_up(self, name: str) -> bool:
-        return True
+        return self.trunk_monitor is None or self.trunk_monitor.up(name)
 
     def trunk_status(self, name: str) -> dict[str, Any]:
         calls = self.dialer.trunk_calls(name) if self.dialer is not None else 0
-        return {"up": self.trunk_up(name), "calls": calls}
+        watched = self.trunk_monitor.status(name) if self.trunk_monitor is not None else {}
+        return {"up": self.trunk_up(name), "calls": calls, **watched}
 
     def _receive_tcp(self, message: Message, conn: TcpConnection) -> None:
         assert self.manager is not None
