@@ -39,6 +39,7 @@ from sip.errors import UriError
 from sip.message import Request, make_response
 from sip.parser import KNOWN_METHODS
 from sip.transaction import InviteServerTransaction
+from sip.uri import SipUri
 from switch import events
 from switch.checkpoints import Checkpointer, CheckpointStore
 
@@ -121,6 +122,7 @@ class CallManager:
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
         self.trunk_of: Callable[[str], str | None] | None = None  # source IP -> trunk name
         self.trunks_configured: Callable[[], bool] | None = None
+        self.agent_for: Callable[[str], str | None] | None = None  # dialed number -> agent
 
     @property
     def active_calls(self) -> int:
@@ -254,7 +256,7 @@ class CallManager:
             local=self.local,
             config=self.call_config,
             clock=self.loop.time,
-            voice=self.voice,
+            voice=self._inbound_voice(request),
             vad=self.vad,
         )
         actor.record.trunk = trunk
@@ -334,6 +336,14 @@ class CallManager:
         if record.webhook_url:
             event["webhook_url"] = record.webhook_url  # the webhook sink posts it there too
         self.publish(event)
+
+    def _inbound_voice(self, request: Request) -> Voice | None:
+        """The agent the dialed number's inbound route names ('none': greeting only)."""
+        if self.agent_for is None:
+            return self.voice
+        uri = request.parsed_uri
+        number = uri.user if isinstance(uri, SipUri) and uri.user else ""
+        return None if self.agent_for(number) == "none" else self.voice
 
     def _call_done(self, actor: CallActor, task: asyncio.Task[CallRecord]) -> None:
         """One-for-one supervision: whatever happened, end the call cleanly."""

@@ -170,6 +170,7 @@ class Node:
         self.manager.flow_to = self._udp.flow_to
         self.manager.trunk_of = self._trunk_of
         self.manager.trunks_configured = lambda: bool(self.book.trunks)
+        self.manager.agent_for = self.book.agent_for
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         self.campaigns = Campaigns(self.dialer, loop.time, self.manager.when_ended)
         self.trunk_monitor = TrunkMonitor(

@@ -160,3 +160,24 @@ def test_x_headers_reach_the_call_and_its_record(
         "the call's record", lambda: [r for r in node.records() if r["call_id"] == call_id], 10
     )
     assert record["sip_headers"] == {"X-Campaign": "spring-2026", "X-Customer-Id": "42"}
+
+
+def test_inbound_route_picks_the_agent(node: NodeProcess, sipp: SippRunner) -> None:
+    route = {"pattern": "chime-.*", "agent": "none"}
+    assert api(node, "PUT", "/v1/routes/inbound/chime-only", body=route)[0] == 200
+    for service, agent in (("chime-1", False), ("sales", True)):
+        results: list[SippResult] = []
+
+        def call(service: str = service, results: list[SippResult] = results) -> None:
+            args = ["-s", service]
+            results.append(sipp(node, "wait_for_bye.xml", timeout_s=40, extra_args=args))
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        listed = wait_for_call(node)
+        assert listed["to"].startswith(f"sip:{service}@") and listed["agent"] is agent
+        assert api(node, "DELETE", f"/v1/calls/{listed['call_id']}")[0] == 202
+        caller.join(20)
+        assert results and results[0].successful_calls == 1
+        wait_for("the call to end", lambda: api(node, "GET", "/v1/calls")[1]["count"] == 0)
+    assert api(node, "DELETE", "/v1/routes/inbound/chime-only")[0] == 204
