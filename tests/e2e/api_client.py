@@ -19,7 +19,9 @@ def api(
     key: str | None = ADMIN,
     body: Any = None,
     raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
+    """(status, JSON body); ``headers``, when given, is filled with the response's."""
     url = node.health_url.replace("/health", path)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method=method)
@@ -29,6 +31,10 @@ def api(
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
+            if headers is not None:
+                headers.update(response.headers.items())
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
+        if headers is not None:
+            headers.update(exc.headers.items())
         return exc.code, json.loads(exc.read() or b"null")

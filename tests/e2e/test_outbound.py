@@ -185,3 +185,27 @@ def test_bad_call_requests_name_the_field(node: NodeProcess) -> None:
     status, answer = api(node, "PUT", "/v1/routes/outbound/r1", body={"trunks": ["nope"]})
     assert status == 422 and answer["detail"][0]["loc"][-1] == "trunks"
     assert api(node, "GET", "/v1/calls/nope")[0] == 404
+
+
+def test_full_trunk_429_and_full_node_503_with_retry_after(
+    voxswitch_nodes: NodeFactory, sipp_server: SippServerFactory, tmp_path: Path
+) -> None:
+    env = {"VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_TRUNKS_FILE": str(tmp_path / "t.json"),
+           "VOXSWITCH_AGENT": "none"}  # fmt: skip
+    small = voxswitch_nodes.start("small", NodeOptions(max_calls=1, media_timeout_s=0, env=env))
+    callee = sipp_server("uas_ring.xml", calls=1, timeout_s=30)
+    put_trunk(small, "one-call", callee, max_calls=1)
+    put_trunk(small, "open", callee)
+    call_id = place(small, to="+15557654330", trunk="one-call")
+    wait_state(small, call_id, "ringing")
+    headers: dict[str, str] = {}
+    status, body = api(small, "POST", "/v1/calls", headers=headers,
+                       body={"to": "+15557654331", "trunk": "one-call"})  # fmt: skip
+    assert status == 429 and "one-call" in body["detail"] and headers["retry-after"] == "1"
+    headers.clear()
+    status, body = api(small, "POST", "/v1/calls", headers=headers,
+                       body={"to": "+15557654332", "trunk": "open"})  # fmt: skip
+    assert status == 503 and int(headers["retry-after"]) > 0
+    api(small, "DELETE", f"/v1/calls/{call_id}")
+    assert wait_state(small, call_id, "ended")["disposition"] == "canceled"
+    callee.wait(timeout_s=20)

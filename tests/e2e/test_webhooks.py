@@ -13,6 +13,8 @@ from typing import Any
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippRunner
 from switch.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from tests.e2e.api_client import ADMIN, api
+from tests.e2e.conftest import SippServerFactory
 from tests.e2e.polling import wait_for
 
 SECRET = "whsec-test-0123456789"
@@ -126,3 +128,35 @@ def test_webhook_settings_are_checked() -> None:
             assert message in str(exc)
         else:
             raise AssertionError(f"{env} was accepted")
+
+
+def test_a_call_placed_with_its_own_webhook_url(
+    voxswitch_nodes: NodeFactory, sipp_server: SippServerFactory, tmp_path: Path
+) -> None:
+    """The node has no webhook of its own, only the secret: a call's events go to the
+    URL it was placed with, signed; events of other calls do not."""
+    receiver = Receiver().up()
+    try:
+        env = {"VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_WEBHOOK_SECRET": SECRET,
+               "VOXSWITCH_AGENT": "none", "VOXSWITCH_SPOOL_DIR": str(tmp_path / "spool"),
+               "VOXSWITCH_TRUNKS_FILE": str(tmp_path / "trunks.json")}  # fmt: skip
+        node = voxswitch_nodes.start("own-hook", NodeOptions(media_timeout_s=0, env=env))
+        callee = sipp_server("uas_busy.xml", calls=2, timeout_s=30)
+        trunk = {"host": "127.0.0.1", "port": callee.port, "options_interval_s": 0}
+        assert api(node, "PUT", "/v1/trunks/t", body=trunk)[0] == 200
+        hook = f"http://127.0.0.1:{receiver.port}/hooks/call"
+        status, placed = api(node, "POST", "/v1/calls", body={
+            "to": "+15557770001", "trunk": "t", "webhook_url": hook})  # fmt: skip
+        assert status == 202
+        status, _ = api(node, "POST", "/v1/calls", body={"to": "+15557770002", "trunk": "t"})
+        assert status == 202
+        wait_for("the call's events", lambda: "call.ended" in receiver.types(), 20)
+        assert receiver.types() == ["call.offered", "call.ended"]
+        assert {e["call_id"] for e in receiver.got} == {placed["call_id"]}
+        assert receiver.bad_signatures == 0
+        ended = receiver.got[-1]
+        assert ended["disposition"] == "busy" and ended["sip_code"] == 486
+        assert "webhook_url" not in ended  # routing, not part of the event
+        assert callee.wait(timeout_s=20).successful_calls == 2
+    finally:
+        receiver.down()
