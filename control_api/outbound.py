@@ -9,8 +9,8 @@ Trunks and routes are the carrier set-up (scope ``admin``); placing a call needs
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import JSONResponse
@@ -18,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from switch.dialer import CallRequest, Dialer, NoRoute
 from switch.manager import CallRefused
+from switch.trunk_store import TrunkStoreError
 from switch.trunks import NAME_PATTERN, InboundRoute, OutboundRoute, Trunk, TrunkBook
 
 DESTINATION = r"^(\+[1-9][0-9]{6,14}|sips?:[^\s<>\"]{3,250})$"
 HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,64}$")
 MetadataValue = str | int | float | bool
+T = TypeVar("T")
 
 
 class CallBody(BaseModel):
@@ -113,6 +115,14 @@ def place_call(dialer: Dialer, body: CallBody, *, can_sign: bool) -> JSONRespons
     return JSONResponse({"call_id": actor.call_id, "status": "queued"}, status_code=202)
 
 
+async def stored(change: Awaitable[T]) -> T:
+    """A change written through to the trunk store: its outage is a 503, not a 500."""
+    try:
+        return await change
+    except TrunkStoreError as exc:
+        raise HTTPException(503, f"trunks not saved: {exc}", headers={"Retry-After": "5"}) from exc
+
+
 def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callable[[str], Any]
                  ) -> APIRouter:  # fmt: skip
     """CRUD for trunks and routes; each change is saved (write-through) at once."""
@@ -142,19 +152,17 @@ def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callabl
         if password == "********" and old is not None:
             password = old.password
         trunk = body.model_copy(update={"name": name, "password": password})
-        book.trunks[name] = trunk
-        book.save()
+        await stored(book.put_trunk(trunk))
         return {**trunk.public(), "status": status(name)}
 
     @router.delete("/v1/trunks/{name}", status_code=204)
     async def delete_trunk(name: str = name_param) -> None:
-        used = [r.name for r in book.outbound.values() if name in r.trunks]
         if name not in book.trunks:
             raise missing("trunk", name)
+        used = [r.name for r in book.outbound.values() if name in r.trunks]
         if used:
             raise HTTPException(409, f"trunk {name!r} is used by routes {used}")
-        del book.trunks[name]
-        book.save()
+        await stored(book.delete_trunk(name))
 
     @router.get("/v1/routes/outbound")
     async def list_outbound_routes() -> dict[str, Any]:
@@ -168,15 +176,8 @@ def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callabl
             raise HTTPException(422, [{"loc": ["body", "trunks"], "type": "value_error",
                                        "msg": f"no trunks named {unknown}"}])  # fmt: skip
         route = body.model_copy(update={"name": name})
-        book.outbound[name] = route
-        book.save()
+        await stored(book.put_route(route))
         return route.model_dump()
-
-    @router.delete("/v1/routes/outbound/{name}", status_code=204)
-    async def delete_outbound_route(name: str = name_param) -> None:
-        if book.outbound.pop(name, None) is None:
-            raise missing("outbound route", name)
-        book.save()
 
     @router.get("/v1/routes/inbound")
     async def list_inbound_routes() -> dict[str, Any]:
@@ -186,14 +187,14 @@ def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callabl
     @router.put("/v1/routes/inbound/{name}")
     async def put_inbound_route(body: InboundRoute, name: str = name_param) -> dict[str, Any]:
         route = body.model_copy(update={"name": name})
-        book.inbound[name] = route
-        book.save()
+        await stored(book.put_route(route))
         return route.model_dump()
 
-    @router.delete("/v1/routes/inbound/{name}", status_code=204)
-    async def delete_inbound_route(name: str = name_param) -> None:
-        if book.inbound.pop(name, None) is None:
-            raise missing("inbound route", name)
-        book.save()
+    @router.delete("/v1/routes/{kind}/{name}", status_code=204)
+    async def delete_route(
+        kind: Literal["outbound", "inbound"], name: str = name_param
+    ) -> None:
+        if not await stored(book.delete_route(kind, name)):
+            raise missing(f"{kind} route", name)
 
     return router

@@ -165,6 +165,10 @@ class Settings:
         default="voxswitch-trunks.json",
         metadata={"help": "trunks and routes (JSON, written by the API; '' keeps them in memory)"},
     )
+    trunks_reload_s: float = field(
+        default=10.0,
+        metadata={"help": "with postgres_dsn: reload trunks and routes this often"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -255,6 +259,8 @@ def load_settings(
             raise ConfigError("webhook_url: must be an http:// or https:// URL")
         if not settings.webhook_secret:
             raise ConfigError("webhook_secret: set it with webhook_url (it signs every POST)")
+    if settings.trunks_reload_s <= 0:
+        raise ConfigError("trunks_reload_s: must be above 0")
     if settings.spool_max_mb < 1:
         raise ConfigError("spool_max_mb: must be at least 1")
     if settings.asr_pool_size < 1:

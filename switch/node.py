@@ -31,6 +31,7 @@ from switch.dialer import Dialer
 from switch.manager import CallManager
 from switch.media_leg import MediaPlant
 from switch.trunk_monitor import TrunkMonitor
+from switch.trunk_store import PostgresTrunkStore, TrunkStoreError
 from switch.trunks import TrunkBook
 from switch.voice import build_voice, vad_config
 
@@ -52,7 +53,8 @@ class Node:
         self.backbone: Backbone | None = None
         self.checkpoints: CheckpointStore | None = None
         self.checkpointer: Checkpointer | None = None
-        self.book = TrunkBook.load(settings.trunks_file or None)
+        store = PostgresTrunkStore(settings.postgres_dsn) if settings.postgres_dsn else None
+        self.book = TrunkBook.load(settings.trunks_file or None, store)
         self.dialer: Dialer | None = None
         self.campaigns: Campaigns | None = None
         self.trunk_monitor: TrunkMonitor | None = None
@@ -183,6 +185,7 @@ class Node:
             loop.create_task(self.checkpointer.run(), name="checkpointer"),
             loop.create_task(self.metrics.sample_loop_lag(), name="loop lag"),
             loop.create_task(self.trunk_monitor.run(), name="trunk monitor"),
+            loop.create_task(self._reload_trunks(), name="trunk reload"),
         ]
         log.info(
             "node %s: SIP on %s:%d (UDP, TCP), RTP %d-%d, advertising %s",
@@ -225,6 +228,17 @@ class Node:
         return self.manager.recent.get(call_id) if self.manager is not None else None
 
     # ---- trunks ------------------------------------------------------------------------
+
+    async def _reload_trunks(self) -> None:
+        """PostgreSQL's trunks and routes, now and every ``trunks_reload_s``."""
+        if self.book.store is None:
+            return
+        while True:
+            try:
+                await self.book.reload()
+            except TrunkStoreError as exc:
+                log.warning("trunks not reloaded (%s); dialing by the last known", exc)
+            await asyncio.sleep(self.settings.trunks_reload_s)
 
     def _trunk_of(self, source_ip: str) -> str | None:
         trunk = self.book.trunk_for_source(source_ip)
@@ -270,6 +284,8 @@ class Node:
             await self.checkpointer.flush()
         if self.checkpoints is not None:
             await self.checkpoints.close()
+        if self.book.store is not None:
+            await self.book.store.close()
         if self._udp is not None:
             await asyncio.sleep(0.2)  # let the last BYEs and 200s leave
             self._udp.close()

@@ -6,7 +6,8 @@ codecs and limits. ``OutboundRoute`` picks trunks for a destination by prefix
 (longest prefix first, then priority); ``InboundRoute`` picks the agent for a dialed
 number. The models double as the API's request bodies, so a bad field is a 422
 naming it. ``TrunkBook`` holds them in memory and persists every change to a JSON
-file (the embedded default).
+file (the embedded default) and, with ``postgres_dsn``, to PostgreSQL first
+(``switch/trunk_store.py``), which every node reloads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
+
+from switch.trunk_store import PostgresTrunkStore
 
 Codec = Literal["PCMU", "PCMA"]
 CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")
@@ -115,13 +118,14 @@ class TrunkBook:
     """Trunks and routes in memory; every change is written through to ``path``."""
 
     path: Path | None = None
+    store: PostgresTrunkStore | None = None
     trunks: dict[str, Trunk] = field(default_factory=dict)
     outbound: dict[str, OutboundRoute] = field(default_factory=dict)
     inbound: dict[str, InboundRoute] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path | None) -> TrunkBook:
-        book = cls(Path(path) if path else None)
+    def load(cls, path: str | Path | None, store: PostgresTrunkStore | None = None) -> TrunkBook:
+        book = cls(Path(path) if path else None, store)
         if book.path is None or not book.path.exists():
             return book
         data = json.loads(book.path.read_text())
@@ -147,6 +151,48 @@ class TrunkBook:
         tmp.write_text(json.dumps(self.dump(), indent=2))
         os.chmod(tmp, 0o600)  # it holds carrier passwords
         os.replace(tmp, self.path)
+
+    # ---- changes (PostgreSQL first: if it fails, nothing changed) ----------------------------
+
+    async def reload(self) -> None:
+        """Take PostgreSQL's trunks and routes (what other nodes changed)."""
+        if self.store is not None:
+            data = await self.store.load()
+            if data != self.dump():
+                self.apply(data)
+                self.save()
+
+    async def put_trunk(self, trunk: Trunk) -> None:
+        if self.store is not None:
+            await self.store.put_trunk(trunk.name, trunk.model_dump())
+        self.trunks[trunk.name] = trunk
+        self.save()
+
+    async def delete_trunk(self, name: str) -> None:
+        if self.store is not None:
+            await self.store.delete_trunk(name)
+        self.trunks.pop(name, None)
+        self.save()
+
+    async def put_route(self, route: OutboundRoute | InboundRoute) -> None:
+        kind = "outbound" if isinstance(route, OutboundRoute) else "inbound"
+        if self.store is not None:
+            await self.store.put_route(kind, route.name, route.model_dump())
+        if isinstance(route, OutboundRoute):
+            self.outbound[route.name] = route
+        else:
+            self.inbound[route.name] = route
+        self.save()
+
+    async def delete_route(self, kind: str, name: str) -> bool:
+        table: dict[str, Any] = self.outbound if kind == "outbound" else self.inbound
+        if name not in table:
+            return False
+        if self.store is not None:
+            await self.store.delete_route(kind, name)
+        del table[name]
+        self.save()
+        return True
 
     # ---- lookups ---------------------------------------------------------------------
 

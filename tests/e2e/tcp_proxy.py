@@ -26,6 +26,8 @@ class TcpProxy:
         self._lock = threading.Lock()
 
     def up(self) -> TcpProxy:
+        if self._listener is not None:
+            return self  # already up
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, self.port))
