@@ -8,6 +8,7 @@ hands back a ``CallRecord`` when it ends; the manager supervises it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -30,6 +31,7 @@ from actors.messages import (
     RequestArrived,
     SayRequested,
     TransferRequested,
+    TransferSettled,
 )
 from actors.runtime import Mailbox, MailboxClosed
 from media.dtmf import parse_dtmf_info, parse_dtmf_relay
@@ -49,6 +51,8 @@ from sip.transaction import (
 log = logging.getLogger("voxswitch.call")
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, NOTIFY"
+TRANSFER_NOTIFY_WAIT_S = 5.0  # after a 202 to our REFER, wait this long for the outcome
+TRANSFER_FAILED_LINE = "Sorry, I could not put you through. I am still here with you."
 
 
 class CallState(Enum):
@@ -82,6 +86,7 @@ class CallRecord:
     barge_ins: list[dict[str, float]] = field(default_factory=list)
     media: dict[str, Any] = field(default_factory=dict)  # loss and jitter both ways (RTCP)
     transfer_target: str = ""
+    transfer_status: int | None = None  # the referred call's final code (NOTIFY sipfrag)
     sip_headers: dict[str, str] = field(default_factory=dict)  # the INVITE's X- headers
     metadata: dict[str, Any] = field(default_factory=dict)  # the API's, for outbound calls
     campaign_id: str = ""
@@ -182,6 +187,8 @@ class CallActor:
     conversation: Conversation | None = None
     # Told "answered" and "transferred" as they happen (the manager publishes them).
     on_milestone: Callable[[str, CallRecord], None] | None = None
+    _transfer_pending: bool = False  # REFER accepted, the outcome not known yet
+    _transfer_final: int | None = None  # a final sipfrag status seen (maybe before the 202)
     _answerer: SdpAnswerer | None = None
     _retransmitter: SuccessRetransmitter | None = None
 
@@ -365,6 +372,9 @@ class CallActor:
             elif isinstance(message, ReferAnswered):
                 if self._refer_answered(message):
                     return
+            elif isinstance(message, TransferSettled):
+                if self._transfer_settled(message.status):
+                    return
             elif isinstance(message, AckArrived):
                 self._stop_retransmitting()  # ACK for a re-INVITE's 2xx
             elif isinstance(message, RequestArrived):
@@ -404,6 +414,8 @@ class CallActor:
             # NOTIFY: the progress of a transfer we asked for (RFC 3515 §2.4.4).
             headers = [("Allow", ALLOW)] if method == "OPTIONS" else []
             self.endpoint.respond(txn, make_response(request, 200, headers=headers))
+            if method == "NOTIFY":
+                self._transfer_progress(request)
         else:
             self.endpoint.respond(txn, make_response(request, 405, headers=[("Allow", ALLOW)]))
         return False
@@ -497,14 +509,48 @@ class CallActor:
 
         self.endpoint.send_request(refer, self.flow, on_event)
 
+    def _transfer_progress(self, notify: Request) -> None:
+        """A NOTIFY of the REFER's implicit subscription: its sipfrag's status line."""
+        event = (notify.headers.get("event") or "").split(";")[0].strip().lower()
+        if event != "refer" or not self.record.transfer_target:
+            return
+        status = sipfrag_status(notify.body)
+        if status is not None and status >= 200:
+            self._transfer_final = status
+            if self._transfer_pending:
+                self.mailbox.put(TransferSettled(status))
+
+    def _transfer_settled(self, status: int | None) -> bool:
+        """The referred call ended up ``status``: True when our leg is done (it was
+        answered, or nobody told us); a failure leaves the caller with the agent."""
+        if not self._transfer_pending:
+            return False
+        self._transfer_pending = False
+        self.record.transfer_status = status
+        if status is None or 200 <= status < 300:
+            self._milestone("transferred")
+            self._hangup("transferred", self.record.reason)
+            return True
+        log.info("call %s: transfer failed (%d); the agent takes the caller back",
+                 self.call_id, status)  # fmt: skip
+        self.record.reason = f"transfer to {self.record.transfer_target} failed: {status}"
+        if self.conversation is not None:
+            self.conversation.announce(TRANSFER_FAILED_LINE)
+        return False
+
     def _refer_answered(self, message: ReferAnswered) -> bool:
         """True when the call ended: the caller accepted the transfer (202) or it failed."""
         response = message.response
         if response is not None and 200 <= response.status < 300:
-            # The caller now calls the target; our leg is done (blind transfer).
-            self._milestone("transferred")
-            self._hangup("transferred", self.record.reason)
-            return True
+            # The caller now calls the target: wait (briefly) for the NOTIFY that says
+            # how that went, then our leg is done (blind transfer).
+            self._transfer_pending = True
+            if self._transfer_final is not None:
+                self.mailbox.put(TransferSettled(self._transfer_final))
+            else:
+                loop = asyncio.get_running_loop()
+                loop.call_later(TRANSFER_NOTIFY_WAIT_S, self.mailbox.put, TransferSettled(None))
+            return False
         status = response.status if response is not None else "timeout"
         log.info("call %s: REFER refused (%s); hanging up", self.call_id, status)
         self._hangup("transfer_failed", f"REFER answered {status}")
@@ -743,6 +789,14 @@ def reason_header(disposition: str, text: str) -> str:
     cause = _Q850_CAUSE.get(disposition, Q850_NORMAL_CLEARING)
     clean = text.replace('"', "'").replace("\\", "/")[:120]
     return f'Q.850;cause={cause};text="{clean}"'
+
+
+def sipfrag_status(body: bytes) -> int | None:
+    """The status code of a message/sipfrag body's status line (``SIP/2.0 200 OK``)."""
+    first = body.split(b"\n", 1)[0].strip().split()
+    if len(first) >= 2 and first[0].upper().startswith(b"SIP/") and first[1].isdigit():
+        return int(first[1])
+    return None
 
 
 def _sdp_body(request: Request) -> bytes | None:

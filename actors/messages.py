@@ -69,6 +69,14 @@ class ReferAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferSettled:
+    """The referred call's final outcome, from the NOTIFY's sipfrag (RFC 3515 §2.4.5),
+    or None when no final NOTIFY came in time."""
+
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class SayRequested:
     """Say this to the caller now (the control API)."""
 
@@ -105,6 +113,7 @@ CallMessage = (
     | MediaArrived
     | TransferRequested
     | ReferAnswered
+    | TransferSettled
     | SayRequested
     | DtmfRequested
     | InviteResponded

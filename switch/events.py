@@ -64,7 +64,8 @@ def answered(record: CallRecord) -> dict[str, Any]:
 
 
 def transferred(record: CallRecord, target: str) -> dict[str, Any]:
-    return event("call.transferred", record.call_id, record.node_id, target=target)
+    return event("call.transferred", record.call_id, record.node_id, target=target,
+                 status=record.transfer_status)  # fmt: skip
 
 
 def ended(record: CallRecord) -> list[dict[str, Any]]:

@@ -8,8 +8,10 @@ the transfer tool: the node sends an in-dialog REFER (RFC 3515) with ``Refer-To:
 (a mismatch fails the SIPp call) and then:
 
 - transfer_refer.xml: sends a NOTIFY for the implicit subscription (it must get a
-  200), accepts with 202; the node ends its leg with BYE -> disposition
-  ``transferred``;
+  200), accepts with 202, then NOTIFYs the outcome (sipfrag 200); the node ends its
+  leg with BYE -> disposition ``transferred``, transfer status 200;
+- transfer_target_busy.xml: the same, but the outcome is 486: the node keeps the
+  caller (the agent says so) until the caller hangs up -> ``completed``, 486;
 - transfer_refused.xml: declines with 603; the node hangs up with BYE ->
   disposition ``transfer_failed``.
 
@@ -144,9 +146,22 @@ def test_dtmf_0_transfers_the_caller_with_refer(
     assert result.successful_calls == 1 and result.failed_calls == 0, context
     assert record["disposition"] == "transferred", context
     assert record["reason"] == f"transfer to {OPERATOR_URI}", context
-    assert record["sip_code"] == 200, context
+    assert record["sip_code"] == 200 and record["transfer_status"] == 200, context
     check_transfer_turn(record, say, context)
     check_refer_timing(result, line_s, context)
+
+
+def test_a_busy_transfer_target_leaves_the_caller_with_the_agent(
+    node: NodeProcess, sipp: SippRunner, transfer_line: tuple[str, float]
+) -> None:
+    say, _ = transfer_line
+    result, record, context = press_0(node, sipp, "transfer_target_busy.xml")
+    # The NOTIFY said 486: no BYE from the node; the caller hung up after 2 s.
+    assert result.successful_calls == 1 and result.failed_calls == 0, context
+    assert record["disposition"] == "completed", context
+    assert record["transfer_status"] == 486, context
+    assert record["reason"] == "caller hung up", context
+    check_transfer_turn(record, say, context)
 
 
 def test_refused_refer_ends_the_call_as_transfer_failed(
