@@ -21,6 +21,8 @@ from actors.conversation import Conversation, Voice
 from actors.messages import (
     AckArrived,
     AckTimedOut,
+    BridgeAnswered,
+    BridgeEnded,
     CallMessage,
     CancelArrived,
     DtmfRequested,
@@ -132,6 +134,9 @@ class MediaLeg(Protocol):
     def send_dtmf(self, digits: str) -> None:
         """RFC 4733 telephone-events to the peer (needs a negotiated event payload type)."""
 
+    def bridge(self, port: int | None) -> None:
+        """Relay RTP to and from the leg on local ``port`` (None: stop)."""
+
     def stats(self) -> dict[str, Any]:
         """Loss and jitter both ways, from RTP and RTCP, for the call record."""
         ...
@@ -187,6 +192,11 @@ class CallActor:
     conversation: Conversation | None = None
     # Told "answered" and "transferred" as they happen (the manager publishes them).
     on_milestone: Callable[[str, CallRecord], None] | None = None
+    # Places the second leg of a transfer we bridge ourselves (the peer refused REFER);
+    # None when the node cannot (then a refused REFER ends the call transfer_failed).
+    place_bridge: Callable[[CallActor, str], CallActor | None] | None = None
+    _bridge_leg: CallActor | None = None  # that second leg, once placed
+    _bridged: bool = False  # its media is relayed to and from ours
     _transfer_pending: bool = False  # REFER accepted, the outcome not known yet
     _transfer_final: int | None = None  # a final sipfrag status seen (maybe before the 202)
     _answerer: SdpAnswerer | None = None
@@ -375,6 +385,11 @@ class CallActor:
             elif isinstance(message, TransferSettled):
                 if self._transfer_settled(message.status):
                     return
+            elif isinstance(message, BridgeAnswered):
+                self._bridge_answered(message.leg)
+            elif isinstance(message, BridgeEnded):
+                if self._bridge_ended(message):
+                    return
             elif isinstance(message, AckArrived):
                 self._stop_retransmitting()  # ACK for a re-INVITE's 2xx
             elif isinstance(message, RequestArrived):
@@ -552,9 +567,45 @@ class CallActor:
                 loop.call_later(TRANSFER_NOTIFY_WAIT_S, self.mailbox.put, TransferSettled(None))
             return False
         status = response.status if response is not None else "timeout"
+        target = self.record.transfer_target
+        if self.place_bridge is not None and self._bridge_leg is None:
+            leg = self.place_bridge(self, target)
+            if leg is not None:
+                log.info("call %s: REFER refused (%s); bridging to %s as call %s",
+                         self.call_id, status, target, leg.call_id)  # fmt: skip
+                self._bridge_leg = leg
+                self.record.reason = f"REFER answered {status}; bridged to {target}"
+                return False
         log.info("call %s: REFER refused (%s); hanging up", self.call_id, status)
         self._hangup("transfer_failed", f"REFER answered {status}")
         return True
+
+    def _bridge_answered(self, leg: CallActor) -> None:
+        """The target answered our second leg: from now on voxswitch relays the media
+        between the two (the agent falls silent)."""
+        if self.state is CallState.ENDED or leg is not self._bridge_leg:
+            return
+        self.media.bridge(leg.media.local_port)
+        leg.media.bridge(self.media.local_port)
+        self._bridged = True
+        self.record.transfer_status = 200
+        self._milestone("transferred")
+
+    def _bridge_ended(self, ended: BridgeEnded) -> bool:
+        """The second leg is over: True when that ends our call too."""
+        self._bridge_leg = None
+        if self._bridged:
+            self._bridged = False
+            self.media.bridge(None)
+            self._hangup("transferred", f"{self.record.reason}; the target hung up")
+            return True
+        # Never answered: the caller stays with the agent.
+        self.record.transfer_status = ended.sip_code
+        target = self.record.transfer_target
+        self.record.reason = f"transfer to {target} failed: {ended.disposition}"
+        if self.conversation is not None:
+            self.conversation.announce(TRANSFER_FAILED_LINE)
+        return False
 
     def command(self, message: CallMessage) -> None:
         """A command from outside (the control API), handled in the actor's turn."""
@@ -723,6 +774,12 @@ class CallActor:
     def _end(self, disposition: str, *, reason: str = "") -> None:
         if self.state is CallState.ENDED:
             return
+        if self._bridge_leg is not None:  # the second leg goes with us
+            self._bridge_leg.command(Hangup("bridge_ended", detail="the caller's leg ended"))
+            self._bridge_leg = None
+        if self._bridged and disposition == "completed":
+            # The caller hung up on the bridged target: a transfer that worked.
+            disposition, reason = "transferred", f"{self.record.reason}; {reason}"
         self.state = CallState.ENDED
         self.record.disposition = disposition
         self.record.reason = reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from media.session import MediaEvent
 from sip.endpoint import ServerTransaction
@@ -77,6 +78,21 @@ class TransferSettled:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeAnswered:
+    """The second leg we placed to a transfer target answered: bridge the media."""
+
+    leg: Any  # the other CallActor (not imported: it imports us)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeEnded:
+    """The second leg ended (never answered, or hung up after the bridge)."""
+
+    disposition: str
+    sip_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class SayRequested:
     """Say this to the caller now (the control API)."""
 
@@ -114,6 +130,8 @@ CallMessage = (
     | TransferRequested
     | ReferAnswered
     | TransferSettled
+    | BridgeAnswered
+    | BridgeEnded
     | SayRequested
     | DtmfRequested
     | InviteResponded

@@ -121,6 +121,8 @@ class OutboundCallActor(CallActor):
     connect: Callable[[DialTarget], Awaitable[Flow]] | None = None
     # The loop time a trunk may take this attempt (its calls per second), reserved.
     pace: Callable[[str], float] | None = None
+    # A bridge leg (a transfer we relay): told when answered, instead of an agent.
+    on_answered: Callable[[OutboundCallActor], None] | None = None
     _ack: bytes | None = None
     _cseq: int = 1
     _answered_by: Response | None = None
@@ -158,7 +160,10 @@ class OutboundCallActor(CallActor):
             return
         self.state = CallState.CONFIRMED
         self._milestone("confirmed")
-        self._start_conversation()
+        if self.on_answered is not None:
+            self.on_answered(self)
+        else:
+            self._start_conversation()
         await self._talk()
 
     async def _wait_turn(self, trunk: str) -> bool:

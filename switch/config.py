@@ -165,6 +165,11 @@ class Settings:
         default="voxswitch-trunks.json",
         metadata={"help": "trunks and routes (JSON, written by the API; '' keeps them in memory)"},
     )
+    transfer_fallback: str = field(
+        default="bridge",
+        metadata={"help": "when the peer refuses REFER: bridge (a second leg through "
+                  "voxswitch) or hangup (end the call transfer_failed)"},
+    )
     trunks_reload_s: float = field(
         default=10.0,
         metadata={"help": "with postgres_dsn: reload trunks and routes this often"},
@@ -259,6 +264,8 @@ def load_settings(
             raise ConfigError("webhook_url: must be an http:// or https:// URL")
         if not settings.webhook_secret:
             raise ConfigError("webhook_secret: set it with webhook_url (it signs every POST)")
+    if settings.transfer_fallback not in ("bridge", "hangup"):
+        raise ConfigError("transfer_fallback: expected bridge or hangup")
     if settings.trunks_reload_s <= 0:
         raise ConfigError("trunks_reload_s: must be above 0")
     if settings.spool_max_mb < 1:

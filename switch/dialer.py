@@ -8,12 +8,14 @@ has no room for (its concurrent-call limit). The API and campaigns both dial her
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.call import CallActor
-from actors.outbound import DialTarget, Origination
+from actors.outbound import DialTarget, Origination, OutboundCallActor
 from sip.errors import UriError
 from sip.uri import SipUri, parse_uri
 from switch.manager import CallManager, CallRefused
@@ -104,8 +106,34 @@ class Dialer:
             raise CallRefused(503, f"every trunk for this call is down ({names})", 30)
         return [_through(t, to) for t in up]
 
-    def dial(self, request: CallRequest) -> CallActor:
+    def dial_bridge(self, target: str, first: CallActor) -> CallActor:
+        """The second leg of a bridged transfer: to ``target`` (a SIP or tel URI), the
+        first leg's codec only (the RTP is relayed as it comes), no agent."""
+        caller = re.match(r"^(?:sips?|tel):(\+?[0-9]{6,15})\b", first.record.from_uri)
+        request = CallRequest(
+            to=target.removeprefix("tel:"),
+            from_number=caller.group(1) if caller else "",
+            agent=False,
+        )
+        codec = first.record.codec
+        return self.dial(
+            request,
+            near=first.media.local_port,
+            on_answered=self.manager.bridge_answered(first),
+            codecs=(codec,) if codec else None,
+        )
+
+    def dial(
+        self,
+        request: CallRequest,
+        *,
+        near: int | None = None,
+        on_answered: Callable[[OutboundCallActor], None] | None = None,
+        codecs: tuple[str, ...] | None = None,
+    ) -> CallActor:
         targets = self.targets(request)
+        if codecs is not None:
+            targets = [dataclasses.replace(t, codecs=codecs) for t in targets]
         first = self.book.trunks.get(targets[0].trunk)
         if first is not None and first.max_calls:
             busy = sum(1 for a in self.manager.live() if a.record.trunk == first.name)
@@ -124,7 +152,9 @@ class Dialer:
             campaign_id=request.campaign_id,
             webhook_url=request.webhook_url,
         )
-        return self.manager.originate(origination, agent=request.agent)
+        return self.manager.originate(
+            origination, agent=request.agent, near=near, on_answered=on_answered
+        )
 
     def trunk_calls(self, name: str) -> int:
         return sum(1 for a in self.manager.live() if a.record.trunk == name)

@@ -29,7 +29,14 @@ from actors.call import (
     reason_header,
 )
 from actors.conversation import Voice
-from actors.messages import AckArrived, CancelArrived, Hangup, RequestArrived
+from actors.messages import (
+    AckArrived,
+    BridgeAnswered,
+    BridgeEnded,
+    CancelArrived,
+    Hangup,
+    RequestArrived,
+)
 from actors.outbound import DialTarget, Origination, OutboundCallActor, build_invite
 from media.session import VadConfig
 from sip.auth import DigestAuthenticator
@@ -67,7 +74,8 @@ class CallRefused(Exception):
         self.retry_after_s = retry_after_s
 
 
-MediaFactory = Callable[[str], MediaLeg]  # call_id -> a media leg with a port bound
+# (call_id, near=port of a leg it will be bridged to) -> a media leg with a port bound
+MediaFactory = Callable[..., MediaLeg]
 
 
 @dataclass
@@ -123,6 +131,8 @@ class CallManager:
         self.trunk_of: Callable[[str], str | None] | None = None  # source IP -> trunk name
         self.trunks_configured: Callable[[], bool] | None = None
         self.agent_for: Callable[[str], str | None] | None = None  # dialed number -> agent
+        # Places the second leg of a bridged transfer: (target, the first leg) -> actor.
+        self.bridge_dialer: Callable[[str, CallActor], CallActor] | None = None
 
     @property
     def active_calls(self) -> int:
@@ -264,7 +274,14 @@ class CallManager:
 
     # ---- outbound ------------------------------------------------------------------
 
-    def originate(self, origination: Origination, *, agent: bool = True) -> CallActor:
+    def originate(
+        self,
+        origination: Origination,
+        *,
+        agent: bool = True,
+        near: int | None = None,
+        on_answered: Callable[[OutboundCallActor], None] | None = None,
+    ) -> CallActor:
         """Start an outbound call actor (it is ``queued`` until its trunk's pace)."""
         if self.draining:
             raise CallRefused(503, "the node is draining", 30)
@@ -276,7 +293,7 @@ class CallManager:
             raise CallRefused(503, "no route for this call", RETRY_AFTER_BUSY_S)
         call_id = uuid.uuid4().hex
         try:
-            media = self.media_factory(call_id)
+            media = self.media_factory(call_id, near=near)
         except MediaUnavailable as exc:
             raise CallRefused(503, f"no RTP port: {exc}", RETRY_AFTER_BUSY_S) from exc
         first = origination.targets[0]
@@ -302,9 +319,30 @@ class CallManager:
             origination=origination,
             connect=self._connect,
             pace=self.pace,
+            on_answered=on_answered,
         )
         self._start(actor)
         return actor
+
+    def _place_bridge(self, actor: CallActor, target: str) -> CallActor | None:
+        """The second leg of a transfer the peer would not take by REFER; its answer
+        and its end go to ``actor``'s mailbox. None when it cannot be placed."""
+        if self.bridge_dialer is None:
+            return None
+        try:
+            leg = self.bridge_dialer(target, actor)
+        except (CallRefused, ValueError) as exc:  # ValueError: no route
+            log.info("call %s: no bridge to %s: %s", actor.call_id, target, exc)
+            return None
+        self.when_ended(
+            leg.call_id, lambda r: actor.command(BridgeEnded(r.disposition, r.sip_code))
+        )
+        return leg
+
+    @staticmethod
+    def bridge_answered(first: CallActor) -> Callable[[OutboundCallActor], None]:
+        """The second leg's ``on_answered``: tell the first leg to bridge."""
+        return lambda leg: first.command(BridgeAnswered(leg))
 
     async def _connect(self, target: DialTarget) -> Flow:
         return await self.connect(target.host, target.port)
@@ -322,6 +360,7 @@ class CallManager:
 
     def _start(self, actor: CallActor) -> None:
         actor.on_milestone = self._milestone
+        actor.place_bridge = self._place_bridge
         self._publish(events.offered(actor.record), actor.record)
         self._dialogs[(actor.call_id, actor.local_tag)] = actor
         if actor.invite_txn is not None:

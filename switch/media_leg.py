@@ -61,6 +61,7 @@ class RtpLeg:
     """One call's RTP session: a bound UDP socket, a send target, counters."""
 
     __slots__ = (
+        "_bridge",
         "_closed",
         "_dtmf_base",
         "_dtmf_out",
@@ -144,6 +145,7 @@ class RtpLeg:
         self._dtmf_out: deque[OutgoingEvent] = deque()
         self._dtmf_base: int | None = None
         self._ready: list[bytes] = []  # the packets of the coming slot, made a tick ahead
+        self._bridge: int | None = None  # the local port of the leg we relay to and from
 
     # ---- MediaLeg ------------------------------------------------------------------
 
@@ -274,11 +276,26 @@ class RtpLeg:
                     self._sendto(packet, target)
             ready.clear()
 
+    def bridge(self, port: int | None) -> None:
+        """Relay RTP to and from the leg on local ``port`` (a transfer we bridge
+        ourselves): what our peer sends goes out of that leg as it came, and we stop
+        making audio of our own. None ends the bridge."""
+        self._bridge = port
+        self._ready.clear()
+
+    def relay(self, data: bytes) -> None:
+        """A packet from the bridged leg's peer, to ours."""
+        target = self._latched or self._remote
+        if target is not None:
+            self._sendto(data, target)
+
     def prepare_frame(self, advance: int, now: float) -> None:
         """Make the packet(s) for the slot at ``now``; ``advance`` grid slots have passed
         since the last one."""
         target = self._latched or self._remote
         session = self._session
+        if self._bridge is not None:
+            return  # the bridged peer's packets are our audio now
         if target is None or (session is None and not self._frames):
             return  # not connected yet: nowhere to send, nothing to send
         if self._marker:
@@ -394,6 +411,14 @@ class RtpLeg:
                 log.info("call %s: RTP source moved %s -> %s", self.call_id, latched, source)
             self._latched = source
             self._latched_rx = now
+        if self._bridge is not None:
+            partner = self._plant.leg_on(self._bridge)
+            if partner is not None:
+                partner.relay(data)
+            if data[0] == _RTP_FIRST_BYTE:
+                sequence, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+                self._rtcp.on_rtp(ssrc, sequence, timestamp, now)
+            return
         session = self._session
         if data[0] == _RTP_FIRST_BYTE:  # no padding, extension or CSRCs: the usual case
             sequence, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
@@ -488,14 +513,22 @@ class MediaPlant:
 
     # ---- legs ------------------------------------------------------------------------------
 
-    def new_leg(self, call_id: str) -> RtpLeg | RemoteLeg:
-        """A leg with a bound port; ``MediaUnavailable`` when no port can be had."""
+    def leg_on(self, port: int) -> RtpLeg | None:
+        return self._legs.get(port)
+
+    def new_leg(self, call_id: str, near: int | None = None) -> RtpLeg | RemoteLeg:
+        """A leg with a bound port; ``MediaUnavailable`` when no port can be had.
+        ``near``: the port of a leg this one will be bridged to (same worker)."""
         if self._closed:
             raise MediaUnavailable("media plant is closed")
         port, sock, rtcp_sock = self._bind_pair()
         if not self._worker_count:
             return self.adopt(call_id, sock, port, rtcp_sock)
-        worker = min(self._start_workers(), key=lambda w: len(w.legs))
+        partner = self._remote.get(near) if near is not None else None
+        if partner is not None:
+            worker = partner.worker
+        else:
+            worker = min(self._start_workers(), key=lambda w: len(w.legs))
         leg = RemoteLeg(worker, call_id, port, sock, rtcp_sock, self._forget_remote)
         self._remote[port] = leg
         return leg

@@ -167,6 +167,11 @@ class RemoteLeg:
     def send_dtmf(self, digits: str) -> None:
         self.send("dtmf", digits)
 
+    def bridge(self, port: int | None) -> None:
+        """Relay to and from the leg on ``port`` (the plant put it in our worker)."""
+        self._setup["bridge"] = (port,)
+        self.send("bridge", port)
+
     def silence_s(self, now: float) -> float:
         if self._play_started is None:
             return 0.0
@@ -226,7 +231,7 @@ class RemoteLeg:
         # a jump in sequence numbers.
         self.ssrc = random.getrandbits(32)
         worker.adopt(self)
-        for kind in ("connect", "session", "play"):
+        for kind in ("connect", "session", "play", "bridge"):
             if kind in self._setup:
                 self.send(kind, *self._setup[kind])
         if self._session is not None:

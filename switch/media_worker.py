@@ -92,6 +92,8 @@ class WorkerHost:
             leg.play()
         elif kind == "dtmf":
             leg.send_dtmf(args[0])
+        elif kind == "bridge":
+            leg.bridge(args[0])
         elif kind == "close":
             del self.calls[port]
             leg.close()

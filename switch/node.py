@@ -174,6 +174,8 @@ class Node:
         self.manager.trunks_configured = lambda: bool(self.book.trunks)
         self.manager.agent_for = self.book.agent_for
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
+        if s.transfer_fallback == "bridge":
+            self.manager.bridge_dialer = self.dialer.dial_bridge
         self.campaigns = Campaigns(self.dialer, loop.time, self.manager.when_ended)
         self.trunk_monitor = TrunkMonitor(
             self.book, endpoint, local, self.manager.connect, loop.time

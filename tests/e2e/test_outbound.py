@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loadtest.concurrency import caller_audio
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
-from loadtest.sipp import SippResult, SippServer
+from loadtest.sipp import SippResult, SippRunner, SippServer
 from tests.e2e.api_client import ADMIN, api
 from tests.e2e.conftest import SippServerFactory
 from tests.e2e.polling import wait_for
@@ -209,3 +211,46 @@ def test_full_trunk_429_and_full_node_503_with_retry_after(
     api(small, "DELETE", f"/v1/calls/{call_id}")
     assert wait_state(small, call_id, "ended")["disposition"] == "canceled"
     callee.wait(timeout_s=20)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_refused_refer_bridged_through_the_node(
+    voxswitch_nodes: NodeFactory,
+    sipp: SippRunner,
+    sipp_server: SippServerFactory,
+    tmp_path: Path,
+    workers: int,
+) -> None:
+    """The caller answers our REFER 405: the node calls the target itself and relays
+    the RTP both ways until the caller hangs up (in-loop media and a media worker)."""
+    env = {"VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_AGENT": "none",
+           "VOXSWITCH_TRUNKS_FILE": str(tmp_path / "t.json"),
+           "VOXSWITCH_MEDIA_WORKERS": str(workers)}  # fmt: skip
+    bridging = voxswitch_nodes.start(f"bridge{workers}", NodeOptions(media_timeout_s=0, env=env))
+    target = sipp_server("uas", calls=1, timeout_s=40, extra_args=["-rtp_echo"])
+    results: list[SippResult] = []
+
+    def call() -> None:
+        files = {"caller.ulaw": caller_audio(seconds=3)}
+        results.append(sipp(bridging, "refer_refused_talk.xml", timeout_s=40, files=files))
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    first = wait_for("the caller's call", lambda: api(bridging, "GET", "/v1/calls")[1]["calls"])
+    call_id = first[0]["call_id"]
+    uri = f"sip:operator@127.0.0.1:{target.port}"
+    status, _ = api(bridging, "POST", f"/v1/calls/{call_id}/transfer", body={"target": uri})
+    assert status == 202
+    caller.join(40)
+    assert results and results[0].successful_calls == 1, results[0].describe()
+    assert target.wait(timeout_s=20).successful_calls == 1  # it got our BYE
+    records = wait_for("both legs' records", lambda: (
+        rs if len(rs := bridging.records()) == 2 else None))  # fmt: skip
+    a, b = sorted(records, key=lambda r: r["direction"])  # inbound, outbound
+    assert a["call_id"] == call_id and a["disposition"] == "transferred", a
+    assert a["transfer_status"] == 200 and "bridged" in a["reason"], a
+    assert b["to_uri"] == uri and b["disposition"] == "bridge_ended", b
+    # ~4 s of the caller's 20 ms packets went to the target, and its echo came back
+    # to the caller through the first leg.
+    assert b["packets_sent"] >= 120 and b["packets_received"] >= 120, b
+    assert a["packets_sent"] >= b["packets_received"] - 10, (a, b)

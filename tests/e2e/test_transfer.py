@@ -73,7 +73,10 @@ def spoken_seconds(text: str) -> float:
 
 @pytest.fixture(scope="module")
 def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
-    return voxswitch_nodes.start("transfer", NodeOptions(max_call_duration_s=60, media_timeout_s=0))
+    # A refused REFER ends the call here (the bridge fallback has its own test).
+    env = {"VOXSWITCH_TRANSFER_FALLBACK": "hangup"}
+    options = NodeOptions(max_call_duration_s=60, media_timeout_s=0, env=env)
+    return voxswitch_nodes.start("transfer", options)
 
 
 @pytest.fixture(scope="module")
