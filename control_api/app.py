@@ -24,6 +24,7 @@ from switch.dialer import Dialer
 from switch.trunks import TrunkBook
 
 MAX_BODY_BYTES = 64 * 1024
+CAMPAIGN_BODY_BYTES = 16 * 1024 * 1024  # a campaign's numbers: 100,000 with variables
 
 
 class NodeStatus(Protocol):
@@ -93,10 +94,9 @@ def create_app(
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse(
-                {"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
-            )
+        limit = CAMPAIGN_BODY_BYTES if request.url.path == "/v1/campaigns" else MAX_BODY_BYTES
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
         return await call_next(request)
 
     if metrics is not None:

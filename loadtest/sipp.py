@@ -356,13 +356,14 @@ class SippServer:
         trace_msg: bool = False,
         extra_args: Sequence[str] = (),
         port: int | None = None,
+        cpu: int | None = None,
     ) -> None:
         self.port = port or free_port(udp=True, tcp=True)
         self.workdir = workdir
         self.timeout_s = timeout_s
         self.command = sipp_command(
             [], scenario, workdir=workdir, transport=transport, calls=calls, port=self.port,
-            timeout_s=timeout_s, trace_msg=trace_msg, extra_args=extra_args,
+            timeout_s=timeout_s, trace_msg=trace_msg, cpu=cpu, extra_args=extra_args,
         )  # fmt: skip
         self._out = (workdir / "stdout.log").open("wb")
         self.started = time.monotonic()

@@ -25,23 +25,31 @@ TRUNK_FULL_RETRY_S = 1
 
 
 class Pacer:
-    """Evenly spaced start times at ``rate`` per second (0: no limit), reserved in turn."""
+    """Evenly spaced start times at ``rate`` per second (0: no limit), reserved in turn.
+
+    The schedule is absolute: a start taken a little late (the loop was busy) does not
+    push the later ones back, so the long-run rate is the asked one; after an idle
+    spell longer than ``SLACK_S`` it restarts from now instead of bursting to catch up.
+    """
+
+    SLACK_S = 0.05
 
     def __init__(self, rate: float, clock: Callable[[], float]) -> None:
         self.rate = rate
         self.clock = clock
-        self._next = 0.0
+        self._next: float | None = None
 
     def peek(self) -> float:
         """When the next start could be, without taking it."""
-        return max(self.clock(), self._next) if self.rate > 0 else self.clock()
+        now = self.clock()
+        if self.rate <= 0 or self._next is None or now - self._next > self.SLACK_S:
+            return now
+        return self._next
 
     def reserve(self) -> float:
-        now = self.clock()
-        if self.rate <= 0:
-            return now
-        at = max(now, self._next)
-        self._next = at + 1.0 / self.rate
+        at = self.peek()
+        if self.rate > 0:
+            self._next = at + 1.0 / self.rate
         return at
 
 

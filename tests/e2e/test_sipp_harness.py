@@ -5,6 +5,7 @@ When these fail, the fault is in the harness or the SIPp install, not in voxswit
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from loadtest.audio.make_tone import tone_ulaw
 from loadtest.ports import LOOPBACK, free_port, free_port_range, port_is_free
-from loadtest.sipp import parse_duration_ms, parse_error_log, run_sipp
+from loadtest.sipp import SippServer, parse_duration_ms, parse_error_log, run_sipp
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +95,15 @@ def test_scenarios_load(sipp_path: str, tmp_path: Path) -> None:
     }
     nobody = f"{LOOPBACK}:{free_port()}"
     for scenario in scenarios:
+        first = re.search(r"<(send|recv)\b", scenario.read_text())
+        if first is not None and first.group(1) == "recv":
+            # A UAS (a carrier, a callee, a registrar): it loads, then waits for a call
+            # that never comes until its global timeout.
+            server = SippServer(scenario, workdir=tmp_path / scenario.stem, timeout_s=2)
+            result = server.wait(timeout_s=20)
+            assert result.returncode == 255 and result.errors, scenario.name
+            assert all("timed out" in e for e in result.errors), (scenario.name, result.errors)
+            continue
         result = run_sipp(
             nobody,
             scenario,

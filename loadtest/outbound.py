@@ -1,0 +1,134 @@
+"""Outbound benchmark: how fast one node places calls, paced, through a trunk.
+
+    python -m loadtest.outbound [--rates 50,100,200,400] [--step-s 10] [--hold-s 2]
+
+For each rate: a fresh SIPp UAS plays the carrier and the callees (built-in ``uas``:
+180, 200, then waits for our BYE), a fresh node (``agent = none``, maximum call
+duration ``--hold-s`` so the node hangs up; ``--agent demo`` runs the conversation
+on every call) gets a trunk to it, and a campaign of
+``rate * step_s`` numbers at ``rate`` calls per second, unlimited concurrency. The
+pace is measured where it matters, at the callee: the INVITE arrival times in SIPp's
+message log. A step passes when every call completed and the measured rate is within
+±10% of the asked one (the campaign contract). Node on CPU 1, SIPp on CPU 0 when
+there are two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from loadtest.cps import OUT_DIR, SIPP_BUFFER_BYTES, machine_summary
+from loadtest.node import NodeOptions, NodeProcess
+from loadtest.sipp import SippServer, received_times, sipp_binary, sipp_version
+
+KEY = "bench-admin-key-0123456789"
+
+
+def call_api(node: NodeProcess, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        node.health_url.replace("/health", path), data=data, method=method
+    )
+    request.add_header("Authorization", f"Bearer {KEY}")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def step(
+    rate: int, step_s: float, hold_s: float, run_dir: Path, pinned: bool, agent: str
+) -> dict[str, Any]:
+    calls = int(rate * step_s)
+    work = run_dir / f"rate-{rate}"
+    uas = SippServer(
+        "uas", workdir=work / "sipp", calls=calls, timeout_s=step_s + hold_s + 60,
+        trace_msg=True, extra_args=["-buff_size", str(SIPP_BUFFER_BYTES)],
+        cpu=0 if pinned else None,
+    )  # fmt: skip
+    node = NodeProcess(
+        work / "node",
+        NodeOptions(
+            max_calls=100_000, media_timeout_s=0, max_call_duration_s=hold_s,
+            log_level="warning", rtp_port_count=min(4000, rate * int(hold_s + 2) * 2 + 400),
+            env={"VOXSWITCH_API_KEY": KEY, "VOXSWITCH_AGENT": agent,
+                 "VOXSWITCH_TRUNKS_FILE": str(work / "trunks.json")},
+        ),
+        name="outbound-node",
+        cpu=1 if pinned else None,
+    )  # fmt: skip
+    node.start()
+    try:
+        call_api(node, "PUT", "/v1/trunks/bench", {"host": "127.0.0.1", "port": uas.port,
+                                                    "options_interval_s": 0})  # fmt: skip
+        numbers = [{"to": f"+1555{i:07d}"} for i in range(calls)]
+        started = time.monotonic()
+        campaign = call_api(node, "POST", "/v1/campaigns", {
+            "numbers": numbers, "trunk": "bench", "cps": rate,
+            "max_concurrent": 10_000, "retry": {"max_attempts": 1}})  # fmt: skip
+        path = f"/v1/campaigns/{campaign['campaign_id']}"
+        deadline = started + step_s * 3 + hold_s + 60
+        view = campaign
+        while time.monotonic() < deadline:
+            view = call_api(node, "GET", path)
+            if view["state"] in ("completed", "canceled"):
+                break
+            time.sleep(0.5)
+        result = uas.wait(timeout_s=60)
+    finally:
+        uas.stop()
+        node.stop(timeout_s=20)
+    invites = received_times(uas.messages_log, "INVITE")
+    measured = (len(invites) - 1) / (invites[-1] - invites[0]) if len(invites) > 1 else 0.0
+    completed = view["dispositions"].get("completed", 0) + view["dispositions"].get(
+        "max_duration", 0
+    )
+    ok = (
+        view["state"] == "completed"
+        and completed == calls
+        and result.failed_calls == 0
+        and abs(measured - rate) <= 0.1 * rate
+    )
+    return {
+        "rate": rate, "calls": calls, "invites_at_callee": len(invites),
+        "measured_cps": round(measured, 2), "dispositions": view["dispositions"],
+        "sipp_successful": result.successful_calls, "sipp_failed": result.failed_calls,
+        "max_concurrent_seen": view["max_concurrent_seen"], "ok": ok,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rates", default="50,100,200,400")
+    parser.add_argument("--step-s", type=float, default=10.0)
+    parser.add_argument("--hold-s", type=float, default=2.0)
+    parser.add_argument("--agent", default="none", help="the node's agent: none or demo")
+    args = parser.parse_args(argv)
+    sipp_binary()
+    run_dir = OUT_DIR / f"outbound-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    print(f"machine: {machine_summary()}; {sipp_version()}; pinned: {pinned}")
+    print(f"command: python -m loadtest.outbound {' '.join(sys.argv[1:])}".rstrip())
+    rows = []
+    for rate in (int(r) for r in args.rates.split(",")):
+        row = step(rate, args.step_s, args.hold_s, run_dir, pinned, args.agent)
+        rows.append(row)
+        print(json.dumps(row))
+        if not row["ok"]:
+            break
+    best = max((r["rate"] for r in rows if r["ok"]), default=0)
+    print(f"highest rate paced within ±10% with every call completed: {best} calls/s")
+    (run_dir / "steps.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0 if best else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
