@@ -143,13 +143,11 @@ class Dialer:
         if codecs is not None:
             targets = [dataclasses.replace(t, codecs=codecs) for t in targets]
         first = self.book.trunks.get(targets[0].trunk)
-        if first is not None and first.max_calls:
-            busy = sum(1 for a in self.manager.live() if a.record.trunk == first.name)
-            if busy >= first.max_calls:
-                raise CallRefused(
-                    429, f"trunk {first.name} is at its {first.max_calls} calls", TRUNK_FULL_RETRY_S
-                )
-        from_number = request.from_number or (first.caller_id if first is not None else "")
+        limit = first.max_calls if first is not None else 0
+        if first is not None and limit and self.trunk_calls(first.name) >= limit:
+            detail = f"trunk {first.name} is at its {first.max_calls} calls"
+            raise CallRefused(429, detail, TRUNK_FULL_RETRY_S)
+        from_number = first.calling(request.from_number) if first else request.from_number
         origination = Origination(
             to=request.to,
             from_number=from_number or "anonymous",
@@ -169,7 +167,7 @@ class Dialer:
 
 
 def _through(trunk: Trunk, to: str) -> DialTarget:
-    user = to.removeprefix("tel:")
+    user = trunk.dialed(to.removeprefix("tel:"))
     host = f"[{trunk.host}]" if ":" in trunk.host and not trunk.host.startswith("[") else trunk.host
     port = "" if trunk.port == 5060 else f":{trunk.port}"
     return DialTarget(

@@ -130,6 +130,7 @@ class CallManager:
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
         self.trunk_of: Callable[[str], str | None] | None = None  # source IP -> trunk name
         self.trunks_configured: Callable[[], bool] | None = None
+        self.trunk_full: Callable[[str], bool] | None = None  # at its max_calls
         self.agent_for: Callable[[str], str | None] | None = None  # dialed number -> agent
         # Places the second leg of a bridged transfer: (target, the first leg) -> actor.
         self.bridge_dialer: Callable[[str, CallActor], CallActor] | None = None
@@ -236,6 +237,10 @@ class CallManager:
             return
         if len(self._tasks) >= self.max_calls:
             self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
+            return
+        if trunk and self.trunk_full is not None and self.trunk_full(trunk):
+            headers = [("Retry-After", str(RETRY_AFTER_BUSY_S))]
+            self._reply(txn, request, 503, headers, reason="Trunk Limit Reached")
             return
         if self.outbox_full is not None and self.outbox_full():
             # Events we could not deliver fill the spool: take no call whose record

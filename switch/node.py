@@ -173,6 +173,7 @@ class Node:
         self.manager.trunk_of = self._trunk_of
         self.manager.trunks_configured = lambda: bool(self.book.trunks)
         self.manager.agent_for = self.book.agent_for
+        self.manager.trunk_full = self._trunk_full
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         if s.transfer_fallback == "bridge":
             self.manager.bridge_dialer = self.dialer.dial_bridge
@@ -245,6 +246,12 @@ class Node:
     def _trunk_of(self, source_ip: str) -> str | None:
         trunk = self.book.trunk_for_source(source_ip)
         return trunk.name if trunk is not None else None
+
+    def _trunk_full(self, name: str) -> bool:
+        trunk = self.book.trunks.get(name)
+        if trunk is None or not trunk.max_calls or self.dialer is None:
+            return False
+        return self.dialer.trunk_calls(name) >= trunk.max_calls
 
     def trunk_up(self, name: str) -> bool:
         return self.trunk_monitor is None or self.trunk_monitor.up(name)

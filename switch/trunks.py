@@ -53,6 +53,13 @@ class Trunk(BaseModel):
         default="", pattern=r"^$|^\+[1-9][0-9]{6,14}$",
         description="From number on outbound calls that name none (E.164)",
     )  # fmt: skip
+    force_caller_id: bool = Field(
+        default=False, description="always send caller_id, whatever the call names"
+    )
+    strip_plus: bool = Field(default=False, description="dial 15551234567, not +15551234567")
+    dial_prefix: str = Field(
+        default="", pattern=r"^[0-9*#]{0,16}$", description="digits put before every number"
+    )
     options_interval_s: float = Field(
         default=30.0, ge=0.0, le=3600.0, description="OPTIONS keepalive (0: off)"
     )
@@ -70,6 +77,18 @@ class Trunk(BaseModel):
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         sources = self.inbound_ips or ([self.host] if _is_ip(self.host) else [])
         return [ipaddress.ip_network(v, strict=False) for v in sources]
+
+    def dialed(self, number: str) -> str:
+        """How this carrier wants a number written (its R-URI and To user part)."""
+        if self.strip_plus:
+            number = number.removeprefix("+")
+        return self.dial_prefix + number
+
+    def calling(self, number: str) -> str:
+        """The From number an outbound call through this trunk shows."""
+        if self.caller_id and (self.force_caller_id or not number):
+            return self.caller_id
+        return number
 
     def public(self) -> dict[str, Any]:
         """The trunk as the API shows it: the password never leaves."""

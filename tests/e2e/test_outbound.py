@@ -62,8 +62,9 @@ def place(node: NodeProcess, **body: Any) -> str:
 def test_call_to_sipp_uas_connects_and_delete_sends_bye(
     node: NodeProcess, sipp_server: SippServerFactory
 ) -> None:
-    server = sipp_server("uas", calls=1, timeout_s=30)
-    put_trunk(node, "carrier-a", server)
+    server = sipp_server("uas", calls=1, timeout_s=30, trace_msg=True)
+    put_trunk(node, "carrier-a", server, strip_plus=True, dial_prefix="99",
+              caller_id="+15550009999", force_caller_id=True)  # fmt: skip
     call_id = place(node, to="+15557654321", trunk="carrier-a", agent="none",
                     metadata={"customer": "c-42"}, headers={"X-Campaign-Ref": "r1"})  # fmt: skip
     view = wait_state(node, call_id, "confirmed")
@@ -77,11 +78,15 @@ def test_call_to_sipp_uas_connects_and_delete_sends_bye(
     assert ended["disposition"] == "api_hangup" and ended["sip_code"] == 200
     result = server.wait(timeout_s=20)
     assert result.successful_calls == 1, result.describe()  # SIPp got our ACK and BYE
+    # The trunk's number rules: its prefix, no '+', its caller ID forced.
+    log = server.messages_log.read_text()
+    assert f"INVITE sip:9915557654321@127.0.0.1:{server.port} SIP/2.0" in log
+    assert "From: <sip:+15550009999@127.0.0.1>;tag=" in log
     record = wait_for("the call record", lambda: [r for r in node.records()
                                                   if r["call_id"] == call_id])  # fmt: skip
     assert record[0]["direction"] == "outbound"
     assert record[0]["sip_headers"] == {"X-Campaign-Ref": "r1"}
-    assert record[0]["to_uri"] == "+15557654321" and record[0]["from_uri"] == "+15550001111"
+    assert record[0]["to_uri"] == "+15557654321" and record[0]["from_uri"] == "+15550009999"
 
 
 def test_digest_challenge_answered_with_trunk_credentials(

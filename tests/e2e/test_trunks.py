@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from typing import Any
 
 import pytest
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
-from loadtest.sipp import SippRunner, received_times
+from loadtest.sipp import SippResult, SippRunner, received_times
 from tests.e2e.api_client import ADMIN, api
 from tests.e2e.conftest import SippServerFactory
 from tests.e2e.polling import wait_for
@@ -117,3 +118,15 @@ def test_invite_from_no_trunk_gets_403_and_is_counted(
     assert result.successful_calls == 1, result.describe()
     records = wait_for("the call's record", guarded.records)
     assert records[-1]["trunk"] == "carrier"
+    # The trunk's call limit holds for its inbound calls too: 503 with Retry-After.
+    body["max_calls"] = 1
+    assert api(guarded, "PUT", "/v1/trunks/carrier", body=body)[0] == 200
+    holding: list[SippResult] = []
+    caller = threading.Thread(target=lambda: holding.append(
+        sipp(guarded, "uac", calls=1, pause_ms=3000, timeout_s=20)), daemon=True)  # fmt: skip
+    caller.start()
+    wait_for("the first call up", lambda: api(guarded, "GET", "/v1/calls")[1]["count"] == 1)
+    refused = sipp(guarded, "reject_503.xml", calls=1, timeout_s=20)
+    assert refused.successful_calls == 1, refused.describe()
+    caller.join(20)
+    assert holding and holding[0].successful_calls == 1

@@ -80,6 +80,16 @@ def test_trunk_validation_names_the_field() -> None:
     assert Trunk(host="a.example", password="s").public()["password"] == "********"
 
 
+def test_trunk_number_rules() -> None:
+    plain = Trunk(host="a.example", caller_id="+15550000000")
+    assert plain.dialed("+15551234567") == "+15551234567"
+    assert plain.calling("+15559999999") == "+15559999999" and plain.calling("") == "+15550000000"
+    shaped = Trunk(host="a.example", strip_plus=True, dial_prefix="101#",
+                   caller_id="+15550000000", force_caller_id=True)  # fmt: skip
+    assert shaped.dialed("+15551234567") == "101#15551234567"
+    assert shaped.calling("+15559999999") == "+15550000000"
+
+
 def test_pacer_spaces_starts_evenly() -> None:
     now = [100.0]
     pacer = Pacer(4.0, lambda: now[0])
