@@ -143,6 +143,41 @@ async def migrate(connection: Any) -> list[str]:
     return applied
 
 
+class PgLink:
+    """One lazily opened PostgreSQL connection, migrated on connect; ``reset`` drops a
+    broken one (the next use reconnects)."""
+
+    def __init__(self, dsn: str, timeout_s: float) -> None:
+        self.dsn = dsn
+        self.timeout_s = timeout_s
+        self._connection: Any = None
+
+    async def get(self) -> Any:
+        if self._connection is None or self._connection.is_closed():
+            import asyncpg
+
+            connection = await asyncpg.connect(self.dsn, timeout=self.timeout_s)
+            try:
+                applied = await migrate(connection)
+            except BaseException:
+                await connection.close()
+                raise
+            if applied:
+                log.info("postgres: applied migrations %s", ", ".join(applied))
+            self._connection = connection
+        return self._connection
+
+    async def reset(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            connection.terminate()
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            await connection.close()
+
+
 def _time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -154,26 +189,10 @@ class PostgresSink:
     name = "postgres"
 
     def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._connection: Any = None
-
-    async def _connect(self) -> Any:
-        if self._connection is None or self._connection.is_closed():
-            import asyncpg
-
-            connection = await asyncpg.connect(self.dsn, timeout=10)
-            try:
-                applied = await migrate(connection)
-            except BaseException:
-                await connection.close()
-                raise
-            if applied:
-                log.info("postgres: applied migrations %s", ", ".join(applied))
-            self._connection = connection
-        return self._connection
+        self.link = PgLink(dsn, timeout_s=10)
 
     async def deliver(self, events: list[Event]) -> None:
-        connection = await self._connect()
+        connection = await self.link.get()
         try:
             async with connection.transaction():
                 for e in events:
@@ -186,7 +205,7 @@ class PostgresSink:
                     if fresh:
                         await self._apply(connection, e)
         except BaseException:
-            await self._reset()
+            await self.link.reset()
             raise
 
     async def _apply(self, db: Any, e: Event) -> None:
@@ -244,12 +263,5 @@ class PostgresSink:
                 json.dumps(e["media"]),
             )  # fmt: skip
 
-    async def _reset(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and not connection.is_closed():
-            connection.terminate()
-
     async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and not connection.is_closed():
-            await connection.close()
+        await self.link.close()

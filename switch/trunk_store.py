@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from switch.sinks import migrate
+from switch.sinks import PgLink
 
 log = logging.getLogger("voxswitch.trunks")
 
@@ -23,34 +23,20 @@ class TrunkStoreError(Exception):
 
 class PostgresTrunkStore:
     def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._connection: Any = None
-
-    async def _connect(self) -> Any:
-        if self._connection is None or self._connection.is_closed():
-            import asyncpg
-
-            connection = await asyncpg.connect(self.dsn, timeout=5)
-            try:
-                await migrate(connection)
-            except BaseException:
-                await connection.close()
-                raise
-            self._connection = connection
-        return self._connection
+        self.link = PgLink(dsn, timeout_s=5)
 
     async def _run(self, sql: str, *args: Any, fetch: bool = False) -> Any:
         try:
-            connection = await self._connect()
+            connection = await self.link.get()
             if fetch:
                 return await connection.fetch(sql, *args)
             return await connection.execute(sql, *args)
         except (OSError, TimeoutError) as exc:
-            await self._reset()
+            await self.link.reset()
             raise TrunkStoreError(f"PostgreSQL unreachable: {exc}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith("asyncpg"):
-                await self._reset()
+                await self.link.reset()
                 raise TrunkStoreError(f"PostgreSQL error: {exc}") from exc
             raise
 
@@ -85,12 +71,5 @@ class PostgresTrunkStore:
     async def delete_route(self, kind: str, name: str) -> None:
         await self._run("DELETE FROM routes WHERE kind = $1 AND name = $2", kind, name)
 
-    async def _reset(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and not connection.is_closed():
-            connection.terminate()
-
     async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and not connection.is_closed():
-            await connection.close()
+        await self.link.close()
