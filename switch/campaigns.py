@@ -7,7 +7,9 @@ SIP code in ``retry_on`` after ``backoff_s`` (doubling), up to ``max_attempts``:
 never on 486/600/603 (the callee said no). The trunk's own limits still hold: its
 calls-per-second pace is applied by the call actor, and a trunk at its call limit
 (429) or a full node (503) puts the number back for ``Retry-After``. Pause stops new
-calls (those in progress go on), resume goes on, cancel stops for good.
+calls (those in progress go on), resume goes on, cancel stops for good. With a
+``CampaignJournal`` every change is journaled, and a restarted node picks its
+campaigns up where they were.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from actors.call import CallRecord
+from switch.campaign_journal import CampaignJournal, to_keep
 from switch.dialer import CallRequest, Dialer, NoRoute, Pacer
 from switch.manager import CallRefused
 
@@ -128,6 +131,12 @@ class NumberResult:
                 "disposition": self.disposition or None, "sip_code": self.sip_code,
                 "call_ids": list(self.call_ids)}  # fmt: skip
 
+    def saved(self) -> dict[str, Any]:
+        """What the journal keeps of it (the number itself is in the request)."""
+        return {"attempts": self.attempts, "state": self.state,
+                "disposition": self.disposition, "sip_code": self.sip_code,
+                "call_ids": list(self.call_ids)}  # fmt: skip
+
 
 class Campaign:
     def __init__(
@@ -136,8 +145,11 @@ class Campaign:
         dialer: Dialer,
         clock: Callable[[], float],
         on_call_end: Callable[[str, Callable[[CallRecord], None]], None],
+        journal: CampaignJournal | None = None,
+        saved: dict[str, Any] | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex[:16]
+        self.id = saved["id"] if saved else uuid.uuid4().hex[:16]
+        self.journal = journal
         self.body = body
         self.dialer = dialer
         self.clock = clock
@@ -146,15 +158,53 @@ class Campaign:
         self.created_at = time.time()
         self.finished_at: float | None = None
         self.numbers = [NumberResult(n.to, dict(n.variables)) for n in body.numbers]
-        # (loop time it may be dialed, order, index): the first attempts in list order.
-        self._due: list[tuple[float, int, int]] = [(0.0, i, i) for i in range(len(self.numbers))]
-        self._order = len(self.numbers)
         self.active = 0
         self.max_active_seen = 0
         self.started = 0
+        if saved is not None:
+            self._restore(saved)
+        elif journal is not None:
+            journal.created(self.id, self.created_at, body.model_dump(mode="json", by_alias=True))
+        # (loop time it may be dialed, order, index): the first attempts in list order.
+        self._due: list[tuple[float, int, int]] = [
+            (0.0, i, i) for i, n in enumerate(self.numbers) if n.state == "pending"
+        ]
+        self._order = len(self.numbers)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.pacer = Pacer(body.cps, clock)
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """Take up a journaled campaign: a number being dialed when the node stopped
+        lost that attempt (its call ended ``node_restart``); retry it if allowed."""
+        self.created_at = saved["created_at"]
+        self.state, self.finished_at = saved["state"], saved["finished_at"]
+        for index, fields in saved["numbers"].items():
+            number = self.numbers[index]
+            number.attempts, number.state = fields["attempts"], fields["state"]
+            number.disposition, number.sip_code = fields["disposition"], fields["sip_code"]
+            number.call_ids = list(fields["call_ids"])
+            self.started += number.attempts
+            if number.state == "dialing":
+                number.disposition = "node_restart"
+                retry = number.attempts < self.body.retry.max_attempts
+                number.state = "pending" if retry and self.state != "canceled" else "done"
+                self._note(index)
+        if self.state == "canceled":
+            for number in self.numbers:
+                if number.state == "pending":
+                    number.state, number.disposition = "done", "not_dialed"
+
+    def _note(self, index: int) -> None:
+        if self.journal is not None:
+            self.journal.number(self.id, index, self.numbers[index].saved())
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        if state in ("canceled", "completed"):
+            self.finished_at = time.time()
+        if self.journal is not None:
+            self.journal.state(self.id, state, self.finished_at)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"campaign {self.id}")
@@ -163,20 +213,19 @@ class Campaign:
 
     def pause(self) -> None:
         if self.state == "running":
-            self.state = "paused"
+            self._set_state("paused")
             self._wake.set()
 
     def resume(self) -> None:
         if self.state == "paused":
-            self.state = "running"
+            self._set_state("running")
             self.pacer = Pacer(self.body.cps, self.clock)  # no burst to catch up
             self._wake.set()
 
     def cancel(self) -> None:
         if self.state in ("running", "paused"):
-            self.state = "canceled"
-            self.finished_at = time.time()
-            for number in self.numbers:
+            self._set_state("canceled")
+            for number in self.numbers:  # (journaled by the state line)
                 if number.state == "pending":
                     number.state = "done"
                     number.disposition = number.disposition or "not_dialed"
@@ -195,8 +244,7 @@ class Campaign:
                 delay = self._next_delay()
                 if delay is None:
                     if self.active == 0 and not self._due:
-                        self.state = "completed"
-                        self.finished_at = time.time()
+                        self._set_state("completed")
                         return
                     await self._sleep(None)
                 elif delay > 0:
@@ -205,8 +253,7 @@ class Campaign:
                     self._dial_next()
         except Exception:
             log.exception("campaign %s stopped on an error", self.id)
-            self.state = "canceled"
-            self.finished_at = time.time()
+            self._set_state("canceled")
 
     def _next_delay(self) -> float | None:
         """Seconds until the next call may start; 0: now; None: wait for an event."""
@@ -252,6 +299,7 @@ class Campaign:
         except NoRoute as exc:
             number.state, number.disposition = "done", "no_route"
             log.info("campaign %s: %s: %s", self.id, number.to, exc)
+            self._note(index)
             return
         number.attempts += 1
         number.state = "dialing"
@@ -259,6 +307,7 @@ class Campaign:
         self.started += 1
         self.active += 1
         self.max_active_seen = max(self.max_active_seen, self.active)
+        self._note(index)
         self.on_call_end(actor.call_id, lambda record: self._ended(index, record))
 
     def _requeue(self, index: int, after_s: float) -> None:
@@ -276,6 +325,7 @@ class Campaign:
             self._requeue(index, backoff)
         else:
             number.state = "done"
+        self._note(index)
         self._wake.set()
 
     def _retry(self, number: NumberResult) -> bool:
@@ -313,23 +363,42 @@ class Campaign:
 
 
 class Campaigns:
-    """The node's campaigns (in memory: a node restart forgets them)."""
+    """The node's campaigns, journaled when ``journal`` is given."""
 
     def __init__(
         self,
         dialer: Dialer,
         clock: Callable[[], float],
         on_call_end: Callable[[str, Callable[[CallRecord], None]], None],
+        journal: CampaignJournal | None = None,
     ) -> None:
         self.dialer = dialer
         self.clock = clock
         self.on_call_end = on_call_end
+        self.journal = journal
         self.all: dict[str, Campaign] = {}
+
+    def restore(self) -> int:
+        """Take up the journal's campaigns (the unfinished ones dial on); how many ran."""
+        if self.journal is None:
+            return 0
+        saved = to_keep(self.journal.load())
+        self.journal.rewrite(saved)
+        running = 0
+        for entry in saved:
+            body = CampaignBody.model_validate(entry["body"])
+            campaign = Campaign(body, self.dialer, self.clock, self.on_call_end,
+                                self.journal, saved=entry)  # fmt: skip
+            self.all[campaign.id] = campaign
+            if campaign.state in ("running", "paused"):
+                campaign.start()
+                running += 1
+        return running
 
     def create(self, body: CampaignBody) -> Campaign:
         if body.trunk and body.trunk not in self.dialer.book.trunks:
             raise NoRoute(f"trunk: no trunk named {body.trunk!r}")
-        campaign = Campaign(body, self.dialer, self.clock, self.on_call_end)
+        campaign = Campaign(body, self.dialer, self.clock, self.on_call_end, self.journal)
         self.all[campaign.id] = campaign
         campaign.start()
         return campaign
@@ -337,3 +406,5 @@ class Campaigns:
     async def close(self) -> None:
         for campaign in self.all.values():
             await campaign.stop()
+        if self.journal is not None:
+            self.journal.close()

@@ -170,6 +170,11 @@ class Settings:
         metadata={"help": "when the peer refuses REFER: bridge (a second leg through "
                   "voxswitch) or hangup (end the call transfer_failed)"},
     )
+    campaigns_file: str = field(
+        default="voxswitch-campaigns.jsonl",
+        metadata={"help": "campaign journal: a restarted node goes on with its campaigns "
+                  "('' keeps them in memory)"},
+    )
     trunks_reload_s: float = field(
         default=10.0,
         metadata={"help": "with postgres_dsn: reload trunks and routes this often"},

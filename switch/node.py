@@ -24,6 +24,7 @@ from sip.message import Message
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
 from switch.backbone import Backbone, build_sinks
+from switch.campaign_journal import CampaignJournal
 from switch.campaigns import Campaigns
 from switch.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.config import Settings, auth_algorithms, auth_users
@@ -177,7 +178,10 @@ class Node:
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         if s.transfer_fallback == "bridge":
             self.manager.bridge_dialer = self.dialer.dial_bridge
-        self.campaigns = Campaigns(self.dialer, loop.time, self.manager.when_ended)
+        journal = CampaignJournal(s.campaigns_file) if s.campaigns_file else None
+        self.campaigns = Campaigns(self.dialer, loop.time, self.manager.when_ended, journal)
+        if restored := self.campaigns.restore():
+            log.warning("took up %d unfinished campaigns from %s", restored, s.campaigns_file)
         self.trunk_monitor = TrunkMonitor(
             self.book, endpoint, local, self.manager.connect, loop.time
         )

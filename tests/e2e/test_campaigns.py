@@ -159,3 +159,32 @@ def test_bad_campaigns_name_the_field(node: NodeProcess) -> None:
         assert status == 422, (body, answer)
         assert any(field in e["loc"] for e in answer["detail"]), (body, answer)
     assert api(node, "GET", "/v1/campaigns/nope")[0] == 404
+
+
+def test_a_campaign_goes_on_after_the_node_is_killed(
+    voxswitch_nodes: NodeFactory, sipp_server: SippServerFactory, tmp_path: Any
+) -> None:
+    env = {"VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_AGENT": "none",
+           "VOXSWITCH_TRUNKS_FILE": str(tmp_path / "trunks.json"),
+           "VOXSWITCH_CAMPAIGNS_FILE": str(tmp_path / "campaigns.jsonl")}  # fmt: skip
+    options = NodeOptions(media_timeout_s=0, env=env)
+    first = voxswitch_nodes.start("journal-1", options)
+    callees = sipp_server("uas_answer_hangup.xml", calls=1000, timeout_s=90)
+    route(first, "kept", "+1555600", callees)
+    numbers = [f"+1555600{i:04d}" for i in range(8)]
+    campaign_id = start(first, numbers, cps=2, max_concurrent=8,
+                        retry={"max_attempts": 2, "backoff_s": 0.5})  # fmt: skip
+    wait_for("three calls started", lambda: api(
+        first, "GET", f"/v1/campaigns/{campaign_id}")[1]["calls_started"] >= 3)  # fmt: skip
+    assert first.process is not None
+    first.process.kill()  # no drain, no goodbye: the journal is all there is
+    first.process.wait(10)
+    second = voxswitch_nodes.start("journal-2", options)
+    view = finished(second, campaign_id, 60)
+    assert view["state"] == "completed" and view["done"] == 8, view
+    results = view["results"]
+    assert all(r["disposition"] == "completed" for r in results), results
+    cut = [r for r in results if len(r["call_ids"]) == 2]
+    assert cut and all(r["attempts"] == 2 for r in cut)  # the call the kill cut, again
+    assert sum(r["attempts"] for r in results) == 8 + len(cut)
+    callees.stop()
