@@ -24,7 +24,7 @@ from actors.messages import (
     InviteTimedOut,
     RequestArrived,
 )
-from sip.auth import AuthError, answer_challenge
+from sip.auth import authorize
 from sip.dialog import Dialog
 from sip.endpoint import Flow
 from sip.errors import SipError
@@ -294,27 +294,16 @@ class OutboundCallActor(CallActor):
         """Send the INVITE again with credentials for the challenge (§22.2)."""
         if not target.username:
             return False
-        header = "www-authenticate" if response.status == 401 else "proxy-authenticate"
-        name = "Authorization" if response.status == 401 else "Proxy-Authorization"
-        challenges = response.headers.get_all(header)  # whole values: they hold commas
-        for challenge in challenges:
-            try:
-                value = answer_challenge(
-                    challenge,
-                    method="INVITE",
-                    uri=target.request_uri,
-                    username=target.username,
-                    password=target.password,
-                )
-            except AuthError:
-                continue
-            self._cseq += 1
-            invite = self._new_invite(target, offer)
-            invite.headers.add(name, value)
-            self.invite = invite
-            self._send_invite()
-            return True
-        return False
+        credentials = authorize(response, method="INVITE", uri=target.request_uri,
+                                username=target.username, password=target.password)  # fmt: skip
+        if credentials is None:
+            return False
+        self._cseq += 1
+        invite = self._new_invite(target, offer)
+        invite.headers.add(*credentials)
+        self.invite = invite
+        self._send_invite()
+        return True
 
     def _send_cancel(self) -> None:
         self.endpoint.send_request(make_cancel(self.invite), self.flow, lambda _event: None)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 from sip.errors import SipError
 
 if TYPE_CHECKING:
-    from sip.message import Request
+    from sip.message import Request, Response
 
 __all__ = [
     "ALGORITHMS",
@@ -42,6 +42,7 @@ __all__ = [
     "Credentials",
     "DigestAuthenticator",
     "answer_challenge",
+    "authorize",
     "digest_response",
     "parse_challenge",
     "parse_credentials",
@@ -387,6 +388,24 @@ def answer_challenge(
         parts.append(f"qop={qop}")
         parts.append(f"nc={nc_text}")
     return "Digest " + ", ".join(parts)
+
+
+def authorize(
+    response: Response, *, method: str, uri: str, username: str, password: str
+) -> tuple[str, str] | None:
+    """The header that answers a 401/407 (the first challenge we can answer):
+    ``("Authorization" | "Proxy-Authorization", value)``, or None."""
+    proxy = response.status == 407
+    header = "proxy-authenticate" if proxy else "www-authenticate"
+    for challenge in response.headers.get_all(header):  # whole values: they hold commas
+        try:
+            value = answer_challenge(
+                challenge, method=method, uri=uri, username=username, password=password
+            )
+        except AuthError:
+            continue
+        return ("Proxy-Authorization" if proxy else "Authorization", value)
+    return None
 
 
 # --------------------------------------------------------------------------- server

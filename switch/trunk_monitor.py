@@ -6,7 +6,8 @@ up, no answer within ``OPTIONS_TIMEOUT_S`` (or 503) counts a failure, and
 until it answers again. A trunk with ``registration`` REGISTERs our Contact with
 the carrier, answers its digest challenge, and refreshes at 80% of the expiry the
 registrar granted; a refused or unanswered REGISTER is retried with a growing
-backoff. The state of both is what ``GET /v1/trunks`` shows.
+backoff; when the trunk goes (or its registration is turned off) the node
+unregisters (Expires: 0). The state of both is what ``GET /v1/trunks`` shows.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.call import LocalAddress
-from sip.auth import AuthError, answer_challenge
+from sip.auth import authorize
 from sip.dialog import new_tag
 from sip.endpoint import Flow, SipEndpoint
 from sip.message import Headers, Request, Response
@@ -66,6 +67,7 @@ class Registration:
     auth_rounds: int = 0
     in_flight: bool = False
     refreshes: int = 0
+    trunk: Trunk | None = None  # as registered (to unregister after it is gone)
 
     def view(self) -> dict[str, Any]:
         return {"state": self.state, "expires_s": self.expires_s,
@@ -83,7 +85,11 @@ def build_options(trunk: Trunk, local: LocalAddress) -> Request:
 
 
 def build_register(
-    trunk: Trunk, local: LocalAddress, reg: Registration, authorization: tuple[str, str] | None
+    trunk: Trunk,
+    local: LocalAddress,
+    reg: Registration,
+    authorization: tuple[str, str] | None,
+    expires: int | None = None,
 ) -> Request:
     user = trunk.username or "voxswitch"
     aor = f"<sip:{user}@{trunk.host}>"
@@ -91,7 +97,7 @@ def build_register(
     h = _common_headers(local, f"{aor};tag={reg.from_tag}", aor, reg.call_id,
                         f"{reg.cseq} REGISTER")  # fmt: skip
     h.add("Contact", f"<sip:{user}@{local.host}:{local.port}>")
-    h.add("Expires", str(trunk.register_expires_s))
+    h.add("Expires", str(trunk.register_expires_s if expires is None else expires))
     if authorization is not None:
         h.add(*authorization)
     return Request("REGISTER", registrar_uri(trunk), h)
@@ -168,7 +174,7 @@ class TrunkMonitor:
         for name in set(self.keepalives) - set(self.book.trunks):
             del self.keepalives[name]
         for name in set(self.registrations) - set(self.book.trunks):
-            del self.registrations[name]
+            await self._unregister(self.registrations.pop(name))
         for trunk in list(self.book.trunks.values()):
             if trunk.options_interval_s > 0:
                 await self._keepalive(trunk, now)
@@ -176,8 +182,8 @@ class TrunkMonitor:
                 self.keepalives.pop(trunk.name, None)
             if trunk.registration:
                 await self._register_if_due(trunk, now)
-            else:
-                self.registrations.pop(trunk.name, None)
+            elif trunk.name in self.registrations:
+                await self._unregister(self.registrations.pop(trunk.name))
 
     # ---- OPTIONS -------------------------------------------------------------------------
 
@@ -272,17 +278,10 @@ class TrunkMonitor:
         status = reg.last_status = response.status
         if status in (401, 407) and reg.auth_rounds < 1 and trunk.username:
             reg.auth_rounds += 1
-            header = "www-authenticate" if status == 401 else "proxy-authenticate"
-            name = "Authorization" if status == 401 else "Proxy-Authorization"
-            for challenge in response.headers.get_all(header):
-                try:
-                    value = answer_challenge(
-                        challenge, method="REGISTER", uri=request.uri,
-                        username=trunk.username, password=trunk.password,
-                    )  # fmt: skip
-                except AuthError:
-                    continue
-                self._send(trunk, reg, (name, value), flow)
+            credentials = authorize(response, method="REGISTER", uri=request.uri,
+                                    username=trunk.username, password=trunk.password)  # fmt: skip
+            if credentials is not None:
+                self._send(trunk, reg, credentials, flow)
                 return
         if not 200 <= status < 300:
             self._register_failed(trunk, reg, status)
@@ -293,9 +292,33 @@ class TrunkMonitor:
         else:
             log.info("trunk %s: registered for %d s", trunk.name, expires)
         reg.state, reg.failures, reg.expires_s = "registered", 0, expires
+        reg.trunk = trunk
         reg.registered_at = time.time()
         reg.expires_at = reg.registered_at + expires
         reg.next_at = self.clock() + max(1.0, expires * REFRESH_AT)
+
+    async def _unregister(self, reg: Registration) -> None:
+        """Take our binding off the registrar (Expires: 0), answering one challenge."""
+        trunk = reg.trunk
+        if trunk is None or reg.state != "registered":
+            return
+        try:
+            flow = await self.connect(trunk.host, trunk.port)
+        except OSError:
+            return
+        request = build_register(trunk, self.local, reg, None, expires=0)
+
+        def on_event(event: TransactionEvent) -> None:
+            if not isinstance(event, ResponseReceived) or event.response.status not in (401, 407):
+                return
+            credentials = authorize(event.response, method="REGISTER", uri=request.uri,
+                                    username=trunk.username, password=trunk.password)  # fmt: skip
+            if credentials is not None:
+                again = build_register(trunk, self.local, reg, credentials, expires=0)
+                self.endpoint.send_request(again, flow, lambda _event: None)
+
+        log.info("trunk %s: unregistering", trunk.name)
+        self.endpoint.send_request(request, flow, on_event)
 
     def _register_failed(self, trunk: Trunk, reg: Registration, status: int | None) -> None:
         reg.in_flight = False
