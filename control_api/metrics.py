@@ -99,6 +99,8 @@ class _StateCollector(Collector):
         yield _gauge("voxswitch_max_calls", "Admission limit", h.get("max_calls", 0))
         yield _counter("voxswitch_calls_offered", "INVITEs that started a call",
                        h.get("calls_offered", 0))  # fmt: skip
+        yield _counter("voxswitch_calls_placed", "Outbound calls started (API, campaigns)",
+                       h.get("calls_placed", 0))  # fmt: skip
         ended = CounterMetricFamily(
             "voxswitch_calls_ended", "Calls ended, by direction and disposition",
             labels=["direction", "disposition"],

@@ -81,6 +81,7 @@ MediaFactory = Callable[..., MediaLeg]
 @dataclass
 class ManagerStats:
     calls_offered: int = 0
+    calls_placed: int = 0  # outbound calls started
     calls_rejected: Counter[int] = field(default_factory=Counter)
     dispositions: Counter[str] = field(default_factory=Counter)
     outbound_dispositions: Counter[str] = field(default_factory=Counter)
@@ -297,6 +298,7 @@ class CallManager:
         if self.flow_to is None or not origination.targets:
             raise CallRefused(503, "no route for this call", RETRY_AFTER_BUSY_S)
         call_id = uuid.uuid4().hex
+        self.stats.calls_placed += 1
         try:
             media = self.media_factory(call_id, near=near)
         except MediaUnavailable as exc:

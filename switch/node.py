@@ -80,6 +80,7 @@ class Node:
             "active_calls": manager.active_calls if manager else 0,
             "max_calls": self.settings.max_calls,
             "calls_offered": manager.stats.calls_offered if manager else 0,
+            "calls_placed": manager.stats.calls_placed if manager else 0,
             "dispositions": dict(manager.stats.dispositions) if manager else {},
             "outbound_dispositions": dict(manager.stats.outbound_dispositions) if manager else {},
             "sip_forbidden": manager.stats.forbidden if manager else 0,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,9 @@ def test_call_to_sipp_uas_connects_and_delete_sends_bye(
     assert view["direction"] == "outbound" and view["trunk"] == "carrier-a"
     assert view["sip_code"] == 200 and view["codec"] == "PCMU"
     assert view["metadata"] == {"customer": "c-42"}
+    metrics = urllib.request.urlopen(node.health_url.replace("/health", "/metrics")).read()
+    placed = re.search(rb"^voxswitch_calls_placed_total (\S+)$", metrics, re.MULTILINE)
+    assert placed is not None and float(placed.group(1)) >= 1
     status, listed = api(node, "GET", "/v1/calls?direction=outbound&state=confirmed")
     assert status == 200 and [c["call_id"] for c in listed["calls"]] == [call_id]
     assert api(node, "DELETE", f"/v1/calls/{call_id}")[0] == 202
