@@ -58,6 +58,7 @@ class DialTarget:
     username: str = ""
     password: str = ""
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
+    transport: str = "udp"  # or "tcp"
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def build_invite(
     headers: tuple[tuple[str, str], ...] = (),
 ) -> Request:
     h = Headers()
-    h.add("Via", f"SIP/2.0/UDP {via_sent_by};branch={new_branch()};rport")
+    h.add("Via", f"SIP/2.0/{target.transport.upper()} {via_sent_by};branch={new_branch()};rport")
     h.add("Max-Forwards", "70")
     h.add("From", f"<sip:{from_number}@{local_host}>;tag={from_tag}")
     to_uri = to if to.startswith(("sip:", "sips:")) else target.request_uri

@@ -178,6 +178,7 @@ def _through(trunk: Trunk, to: str) -> DialTarget:
         username=trunk.username,
         password=trunk.password,
         codecs=tuple(trunk.codecs),
+        transport=trunk.transport,
     )
 
 

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,8 +126,10 @@ class CallManager:
         self._tasks: dict[CallActor, asyncio.Task[CallRecord]] = {}
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._watchers: dict[str, Callable[[CallRecord], None]] = {}
-        # Where SIP to a peer goes (set by the node once its UDP socket is bound).
+        # Where SIP to a peer goes (set by the node once its UDP socket is bound), and
+        # how a TCP connection to one is opened.
         self.flow_to: Callable[[tuple[str, int]], Flow] | None = None
+        self.tcp_connect: Callable[[str, int], Awaitable[Flow]] | None = None
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
         self.trunk_of: Callable[[str], str | None] | None = None  # source IP -> trunk name
         self.trunks_configured: Callable[[], bool] | None = None
@@ -352,10 +354,11 @@ class CallManager:
         return lambda leg: first.command(BridgeAnswered(leg))
 
     async def _connect(self, target: DialTarget) -> Flow:
-        return await self.connect(target.host, target.port)
+        return await self.connect(target.host, target.port, target.transport)
 
-    async def connect(self, host: str, port: int) -> Flow:
-        """The UDP flow to ``host``: resolved when it is a name (DNS), not an address."""
+    async def connect(self, host: str, port: int, transport: str = "udp") -> Flow:
+        """The flow to ``host`` (resolved when it is a name): UDP, or a TCP connection
+        (opened, or the one already open)."""
         assert self.flow_to is not None
         host = host.strip("[]")
         try:
@@ -363,6 +366,10 @@ class CallManager:
         except ValueError:
             infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             host = str(infos[0][4][0])
+        if transport == "tcp":
+            if self.tcp_connect is None:
+                raise OSError("no TCP transport")
+            return await self.tcp_connect(host, port)
         return self.flow_to((host, port))
 
     def _start(self, actor: CallActor) -> None:

@@ -188,6 +188,7 @@ class Node:
         )
         self._tcp = TcpServer(self._receive_tcp)
         await self._tcp.start(s.sip_host, s.sip_port)
+        self.manager.tcp_connect = self._tcp.connect
         self._background = [
             loop.create_task(self._end_orphans(), name="end orphans"),
             loop.create_task(self.checkpointer.run(), name="checkpointer"),

@@ -79,7 +79,7 @@ class Registration:
 def build_options(trunk: Trunk, local: LocalAddress) -> Request:
     target = f"sip:{trunk.host}:{trunk.port}"
     ours = f"<sip:voxswitch@{local.host}>;tag={new_tag()}"
-    h = _common_headers(local, ours, f"<{target}>", secrets.token_hex(12), "1 OPTIONS")
+    h = _common_headers(trunk, local, ours, f"<{target}>", secrets.token_hex(12), "1 OPTIONS")
     h.add("Accept", "application/sdp")
     return Request("OPTIONS", target, h)
 
@@ -94,9 +94,10 @@ def build_register(
     user = trunk.username or "voxswitch"
     aor = f"<sip:{user}@{trunk.host}>"
     reg.cseq += 1
-    h = _common_headers(local, f"{aor};tag={reg.from_tag}", aor, reg.call_id,
+    h = _common_headers(trunk, local, f"{aor};tag={reg.from_tag}", aor, reg.call_id,
                         f"{reg.cseq} REGISTER")  # fmt: skip
-    h.add("Contact", f"<sip:{user}@{local.host}:{local.port}>")
+    suffix = ";transport=tcp" if trunk.transport == "tcp" else ""
+    h.add("Contact", f"<sip:{user}@{local.host}:{local.port}{suffix}>")
     h.add("Expires", str(trunk.register_expires_s if expires is None else expires))
     if authorization is not None:
         h.add(*authorization)
@@ -107,9 +108,12 @@ def registrar_uri(trunk: Trunk) -> str:
     return f"sip:{trunk.host}" + ("" if trunk.port == 5060 else f":{trunk.port}")
 
 
-def _common_headers(local: LocalAddress, from_: str, to: str, call_id: str, cseq: str) -> Headers:
+def _common_headers(
+    trunk: Trunk, local: LocalAddress, from_: str, to: str, call_id: str, cseq: str
+) -> Headers:
     h = Headers()
-    h.add("Via", f"SIP/2.0/UDP {local.sent_by()};branch={new_branch()};rport")
+    transport = trunk.transport.upper()
+    h.add("Via", f"SIP/2.0/{transport} {local.sent_by()};branch={new_branch()};rport")
     h.add("Max-Forwards", "70")
     h.add("From", from_)
     h.add("To", to)
@@ -136,7 +140,7 @@ class TrunkMonitor:
         book: TrunkBook,
         endpoint: SipEndpoint,
         local: LocalAddress,
-        connect: Callable[[str, int], Awaitable[Flow]],
+        connect: Callable[[str, int, str], Awaitable[Flow]],
         clock: Callable[[], float],
     ) -> None:
         self.book = book
@@ -198,7 +202,7 @@ class TrunkMonitor:
         state.next_at = now + trunk.options_interval_s
         state.pending_since = now
         try:
-            flow = await self.connect(trunk.host, trunk.port)
+            flow = await self.connect(trunk.host, trunk.port, trunk.transport)
         except OSError:
             self._options_failed(trunk.name, state, None)
             return
@@ -247,7 +251,7 @@ class TrunkMonitor:
         self, trunk: Trunk, reg: Registration, authorization: tuple[str, str] | None
     ) -> None:
         try:
-            flow = await self.connect(trunk.host, trunk.port)
+            flow = await self.connect(trunk.host, trunk.port, trunk.transport)
         except OSError:
             self._register_failed(trunk, reg, None)
             return
@@ -303,7 +307,7 @@ class TrunkMonitor:
         if trunk is None or reg.state != "registered":
             return
         try:
-            flow = await self.connect(trunk.host, trunk.port)
+            flow = await self.connect(trunk.host, trunk.port, trunk.transport)
         except OSError:
             return
         request = build_register(trunk, self.local, reg, None, expires=0)

@@ -37,7 +37,7 @@ class Trunk(BaseModel):
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     host: str = Field(pattern=HOST_PATTERN, max_length=253, description="carrier SIP address")
     port: int = Field(default=5060, ge=1, le=65535)
-    transport: Literal["udp"] = "udp"
+    transport: Literal["udp", "tcp"] = "udp"
     inbound_ips: list[str] = Field(
         default_factory=list, max_length=64,
         description="addresses/CIDRs whose INVITEs are this trunk's (default: host)",

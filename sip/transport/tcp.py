@@ -92,10 +92,26 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpServer:
+    """Accepts connections, and opens ours to peers (a carrier trunk over TCP): one
+    per peer address, reused while it stays open (RFC 3261 §18.1.1)."""
+
     def __init__(self, receive: Callable[[Message, TcpConnection], None]) -> None:
         self._receive = receive
         self.connections: set[TcpConnection] = set()
         self._server: asyncio.Server | None = None
+        self._opened: dict[tuple[str, int], TcpConnection] = {}
+
+    async def connect(self, host: str, port: int, timeout_s: float = 5.0) -> TcpConnection:
+        """An open connection to ``host:port`` (an address): ours if we have one."""
+        known = self._opened.get((host, port))
+        if known is not None and known in self.connections:
+            return known
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(self._make, host, port), timeout_s
+        )
+        self._opened[(host, port)] = conn
+        return conn
 
     def _make(self) -> TcpConnection:
         conn = TcpConnection(self._receive, self.connections.discard)

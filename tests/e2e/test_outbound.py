@@ -264,3 +264,17 @@ def test_refused_refer_bridged_through_the_node(
     # to the caller through the first leg.
     assert b["packets_sent"] >= 120 and b["packets_received"] >= 120, b
     assert a["packets_sent"] >= b["packets_received"] - 10, (a, b)
+
+
+def test_a_trunk_over_tcp(node: NodeProcess, sipp_server: SippServerFactory) -> None:
+    server = sipp_server("uas", calls=1, timeout_s=30, transport="t1", trace_msg=True)
+    put_trunk(node, "carrier-tcp", server, transport="tcp")
+    call_id = place(node, to="+15557654340", trunk="carrier-tcp", agent="none")
+    assert wait_state(node, call_id, "confirmed")["trunk"] == "carrier-tcp"
+    api(node, "DELETE", f"/v1/calls/{call_id}")
+    assert wait_state(node, call_id, "ended")["disposition"] == "api_hangup"
+    result = server.wait(timeout_s=20)
+    assert result.successful_calls == 1, result.describe()
+    log = server.messages_log.read_text()
+    assert "TCP message received" in log and "UDP message received" not in log
+    assert "Via: SIP/2.0/TCP" in log and ";transport=tcp>" in log
