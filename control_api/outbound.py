@@ -148,10 +148,12 @@ def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callabl
     async def put_trunk(body: Trunk, name: str = name_param) -> dict[str, Any]:
         """Create or replace a trunk (the password is kept when sent as ********)."""
         old = book.trunks.get(name)
-        password = body.password
-        if password == "********" and old is not None:
-            password = old.password
-        trunk = body.model_copy(update={"name": name, "password": password})
+        kept = {  # a secret sent back as shown stays what it was
+            secret: getattr(old, secret)
+            for secret in ("password", "inbound_password")
+            if old is not None and getattr(body, secret) == "********"
+        }
+        trunk = body.model_copy(update={"name": name, **kept})
         await stored(book.put_trunk(trunk))
         return {**trunk.public(), "status": status(name)}
 

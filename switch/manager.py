@@ -134,6 +134,10 @@ class CallManager:
         self.trunk_of: Callable[[str], str | None] | None = None  # source IP -> trunk name
         self.trunks_configured: Callable[[], bool] | None = None
         self.trunk_full: Callable[[str], bool] | None = None  # at its max_calls
+        # Digest: on when this says so (None: whenever there is an authenticator), and
+        # which trunk an authenticated user name is (a trunk's inbound credentials).
+        self.auth_required: Callable[[], bool] | None = None
+        self.trunk_of_user: Callable[[str], str | None] | None = None
         self.agent_for: Callable[[str], str | None] | None = None  # dialed number -> agent
         # Places the second leg of a bridged transfer: (target, the first leg) -> actor.
         self.bridge_dialer: Callable[[str, CallActor], CallActor] | None = None
@@ -164,8 +168,10 @@ class CallManager:
             trunk = self.trunk_of(flow.remote[0]) if self.trunk_of is not None else None
             if trunk is None and self._forbidden(request, txn, flow):
                 return
-            if trunk is not None or self._authenticated(request, txn):
-                self._new_call(request, txn, flow, trunk or "")
+            if trunk is None:
+                trunk = self._authenticated(request, txn)
+            if trunk is not None:
+                self._new_call(request, txn, flow, trunk)
         elif method == "OPTIONS":
             self._reply(
                 txn,
@@ -203,23 +209,30 @@ class CallManager:
         to prove otherwise: 403 (counted in the SIP responses sent)."""
         if self.trunks_configured is None or not self.trunks_configured():
             return False
-        if self.authenticator is not None:
-            return False  # a known user may still call: challenge instead
+        if self._auth_on():
+            return False  # a known user (or a trunk's) may still call: challenge instead
         self.stats.forbidden += 1
         log.info("INVITE %s from %s: no trunk has this address: 403",
                  request.call_id, flow.remote[0])  # fmt: skip
         self._reply(txn, request, 403, reason="Unknown Trunk")
         return True
 
-    def _authenticated(self, request: Request, txn: ServerTransaction) -> bool:
-        """Digest auth when configured (RFC 3261 §22.2): else answer 401 and stop."""
+    def _auth_on(self) -> bool:
+        return self.authenticator is not None and (
+            self.auth_required is None or self.auth_required()
+        )
+
+    def _authenticated(self, request: Request, txn: ServerTransaction) -> str | None:
+        """Digest auth when on (RFC 3261 §22.2): the call's trunk ('' for a plain user)
+        when the credentials hold; else 401 is answered and None returned."""
         auth = self.authenticator
-        if auth is None:
-            return True
+        if auth is None or not self._auth_on():
+            return ""
         now = time.time()  # wall clock: nonces are shared between nodes
         result = auth.verify_request(request, now)
         if result.ok:
-            return True
+            user = result.username or ""
+            return (self.trunk_of_user(user) if self.trunk_of_user else None) or ""
         if result.reason not in ("missing", "stale"):
             log.info(
                 "INVITE %s from %s: auth failed: %s",
@@ -229,7 +242,7 @@ class CallManager:
             )
         challenges = auth.challenges(now, stale=result.stale)
         self._reply(txn, request, 401, [("WWW-Authenticate", c) for c in challenges])
-        return False
+        return None
 
     def _new_call(
         self, request: Request, txn: InviteServerTransaction, flow: Flow, trunk: str = ""

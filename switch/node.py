@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from redis.exceptions import RedisError
@@ -37,6 +38,31 @@ from switch.trunks import TrunkBook
 from switch.voice import build_voice, vad_config
 
 log = logging.getLogger("voxswitch.node")
+DEFAULT_REALM = "voxswitch"
+
+
+class DigestUsers(Mapping[str, str]):
+    """The digest users: the settings' (``sip_auth_users``), then each trunk's inbound
+    user, looked up live."""
+
+    def __init__(self, users: dict[str, str], book: TrunkBook) -> None:
+        self.users = users
+        self.book = book
+
+    def __getitem__(self, name: str) -> str:
+        if name in self.users:
+            return self.users[name]
+        trunk = self.book.inbound_user(name)
+        if trunk is None:
+            raise KeyError(name)
+        return trunk.inbound_password
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.users
+        yield from (t.inbound_username for t in self.book.trunks.values() if t.inbound_password)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 GC_GEN0_THRESHOLD = 50_000
 BACKBONE_FLUSH_S = 5.0
@@ -147,14 +173,14 @@ class Node:
         )
         if s.records_file:
             self._records = open(s.records_file, "a", encoding="utf-8")  # noqa: SIM115
-        authenticator = None
-        if s.sip_auth_realm:
-            authenticator = DigestAuthenticator(
-                s.sip_auth_realm,
-                auth_users(s),
-                algorithms=auth_algorithms(s),
-                secret=s.sip_auth_secret.encode() or None,
-            )
+        # Digest users: the settings' and the trunks' inbound ones (read at each INVITE,
+        # so a trunk changed over the API counts at once).
+        authenticator = DigestAuthenticator(
+            s.sip_auth_realm or DEFAULT_REALM,
+            DigestUsers(auth_users(s), self.book),
+            algorithms=auth_algorithms(s),
+            secret=s.sip_auth_secret.encode() or None,
+        )
         self.manager = CallManager(
             loop=loop,
             local=local,
@@ -176,6 +202,12 @@ class Node:
         self.manager.trunks_configured = lambda: bool(self.book.trunks)
         self.manager.agent_for = self.book.agent_for
         self.manager.trunk_full = self._trunk_full
+        self.manager.auth_required = lambda: bool(s.sip_auth_realm) or any(
+            t.inbound_password for t in self.book.trunks.values()
+        )
+        self.manager.trunk_of_user = lambda user: (
+            trunk.name if (trunk := self.book.inbound_user(user)) is not None else None
+        )
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         if s.transfer_fallback == "bridge":
             self.manager.bridge_dialer = self.dialer.dial_bridge

@@ -42,6 +42,11 @@ class Trunk(BaseModel):
         default_factory=list, max_length=64,
         description="addresses/CIDRs whose INVITEs are this trunk's (default: host)",
     )  # fmt: skip
+    inbound_username: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_.+-]{0,64}$",
+        description="digest user the carrier may authenticate its INVITEs with",
+    )  # fmt: skip
+    inbound_password: str = Field(default="", max_length=128)
     username: str = Field(default="", max_length=128, description="outbound digest user")
     password: str = Field(default="", max_length=128, description="outbound digest password")
     registration: bool = Field(default=False, description="REGISTER to the carrier")
@@ -93,7 +98,8 @@ class Trunk(BaseModel):
     def public(self) -> dict[str, Any]:
         """The trunk as the API shows it: the password never leaves."""
         data = self.model_dump()
-        data["password"] = "********" if self.password else ""
+        for secret in ("password", "inbound_password"):
+            data[secret] = "********" if data[secret] else ""
         return data
 
 
@@ -238,6 +244,13 @@ class TrunkBook:
                 if trunk is not None and trunk not in chosen:
                     chosen.append(trunk)
         return chosen
+
+    def inbound_user(self, username: str) -> Trunk | None:
+        """The trunk whose inbound digest user this is."""
+        for trunk in self.trunks.values():
+            if trunk.inbound_username == username and trunk.inbound_password:
+                return trunk
+        return None
 
     def agent_for(self, number: str) -> str | None:
         """The agent of the first inbound route matching the dialed number."""

@@ -15,9 +15,11 @@ from tests.e2e.conftest import SippServerFactory
 from tests.e2e.polling import wait_for
 
 
-def start_node(voxswitch_nodes: NodeFactory, tmp_path: Any, name: str) -> NodeProcess:
+def start_node(
+    voxswitch_nodes: NodeFactory, tmp_path: Any, name: str, **extra: str
+) -> NodeProcess:
     env = {"VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_TRUNKS_FILE": str(tmp_path / "trunks.json"),
-           "VOXSWITCH_AGENT": "none"}  # fmt: skip
+           "VOXSWITCH_AGENT": "none", **extra}  # fmt: skip
     return voxswitch_nodes.start(name, NodeOptions(media_timeout_s=0, env=env))
 
 
@@ -105,13 +107,27 @@ def test_keepalive_marks_a_silent_trunk_down_and_routes_around_it(
 def test_invite_from_no_trunk_gets_403_and_is_counted(
     voxswitch_nodes: NodeFactory, sipp: SippRunner, tmp_path: Any
 ) -> None:
-    guarded = start_node(voxswitch_nodes, tmp_path, "guarded")
+    # (SIPp answers MD5 challenges only, and takes the first offered.)
+    guarded = start_node(voxswitch_nodes, tmp_path, "guarded", VOXSWITCH_SIP_AUTH_ALGORITHMS="MD5")
     body = {"host": "192.0.2.10", "inbound_ips": ["192.0.2.0/24"], "options_interval_s": 0}
     assert api(guarded, "PUT", "/v1/trunks/carrier", body=body)[0] == 200
     result = sipp(guarded, "reject_403.xml", calls=2, rate=10, timeout_s=20)
     assert result.successful_calls == 2, result.describe()
     _, metrics = api_text(guarded, "/metrics")
     assert "voxswitch_sip_forbidden_total 2.0" in metrics
+    # The carrier's own digest user gets in from anywhere (challenged, then taken as
+    # that trunk's call); a wrong password does not.
+    body["inbound_username"], body["inbound_password"] = "carrier-in", "s3cret"
+    assert api(guarded, "PUT", "/v1/trunks/carrier", body=body)[0] == 200
+    assert api(guarded, "GET", "/v1/trunks/carrier")[1]["inbound_password"] == "********"
+    result = sipp(guarded, "auth_call.xml", calls=1, timeout_s=20,
+                  extra_args=["-au", "carrier-in", "-ap", "s3cret"])  # fmt: skip
+    assert result.successful_calls == 1, result.describe()
+    assert wait_for("the record", guarded.records)[-1]["trunk"] == "carrier"
+    result = sipp(guarded, "auth_call.xml", calls=1, timeout_s=20,
+                  extra_args=["-au", "carrier-in", "-ap", "wrong"])  # fmt: skip
+    assert result.successful_calls == 0
+    body["inbound_password"] = "********"  # sent back as shown: kept
     # Our address joins the allowlist: the call is taken and carries the trunk's name.
     body["inbound_ips"] = ["192.0.2.0/24", "127.0.0.1/32"]
     assert api(guarded, "PUT", "/v1/trunks/carrier", body=body)[0] == 200
