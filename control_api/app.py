@@ -205,7 +205,8 @@ def create_app(
             """Place an outbound call: 202 with its call id; follow it at /v1/calls/{id}."""
             return place_call(dialer, body, can_sign=can_sign)
 
-        app.include_router(trunk_router(book, require, trunk_status or (lambda _n: {})))
+        agents = tuple(dialer.manager.voices)
+        app.include_router(trunk_router(book, require, trunk_status or (lambda _n: {}), agents))
     if campaigns is not None:
         app.include_router(campaign_router(campaigns, require, can_sign=can_sign))
 

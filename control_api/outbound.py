@@ -9,7 +9,7 @@ Trunks and routes are the carrier set-up (scope ``admin``); placing a call needs
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Path
@@ -36,9 +36,10 @@ class CallBody(BaseModel):
         description="caller ID, E.164 (default: the trunk's caller_id)",
     )  # fmt: skip
     trunk: str | None = Field(default=None, pattern=NAME_PATTERN, description="default: routes")
-    agent: Literal["default", "none"] = Field(
-        default="default", description="'none': no voice agent, only the greeting"
-    )
+    agent: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="default, none (the greeting only), or an agent of agents_dir",
+    )  # fmt: skip
     metadata: dict[str, MetadataValue] = Field(
         default_factory=dict, max_length=32, description="variables for the agent and the record"
     )
@@ -74,7 +75,7 @@ class CallBody(BaseModel):
             to=self.to,
             from_number=self.from_,
             trunk=self.trunk or "",
-            agent=self.agent != "none",
+            agent=self.agent,
             ring_timeout_s=self.ring_timeout_s,
             headers=dict(self.headers),
             metadata=dict(self.metadata),
@@ -123,8 +124,12 @@ async def stored(change: Awaitable[T]) -> T:
         raise HTTPException(503, f"trunks not saved: {exc}", headers={"Retry-After": "5"}) from exc
 
 
-def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callable[[str], Any]
-                 ) -> APIRouter:  # fmt: skip
+def trunk_router(
+    book: TrunkBook,
+    require: Callable[[str], Any],
+    status: Callable[[str], Any],
+    agents: Collection[str],
+) -> APIRouter:
     """CRUD for trunks and routes; each change is saved (write-through) at once."""
     router = APIRouter(dependencies=[require("admin")])
     name_param = Path(pattern=NAME_PATTERN)
@@ -188,6 +193,9 @@ def trunk_router(book: TrunkBook, require: Callable[[str], Any], status: Callabl
 
     @router.put("/v1/routes/inbound/{name}")
     async def put_inbound_route(body: InboundRoute, name: str = name_param) -> dict[str, Any]:
+        if body.agent not in agents:
+            raise HTTPException(422, [{"loc": ["body", "agent"], "type": "value_error",
+                                       "msg": f"no agent named {body.agent!r}"}])  # fmt: skip
         route = body.model_copy(update={"name": name})
         await stored(book.put_route(route))
         return route.model_dump()

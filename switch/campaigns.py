@@ -95,7 +95,7 @@ class CampaignBody(BaseModel):
     numbers: list[CampaignNumber] = Field(min_length=1, max_length=100_000)
     from_: str = Field(default="", alias="from", pattern=r"^$|" + E164)
     trunk: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    agent: Literal["default", "none"] = "default"
+    agent: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     cps: float = Field(default=1.0, gt=0.0, le=1000.0, description="calls started per second")
     max_concurrent: int = Field(default=10, ge=1, le=10_000)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -285,7 +285,7 @@ class Campaign:
             to=number.to,
             from_number=body.from_,
             trunk=body.trunk or "",
-            agent=body.agent != "none",
+            agent=body.agent,
             ring_timeout_s=body.ring_timeout_s,
             metadata=dict(number.variables),
             webhook_url=body.webhook_url or "",
@@ -396,6 +396,8 @@ class Campaigns:
         return running
 
     def create(self, body: CampaignBody) -> Campaign:
+        if body.agent not in self.dialer.manager.voices:
+            raise NoRoute(f"agent: no agent named {body.agent!r} on this node")
         if body.trunk and body.trunk not in self.dialer.book.trunks:
             raise NoRoute(f"trunk: no trunk named {body.trunk!r}")
         campaign = Campaign(body, self.dialer, self.clock, self.on_call_end, self.journal)

@@ -94,6 +94,11 @@ class Settings:
             "or none (greeting chime only)"
         },
     )
+    agents_dir: str = field(
+        default="",
+        metadata={"help": "more agents: each <name>.yaml here is a scripted agent that "
+                  "calls and inbound routes can name"},
+    )
     llm_base_url: str = field(
         default="https://api.openai.com", metadata={"help": "OpenAI-compatible LLM base URL"}
     )

@@ -60,7 +60,7 @@ class CallRequest:
     to: str
     from_number: str = ""
     trunk: str = ""
-    agent: bool = True
+    agent: str = "default"  # a name in the node's agents; "none": the greeting only
     ring_timeout_s: float = 45.0
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +121,7 @@ class Dialer:
         request = CallRequest(
             to=target.removeprefix("tel:"),
             from_number=caller.group(1) if caller else "",
-            agent=False,
+            agent="none",
         )
         codec = first.record.codec
         return self.dial(
@@ -139,6 +139,8 @@ class Dialer:
         on_answered: Callable[[OutboundCallActor], None] | None = None,
         codecs: tuple[str, ...] | None = None,
     ) -> CallActor:
+        if request.agent not in self.manager.voices:
+            raise NoRoute(f"agent: no agent named {request.agent!r} on this node")
         targets = self.targets(request)
         if codecs is not None:
             targets = [dataclasses.replace(t, codecs=codecs) for t in targets]

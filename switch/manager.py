@@ -101,6 +101,7 @@ class CallManager:
         on_record: Callable[[CallRecord], None] | None = None,
         authenticator: DigestAuthenticator | None = None,
         voice: Voice | None = None,
+        voices: dict[str, Voice | None] | None = None,
         vad: VadConfig | None = None,
         publish: Callable[[dict[str, Any]], None] | None = None,
         outbox_full: Callable[[], bool] | None = None,
@@ -117,6 +118,7 @@ class CallManager:
         self.on_record = on_record
         self.authenticator = authenticator
         self.voice = voice
+        self.voices = voices if voices is not None else {"default": voice, "none": None}
         self.vad = vad
         self.endpoint = SipEndpoint(self, loop=loop, allow=ALLOW)
         self.stats = ManagerStats()
@@ -299,7 +301,7 @@ class CallManager:
         self,
         origination: Origination,
         *,
-        agent: bool = True,
+        agent: str = "default",
         near: int | None = None,
         on_answered: Callable[[OutboundCallActor], None] | None = None,
     ) -> CallActor:
@@ -336,7 +338,7 @@ class CallManager:
             local=self.local,
             config=self.call_config,
             clock=self.loop.time,
-            voice=self.voice if agent else None,
+            voice=self.voices.get(agent, self.voice),
             vad=self.vad,
             origination=origination,
             connect=self._connect,
@@ -404,12 +406,13 @@ class CallManager:
         self.publish(event)
 
     def _inbound_voice(self, request: Request) -> Voice | None:
-        """The agent the dialed number's inbound route names ('none': greeting only)."""
+        """The agent the dialed number's inbound route names ('none': greeting only;
+        a name the node does not have: its default)."""
         if self.agent_for is None:
             return self.voice
         uri = request.parsed_uri
         number = uri.user if isinstance(uri, SipUri) and uri.user else ""
-        return None if self.agent_for(number) == "none" else self.voice
+        return self.voices.get(self.agent_for(number) or "default", self.voice)
 
     def _call_done(self, actor: CallActor, task: asyncio.Task[CallRecord]) -> None:
         """One-for-one supervision: whatever happened, end the call cleanly."""

@@ -35,7 +35,7 @@ from switch.media_leg import MediaPlant
 from switch.trunk_monitor import TrunkMonitor
 from switch.trunk_store import PostgresTrunkStore, TrunkStoreError
 from switch.trunks import TrunkBook
-from switch.voice import build_voice, vad_config
+from switch.voice import build_voices, vad_config
 
 log = logging.getLogger("voxswitch.node")
 DEFAULT_REALM = "voxswitch"
@@ -77,6 +77,7 @@ class Node:
         self.manager: CallManager | None = None
         self.media: MediaPlant | None = None
         self.voice: Voice | None = None
+        self.voices: dict[str, Voice | None] = {}
         self.backbone: Backbone | None = None
         self.checkpoints: CheckpointStore | None = None
         self.checkpointer: Checkpointer | None = None
@@ -149,7 +150,8 @@ class Node:
             media_timeout_s=s.media_timeout_s,
             node_id=s.name,
         )
-        self.voice = build_voice(s)
+        self.voices = build_voices(s)
+        self.voice = self.voices["default"]
         sinks = build_sinks(
             kafka_bootstrap=s.kafka_bootstrap,
             kafka_topic=s.kafka_topic,
@@ -190,6 +192,7 @@ class Node:
             on_record=self._record,
             authenticator=authenticator,
             voice=self.voice,
+            voices=self.voices,
             vad=vad_config(s),
             publish=self.backbone.publish,
             outbox_full=lambda: self.backbone is not None and self.backbone.full,
@@ -340,12 +343,15 @@ class Node:
             self._tcp.close()
         if self.media is not None:
             self.media.close()
-        if self.voice is not None:
-            await self.voice.recognizer.aclose()
-            await self.voice.synthesizer.aclose()
-            close_brain = getattr(self.voice.brain, "aclose", None)  # an HTTP client, maybe
-            if close_brain is not None:
-                await close_brain()
+        closed: set[int] = set()  # agents share a synthesizer (and maybe a recogniser)
+        for voice in self.voices.values():
+            if voice is None:
+                continue
+            for part in (voice.recognizer, voice.synthesizer, voice.brain):
+                close = getattr(part, "aclose", None)  # the brain: an HTTP client, maybe
+                if close is not None and id(part) not in closed:
+                    closed.add(id(part))
+                    await close()
         if self._records is not None:
             self._records.close()
         if self.backbone is not None:

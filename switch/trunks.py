@@ -117,7 +117,7 @@ class InboundRoute(BaseModel):
 
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     pattern: str = Field(max_length=200)
-    agent: str = Field(default="default", pattern=r"^(default|none)$")
+    agent: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     priority: int = Field(default=100, ge=0, le=1000)
 
     @field_validator("pattern")

@@ -9,6 +9,7 @@ greeting chime only (the signalling benchmark uses it).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from actors.agent import AgentBrain
@@ -76,6 +77,45 @@ def build_voice(settings: Settings) -> Voice | None:
         brain=brain,
         barge_in_min_s=settings.barge_in_min_ms / 1000.0,
     )
+
+
+AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def build_voices(settings: Settings) -> dict[str, Voice | None]:
+    """Every agent a call may name: ``default`` (the ``agent`` setting), ``none`` (the
+    greeting only), and each ``<name>.yaml`` in ``agents_dir`` (a scripted agent
+    sharing the default's speech synthesis; its own recogniser, tuned to its phrases,
+    unless speech recognition is a shared service)."""
+    default = build_voice(settings)
+    voices: dict[str, Voice | None] = {"default": default, "none": None}
+    if not settings.agents_dir:
+        return voices
+    folder = Path(settings.agents_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"agents_dir: {folder} is not a directory")
+    synthesizer = default.synthesizer if default is not None else EspeakSynthesizer()
+    for path in sorted(folder.glob("*.yaml")):
+        name = path.stem
+        if not AGENT_NAME.match(name) or name in voices:
+            raise ConfigError(f"agents_dir: {path.name}: agent names are letters, digits, _ -")
+        try:
+            brain = ScriptedAgent.from_file(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"agents_dir: {path.name}: {exc}") from exc
+        recognizer: SpeechRecognizer
+        if default is not None and settings.asr == "openai":
+            recognizer = default.recognizer
+        else:
+            recognizer = PocketSphinxRecognizer(phrases=brain.phrases(), pool_size=1)
+        voices[name] = Voice(
+            recognizer=recognizer,
+            synthesizer=synthesizer,
+            brain=brain,
+            barge_in_min_s=settings.barge_in_min_ms / 1000.0,
+        )
+    log.info("agents: %s", ", ".join(voices))
+    return voices
 
 
 def vad_config(settings: Settings) -> VadConfig:

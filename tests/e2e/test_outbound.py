@@ -278,3 +278,57 @@ def test_a_trunk_over_tcp(node: NodeProcess, sipp_server: SippServerFactory) -> 
     log = server.messages_log.read_text()
     assert "TCP message received" in log and "UDP message received" not in log
     assert "Via: SIP/2.0/TCP" in log and ";transport=tcp>" in log
+
+
+SALES_AGENT = """\
+name: Sales line
+greeting: Hello from the sales line.
+fallback: Sorry, say that again?
+goodbye: Bye!
+knowledge:
+  - id: price
+    patterns: [how much is it]
+    answer: Ten dollars.
+"""
+
+
+def test_named_agents_for_routes_and_calls(
+    voxswitch_nodes: NodeFactory, sipp: SippRunner, sipp_server: SippServerFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "sales.yaml").write_text(SALES_AGENT)
+    env = {"VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_AGENT": "none",
+           "VOXSWITCH_AGENTS_DIR": str(agents),
+           "VOXSWITCH_TRUNKS_FILE": str(tmp_path / "t.json")}  # fmt: skip
+    named = voxswitch_nodes.start("agents", NodeOptions(media_timeout_s=0, env=env))
+    route = {"pattern": "sales", "agent": "sales"}
+    assert api(named, "PUT", "/v1/routes/inbound/sales", body=route)[0] == 200
+    status, body = api(named, "PUT", "/v1/routes/inbound/x", body={"pattern": "x", "agent": "x"})
+    assert status == 422 and body["detail"][0]["loc"][-1] == "agent"
+    results: list[SippResult] = []
+
+    def call() -> None:
+        args = ["-s", "sales"]
+        results.append(sipp(named, "wait_for_bye.xml", timeout_s=30, extra_args=args))
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    listed = wait_for("the sales call", lambda: api(named, "GET", "/v1/calls")[1]["calls"])
+    detail = api(named, "GET", f"/v1/calls/{listed[0]['call_id']}")[1]
+    assert detail["agent"] is True
+    assert detail["transcript"][0]["content"] == "Hello from the sales line."
+    api(named, "DELETE", f"/v1/calls/{listed[0]['call_id']}")
+    caller.join(20)
+    assert results and results[0].successful_calls == 1
+    # Outbound: a call names its agent; an unknown one is a 422 naming the field.
+    status, body = api(named, "POST", "/v1/calls", body={"to": "sip:x@127.0.0.1:9",
+                                                         "agent": "support"})  # fmt: skip
+    assert status == 422 and body["detail"][0]["loc"][-1] == "agent"
+    callee = sipp_server("uas", calls=1, timeout_s=30)
+    call_id = place(named, to=f"sip:+15551112222@127.0.0.1:{callee.port}", agent="sales")
+    view = wait_state(named, call_id, "confirmed")
+    assert view["agent"] is True and view["trunk"] is None  # dialed directly, no trunk
+    api(named, "DELETE", f"/v1/calls/{call_id}")
+    assert callee.wait(timeout_s=20).successful_calls == 1
