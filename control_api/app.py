@@ -141,13 +141,17 @@ def create_app(
             default=None, pattern="^(queued|dialing|ringing|answered|confirmed)$"
         ),
         direction: str | None = Query(default=None, pattern="^(inbound|outbound)$"),
+        trunk: str | None = Query(default=None, max_length=63),
+        campaign_id: str | None = Query(default=None, max_length=64),
     ) -> dict[str, Any]:
-        """The node's live calls (filter by state and direction)."""
+        """The node's live calls (filter by state, direction, trunk, campaign)."""
         views = [c.view() for c in calls.live_calls()]
         views = [
             v for v in views
             if (state is None or v["state"] == state)
             and (direction is None or v["direction"] == direction)
+            and (trunk is None or v["trunk"] == trunk)
+            and (campaign_id is None or v["campaign_id"] == campaign_id)
         ]  # fmt: skip
         return {"calls": views, "count": len(views)}
 

@@ -78,6 +78,8 @@ def test_call_to_sipp_uas_connects_and_delete_sends_bye(
     assert placed is not None and float(placed.group(1)) >= 1
     status, listed = api(node, "GET", "/v1/calls?direction=outbound&state=confirmed")
     assert status == 200 and [c["call_id"] for c in listed["calls"]] == [call_id]
+    assert api(node, "GET", "/v1/calls?trunk=carrier-a")[1]["count"] == 1
+    assert api(node, "GET", "/v1/calls?trunk=other")[1]["count"] == 0
     assert api(node, "DELETE", f"/v1/calls/{call_id}")[0] == 202
     ended = wait_state(node, call_id, "ended")
     assert ended["disposition"] == "api_hangup" and ended["sip_code"] == 200
