@@ -634,6 +634,9 @@ class CallActor:
             "sip_headers": dict(record.sip_headers),
             "trunk": record.trunk or None,
             "sip_code": record.sip_code,
+            # Set once the call ends (a moment before it leaves the live list).
+            "disposition": record.disposition or None,
+            "reason": record.reason or None,
             "metadata": dict(record.metadata),
             "campaign_id": record.campaign_id or None,
         }
