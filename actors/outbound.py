@@ -59,6 +59,7 @@ class DialTarget:
     password: str = ""
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     transport: str = "udp"  # or "tcp"
+    caller: str = ""  # the From number through this trunk (its caller-ID rules), if set
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ class OutboundCallActor(CallActor):
         assert o is not None
         return build_invite(
             call_id=self.invite.call_id,
-            from_number=o.from_number,
+            from_number=target.caller or o.from_number,
             from_tag=self.local_tag,
             cseq=self._cseq,
             target=target,
@@ -351,13 +352,25 @@ class OutboundCallActor(CallActor):
         self.flow.send(self._ack)
 
     def _other_message(self, message: CallMessage) -> None:
-        # A 2xx retransmitted (our ACK was lost): ACK it again (§13.2.2.4).
-        if (
-            isinstance(message, InviteResponded)
-            and 200 <= message.response.status < 300
-            and self._ack is not None
-        ):
-            self.flow.send(self._ack)
+        if not isinstance(message, InviteResponded) or not 200 <= message.response.status < 300:
+            return
+        response = message.response
+        if self.dialog is not None and response.to.tag != self.dialog.remote_tag:
+            self._end_fork(response)
+        elif self._ack is not None:
+            self.flow.send(self._ack)  # a 2xx retransmitted (our ACK was lost): again
+
+    def _end_fork(self, response: Response) -> None:
+        """A 2xx from another fork of our INVITE: ACK it, then BYE that dialog
+        (§13.2.2.4); the call goes on with the first."""
+        try:
+            fork = Dialog.from_response(self.invite, response, self.local.contact(self.flow))
+        except SipError:
+            return
+        via, transport = self.local.sent_by(), self.flow.transport
+        self.flow.send(bytes(fork.create_request("ACK", via_sent_by=via, transport=transport)))
+        bye = fork.create_request("BYE", via_sent_by=via, transport=transport)
+        self.endpoint.send_request(bye, self.flow, lambda _event: None)
 
     def abort(self, error: BaseException) -> None:
         reason = f"internal error: {type(error).__name__}"

@@ -112,7 +112,7 @@ class Dialer:
         if not up:
             names = ", ".join(t.name for t in trunks)
             raise CallRefused(503, f"every trunk for this call is down ({names})", 30)
-        return [_through(t, to) for t in up]
+        return [_through(t, to, request.from_number) for t in up]
 
     def dial_bridge(self, target: str, first: CallActor) -> CallActor:
         """The second leg of a bridged transfer: to ``target`` (a SIP or tel URI), the
@@ -149,7 +149,7 @@ class Dialer:
         if first is not None and limit and self.trunk_calls(first.name) >= limit:
             detail = f"trunk {first.name} is at its {first.max_calls} calls"
             raise CallRefused(429, detail, TRUNK_FULL_RETRY_S)
-        from_number = first.calling(request.from_number) if first else request.from_number
+        from_number = targets[0].caller or request.from_number
         origination = Origination(
             to=request.to,
             from_number=from_number or "anonymous",
@@ -168,7 +168,7 @@ class Dialer:
         return sum(1 for a in self.manager.live() if a.record.trunk == name)
 
 
-def _through(trunk: Trunk, to: str) -> DialTarget:
+def _through(trunk: Trunk, to: str, from_number: str) -> DialTarget:
     user = trunk.dialed(to.removeprefix("tel:"))
     host = f"[{trunk.host}]" if ":" in trunk.host and not trunk.host.startswith("[") else trunk.host
     port = "" if trunk.port == 5060 else f":{trunk.port}"
@@ -181,6 +181,7 @@ def _through(trunk: Trunk, to: str) -> DialTarget:
         password=trunk.password,
         codecs=tuple(trunk.codecs),
         transport=trunk.transport,
+        caller=trunk.calling(from_number),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,19 @@ def test_named_agents_for_routes_and_calls(
     assert view["agent"] is True and view["trunk"] is None  # dialed directly, no trunk
     api(named, "DELETE", f"/v1/calls/{call_id}")
     assert callee.wait(timeout_s=20).successful_calls == 1
+
+
+def test_a_second_fork_is_acked_and_hung_up(
+    node: NodeProcess, sipp_server: SippServerFactory
+) -> None:
+    server = sipp_server("uas_forked.xml", calls=1, timeout_s=30)
+    put_trunk(node, "forking", server)
+    call_id = place(node, to="+15557654350", trunk="forking", agent="none")
+    wait_state(node, call_id, "confirmed")
+    # The second 200 follows the first ACK at once; the scenario wants its BYE before
+    # ours for the first fork: give it a second.
+    time.sleep(1.0)
+    assert call_state(node, call_id)["state"] == "confirmed"  # the first goes on
+    api(node, "DELETE", f"/v1/calls/{call_id}")
+    result = server.wait(timeout_s=20)
+    assert result.successful_calls == 1, result.describe()  # ACK+BYE on B, then BYE on A
