@@ -19,7 +19,7 @@ from actors.outbound import DialTarget, Origination, OutboundCallActor
 from sip.errors import UriError
 from sip.uri import SipUri, parse_uri
 from switch.manager import CallManager, CallRefused
-from switch.trunks import Trunk, TrunkBook
+from switch.trunks import Trunk, TrunkBook, valid_host
 
 TRUNK_FULL_RETRY_S = 1
 
@@ -191,6 +191,6 @@ def _direct(uri: str) -> DialTarget:
         parsed = parse_uri(uri)
     except UriError as exc:
         raise NoRoute(f"to: {exc}") from exc
-    if not isinstance(parsed, SipUri) or not parsed.host:
-        raise NoRoute(f"to: {uri!r} is not a SIP URI with a host")
+    if not isinstance(parsed, SipUri) or not valid_host(parsed.host):
+        raise NoRoute(f"to: {uri!r} is not a SIP URI with a valid host")
     return DialTarget(trunk="", host=parsed.host, port=parsed.port or 5060, request_uri=uri)

@@ -379,7 +379,10 @@ class CallManager:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            try:
+                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except UnicodeError as exc:  # a name the resolver cannot even encode
+                raise OSError(f"cannot resolve {host!r}: {exc}") from exc
             host = str(infos[0][4][0])
         if transport == "tcp":
             if self.tcp_connect is None:

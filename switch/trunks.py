@@ -28,14 +28,14 @@ Codec = Literal["PCMU", "PCMA"]
 CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
+HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class Trunk(BaseModel):
     """One carrier trunk (what ``PUT /v1/trunks/{name}`` takes)."""
 
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
-    host: str = Field(pattern=HOST_PATTERN, max_length=253, description="carrier SIP address")
+    host: str = Field(max_length=253, description="carrier SIP address: IP or host name")
     port: int = Field(default=5060, ge=1, le=65535)
     transport: Literal["udp", "tcp"] = "udp"
     inbound_ips: list[str] = Field(
@@ -68,6 +68,13 @@ class Trunk(BaseModel):
     options_interval_s: float = Field(
         default=30.0, ge=0.0, le=3600.0, description="OPTIONS keepalive (0: off)"
     )
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not valid_host(value):
+            raise ValueError(f"{value!r} is not an IP address or a host name")
+        return value
 
     @field_validator("inbound_ips")
     @classmethod
@@ -128,6 +135,13 @@ class InboundRoute(BaseModel):
         except re.error as exc:
             raise ValueError(f"not a regular expression: {exc}") from exc
         return value
+
+
+def valid_host(host: str) -> bool:
+    """An IP address (IPv6 maybe in brackets) or a DNS name of valid labels."""
+    if _is_ip(host):
+        return True
+    return len(host) <= 253 and all(HOST_LABEL.match(label) for label in host.split("."))
 
 
 def _is_ip(host: str) -> bool:

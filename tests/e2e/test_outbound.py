@@ -188,6 +188,7 @@ def test_bad_call_requests_name_the_field(node: NodeProcess) -> None:
         ({"to": "+15551234567", "headers": {"Via": "x"}}, "headers"),
         ({"to": "+15551234567", "trunk": "no-such-trunk"}, "trunk"),
         ({"to": "+19990001111"}, "to"),  # no route matches
+        ({"to": "sip:x@a..b"}, "to"),  # no such host name
         ({"to": "+15551234567", "ring_timeout_s": 0}, "ring_timeout_s"),
         ({"to": "+15551234567", "webhook_url": "http://127.0.0.1:9/hook"}, "webhook_url"),
     ]

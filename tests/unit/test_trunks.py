@@ -72,6 +72,11 @@ def test_book_round_trips_through_its_file(tmp_path: Path) -> None:
 def test_trunk_validation_names_the_field() -> None:
     with pytest.raises(ValidationError, match="inbound_ips"):
         Trunk(host="a.example", inbound_ips=["300.1.1.1"])
+    for host in (".", "a..b", "-a.example", "a b", "x" * 64 + ".example"):
+        with pytest.raises(ValidationError, match="host"):
+            Trunk(host=host)
+    for host in ("198.51.100.7", "[2001:db8::1]", "2001:db8::1", "sip.carrier-1.example"):
+        assert Trunk(host=host).host == host
     with pytest.raises(ValidationError, match="caller_id"):
         Trunk(host="a.example", caller_id="5551234")
     with pytest.raises(ValidationError, match="pattern"):
