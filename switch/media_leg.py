@@ -68,6 +68,7 @@ class RtpLeg:
         "_fd",
         "_frame_index",
         "_frames",
+        "_held_session",
         "_last_rx",
         "_latched",
         "_latched_rx",
@@ -146,6 +147,7 @@ class RtpLeg:
         self._dtmf_base: int | None = None
         self._ready: list[bytes] = []  # the packets of the coming slot, made a tick ahead
         self._bridge: int | None = None  # the local port of the leg we relay to and from
+        self._held_session: MediaSession | None = None  # set aside while bridged
 
     # ---- MediaLeg ------------------------------------------------------------------
 
@@ -279,7 +281,14 @@ class RtpLeg:
     def bridge(self, port: int | None) -> None:
         """Relay RTP to and from the leg on local ``port`` (a transfer we bridge
         ourselves): what our peer sends goes out of that leg as it came, and we stop
-        making audio of our own. None ends the bridge."""
+        making audio of our own. None ends the bridge.
+
+        The session is set aside meanwhile, so a received packet takes the same
+        no-session path as before a conversation starts (no extra test per packet)."""
+        if port is not None and self._bridge is None:
+            self._held_session, self._session = self._session, None
+        elif port is None and self._bridge is not None:
+            self._session, self._held_session = self._held_session, None
         self._bridge = port
         self._ready.clear()
 
@@ -289,13 +298,19 @@ class RtpLeg:
         if target is not None:
             self._sendto(data, target)
 
+    def _relay_out(self, data: bytes) -> None:
+        if self._bridge is not None:
+            partner = self._plant.leg_on(self._bridge)
+            if partner is not None:
+                partner.relay(data)
+
     def prepare_frame(self, advance: int, now: float) -> None:
         """Make the packet(s) for the slot at ``now``; ``advance`` grid slots have passed
         since the last one."""
-        target = self._latched or self._remote
-        session = self._session
         if self._bridge is not None:
             return  # the bridged peer's packets are our audio now
+        target = self._latched or self._remote
+        session = self._session
         if target is None or (session is None and not self._frames):
             return  # not connected yet: nowhere to send, nothing to send
         if self._marker:
@@ -411,19 +426,12 @@ class RtpLeg:
                 log.info("call %s: RTP source moved %s -> %s", self.call_id, latched, source)
             self._latched = source
             self._latched_rx = now
-        if self._bridge is not None:
-            partner = self._plant.leg_on(self._bridge)
-            if partner is not None:
-                partner.relay(data)
-            if data[0] == _RTP_FIRST_BYTE:
-                sequence, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
-                self._rtcp.on_rtp(ssrc, sequence, timestamp, now)
-            return
         session = self._session
         if data[0] == _RTP_FIRST_BYTE:  # no padding, extension or CSRCs: the usual case
             sequence, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
             self._rtcp.on_rtp(ssrc, sequence, timestamp, now)
             if session is None:
+                self._relay_out(data)
                 return
             events = session.receive(data[1] & 0x7F, sequence, timestamp, data[12:], now)
         else:
@@ -432,6 +440,7 @@ class RtpLeg:
                 return
             self._rtcp.on_rtp(packet.ssrc, packet.sequence, packet.timestamp, now)
             if session is None:
+                self._relay_out(data)
                 return
             events = session.receive(
                 packet.payload_type, packet.sequence, packet.timestamp, packet.payload, now
