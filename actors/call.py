@@ -546,12 +546,17 @@ class CallActor:
             self._milestone("transferred")
             self._hangup("transferred", self.record.reason)
             return True
-        log.info("call %s: transfer failed (%d); the agent takes the caller back",
-                 self.call_id, status)  # fmt: skip
-        self.record.reason = f"transfer to {self.record.transfer_target} failed: {status}"
+        self._transfer_failed(status, str(status))
+        return False
+
+    def _transfer_failed(self, status: int | None, why: str) -> None:
+        """The referred or bridged call did not connect: the caller stays with the agent."""
+        log.info("call %s: transfer failed (%s); the agent takes the caller back",
+                 self.call_id, why)  # fmt: skip
+        self.record.transfer_status = status
+        self.record.reason = f"transfer to {self.record.transfer_target} failed: {why}"
         if self.conversation is not None:
             self.conversation.announce(TRANSFER_FAILED_LINE)
-        return False
 
     def _refer_answered(self, message: ReferAnswered) -> bool:
         """True when the call ended: the caller accepted the transfer (202) or it failed."""
@@ -599,12 +604,7 @@ class CallActor:
             self.media.bridge(None)
             self._hangup("transferred", f"{self.record.reason}; the target hung up")
             return True
-        # Never answered: the caller stays with the agent.
-        self.record.transfer_status = ended.sip_code
-        target = self.record.transfer_target
-        self.record.reason = f"transfer to {target} failed: {ended.disposition}"
-        if self.conversation is not None:
-            self.conversation.announce(TRANSFER_FAILED_LINE)
+        self._transfer_failed(ended.sip_code, ended.disposition)  # never answered
         return False
 
     def command(self, message: CallMessage) -> None:
