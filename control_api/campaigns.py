@@ -33,8 +33,7 @@ def campaign_router(
         try:
             campaign = campaigns.create(body)
         except NoRoute as exc:
-            field, _, message = str(exc).partition(": ")
-            return field_error(field, message, "no_route")
+            return field_error(exc.field, exc.message, "no_route")
         return JSONResponse(campaign.view(), status_code=201)
 
     @router.get("/v1/campaigns", dependencies=[require("calls:read")])

@@ -109,8 +109,7 @@ def place_call(dialer: Dialer, body: CallBody, *, can_sign: bool) -> JSONRespons
     try:
         actor = dialer.dial(body.request())
     except NoRoute as exc:
-        field, _, message = str(exc).partition(": ")
-        return field_error(field, message, "no_route")
+        return field_error(exc.field, exc.message, "no_route")
     except CallRefused as exc:
         return refused(exc)
     return JSONResponse({"call_id": actor.call_id, "status": "queued"}, status_code=202)

@@ -397,9 +397,9 @@ class Campaigns:
 
     def create(self, body: CampaignBody) -> Campaign:
         if body.agent not in self.dialer.manager.voices:
-            raise NoRoute(f"agent: no agent named {body.agent!r} on this node")
+            raise NoRoute("agent", f"no agent named {body.agent!r} on this node")
         if body.trunk and body.trunk not in self.dialer.book.trunks:
-            raise NoRoute(f"trunk: no trunk named {body.trunk!r}")
+            raise NoRoute("trunk", f"no trunk named {body.trunk!r}")
         campaign = Campaign(body, self.dialer, self.clock, self.on_call_end, self.journal)
         self.all[campaign.id] = campaign
         campaign.start()

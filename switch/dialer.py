@@ -69,7 +69,12 @@ class CallRequest:
 
 
 class NoRoute(ValueError):
-    """No trunk (or no trunk that is up) for this destination: the API's 422/503."""
+    """The call cannot be routed as asked: the API's 422 naming ``field``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class Dialer:
@@ -100,14 +105,14 @@ class Dialer:
         if request.trunk:
             trunk = self.book.trunks.get(request.trunk)
             if trunk is None:
-                raise NoRoute(f"trunk: no trunk named {request.trunk!r}")
+                raise NoRoute("trunk", f"no trunk named {request.trunk!r}")
             trunks = [trunk]
         elif to.startswith("sip:"):
             return [_direct(to)]
         else:
             trunks = self.book.trunks_for(to)
             if not trunks:
-                raise NoRoute(f"to: no outbound route matches {to!r}")
+                raise NoRoute("to", f"no outbound route matches {to!r}")
         up = [t for t in trunks if self.trunk_up(t.name)]
         if not up:
             names = ", ".join(t.name for t in trunks)
@@ -140,7 +145,7 @@ class Dialer:
         codecs: tuple[str, ...] | None = None,
     ) -> CallActor:
         if request.agent not in self.manager.voices:
-            raise NoRoute(f"agent: no agent named {request.agent!r} on this node")
+            raise NoRoute("agent", f"no agent named {request.agent!r} on this node")
         targets = self.targets(request)
         if codecs is not None:
             targets = [dataclasses.replace(t, codecs=codecs) for t in targets]
@@ -190,7 +195,7 @@ def _direct(uri: str) -> DialTarget:
     try:
         parsed = parse_uri(uri)
     except UriError as exc:
-        raise NoRoute(f"to: {exc}") from exc
+        raise NoRoute("to", str(exc)) from exc
     if not isinstance(parsed, SipUri) or not valid_host(parsed.host):
-        raise NoRoute(f"to: {uri!r} is not a SIP URI with a valid host")
+        raise NoRoute("to", f"{uri!r} is not a SIP URI with a valid host")
     return DialTarget(trunk="", host=parsed.host, port=parsed.port or 5060, request_uri=uri)
