@@ -17,7 +17,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from actors.call import (
     ALLOW,
@@ -62,6 +62,28 @@ RECENT_CALLS = 5000  # ended calls the API can still show
 
 class MediaUnavailable(Exception):
     """No RTP port could be had for a new call."""
+
+
+class InboundPolicy(Protocol):
+    """What the trunks and routes say about inbound INVITEs (the node's trunk book)."""
+
+    def trunk_of_source(self, ip: str) -> str | None:
+        """The trunk whose allowlist holds this source address."""
+
+    def trunks_configured(self) -> bool:
+        """Any trunk at all: then unknown sources are refused (403) or challenged."""
+
+    def auth_required(self) -> bool:
+        """Digest is on (a realm is set, or a trunk has an inbound user)."""
+
+    def trunk_of_user(self, user: str) -> str | None:
+        """The trunk whose inbound digest user this is."""
+
+    def trunk_full(self, name: str) -> bool:
+        """The trunk is at its call limit."""
+
+    def agent_for(self, number: str) -> str | None:
+        """The agent the inbound routes give this dialed number."""
 
 
 class CallRefused(Exception):
@@ -133,14 +155,8 @@ class CallManager:
         self.flow_to: Callable[[tuple[str, int]], Flow] | None = None
         self.tcp_connect: Callable[[str, int], Awaitable[Flow]] | None = None
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
-        self.trunk_of: Callable[[str], str | None] | None = None  # source IP -> trunk name
-        self.trunks_configured: Callable[[], bool] | None = None
-        self.trunk_full: Callable[[str], bool] | None = None  # at its max_calls
-        # Digest: on when this says so (None: whenever there is an authenticator), and
-        # which trunk an authenticated user name is (a trunk's inbound credentials).
-        self.auth_required: Callable[[], bool] | None = None
-        self.trunk_of_user: Callable[[str], str | None] | None = None
-        self.agent_for: Callable[[str], str | None] | None = None  # dialed number -> agent
+        # The trunks and routes (the node's): None admits every INVITE (digest aside).
+        self.inbound: InboundPolicy | None = None
         # Places the second leg of a bridged transfer: (target, the first leg) -> actor.
         self.bridge_dialer: Callable[[str, CallActor], CallActor] | None = None
 
@@ -167,7 +183,7 @@ class CallManager:
             return
         if method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
-            trunk = self.trunk_of(flow.remote[0]) if self.trunk_of is not None else None
+            trunk = self.inbound.trunk_of_source(flow.remote[0]) if self.inbound else None
             if trunk is None and self._forbidden(request, txn, flow):
                 return
             if trunk is None:
@@ -209,7 +225,7 @@ class CallManager:
     def _forbidden(self, request: Request, txn: ServerTransaction, flow: Flow) -> bool:
         """Trunks are configured, the source is none of theirs and there is no digest
         to prove otherwise: 403 (counted in the SIP responses sent)."""
-        if self.trunks_configured is None or not self.trunks_configured():
+        if self.inbound is None or not self.inbound.trunks_configured():
             return False
         if self._auth_on():
             return False  # a known user (or a trunk's) may still call: challenge instead
@@ -221,7 +237,7 @@ class CallManager:
 
     def _auth_on(self) -> bool:
         return self.authenticator is not None and (
-            self.auth_required is None or self.auth_required()
+            self.inbound is None or self.inbound.auth_required()
         )
 
     def _authenticated(self, request: Request, txn: ServerTransaction) -> str | None:
@@ -234,7 +250,7 @@ class CallManager:
         result = auth.verify_request(request, now)
         if result.ok:
             user = result.username or ""
-            return (self.trunk_of_user(user) if self.trunk_of_user else None) or ""
+            return (self.inbound.trunk_of_user(user) if self.inbound else None) or ""
         if result.reason not in ("missing", "stale"):
             log.info(
                 "INVITE %s from %s: auth failed: %s",
@@ -256,7 +272,7 @@ class CallManager:
         if len(self._tasks) >= self.max_calls:
             self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
             return
-        if trunk and self.trunk_full is not None and self.trunk_full(trunk):
+        if trunk and self.inbound is not None and self.inbound.trunk_full(trunk):
             headers = [("Retry-After", str(RETRY_AFTER_BUSY_S))]
             self._reply(txn, request, 503, headers, reason="Trunk Limit Reached")
             return
@@ -315,11 +331,11 @@ class CallManager:
         if self.flow_to is None or not origination.targets:
             raise CallRefused(503, "no route for this call", RETRY_AFTER_BUSY_S)
         call_id = uuid.uuid4().hex
-        self.stats.calls_placed += 1
         try:
             media = self.media_factory(call_id, near=near)
         except MediaUnavailable as exc:
             raise CallRefused(503, f"no RTP port: {exc}", RETRY_AFTER_BUSY_S) from exc
+        self.stats.calls_placed += 1
         first = origination.targets[0]
         flow = self.flow_to((first.host, first.port))
         local_tag = new_tag()
@@ -411,11 +427,11 @@ class CallManager:
     def _inbound_voice(self, request: Request) -> Voice | None:
         """The agent the dialed number's inbound route names ('none': greeting only;
         a name the node does not have: its default)."""
-        if self.agent_for is None:
+        if self.inbound is None:
             return self.voice
         uri = request.parsed_uri
         number = uri.user if isinstance(uri, SipUri) and uri.user else ""
-        return self.voices.get(self.agent_for(number) or "default", self.voice)
+        return self.voices.get(self.inbound.agent_for(number) or "default", self.voice)
 
     def _call_done(self, actor: CallActor, task: asyncio.Task[CallRecord]) -> None:
         """One-for-one supervision: whatever happened, end the call cleanly."""

@@ -201,16 +201,7 @@ class Node:
         endpoint = self.manager.endpoint
         self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
         self.manager.flow_to = self._udp.flow_to
-        self.manager.trunk_of = self._trunk_of
-        self.manager.trunks_configured = lambda: bool(self.book.trunks)
-        self.manager.agent_for = self.book.agent_for
-        self.manager.trunk_full = self._trunk_full
-        self.manager.auth_required = lambda: bool(s.sip_auth_realm) or any(
-            t.inbound_password for t in self.book.trunks.values()
-        )
-        self.manager.trunk_of_user = lambda user: (
-            trunk.name if (trunk := self.book.inbound_user(user)) is not None else None
-        )
+        self.manager.inbound = self
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         if s.transfer_fallback == "bridge":
             self.manager.bridge_dialer = self.dialer.dial_bridge
@@ -284,11 +275,28 @@ class Node:
                 log.warning("trunks not reloaded (%s); dialing by the last known", exc)
             await asyncio.sleep(self.settings.trunks_reload_s)
 
-    def _trunk_of(self, source_ip: str) -> str | None:
-        trunk = self.book.trunk_for_source(source_ip)
+    # InboundPolicy (the call manager asks)
+
+    def trunk_of_source(self, ip: str) -> str | None:
+        trunk = self.book.trunk_for_source(ip)
         return trunk.name if trunk is not None else None
 
-    def _trunk_full(self, name: str) -> bool:
+    def trunks_configured(self) -> bool:
+        return bool(self.book.trunks)
+
+    def auth_required(self) -> bool:
+        return bool(self.settings.sip_auth_realm) or any(
+            t.inbound_password for t in self.book.trunks.values()
+        )
+
+    def trunk_of_user(self, user: str) -> str | None:
+        trunk = self.book.inbound_user(user)
+        return trunk.name if trunk is not None else None
+
+    def agent_for(self, number: str) -> str | None:
+        return self.book.agent_for(number)
+
+    def trunk_full(self, name: str) -> bool:
         trunk = self.book.trunks.get(name)
         if trunk is None or not trunk.max_calls or self.dialer is None:
             return False
