@@ -19,11 +19,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from switch.dialer import CallRequest, Dialer, NoRoute
 from switch.manager import CallRefused
 from switch.trunk_store import TrunkStoreError
-from switch.trunks import NAME_PATTERN, InboundRoute, OutboundRoute, Trunk, TrunkBook
+from switch.trunks import (
+    AGENT_NAME,
+    E164,
+    E164_OR_EMPTY,
+    NAME_PATTERN,
+    InboundRoute,
+    MetadataValue,
+    OutboundRoute,
+    Trunk,
+    TrunkBook,
+)
 
-DESTINATION = r"^(\+[1-9][0-9]{6,14}|sips?:[^\s<>\"]{3,250})$"
+DESTINATION = E164 + r"|^sips?:[^\s<>\"]{3,250}$"  # a number or a SIP URI
 HEADER_NAME = re.compile(r"^X-[A-Za-z0-9-]{1,64}$")
-MetadataValue = str | int | float | bool
 T = TypeVar("T")
 
 
@@ -32,12 +41,12 @@ class CallBody(BaseModel):
 
     to: str = Field(pattern=DESTINATION, description="E.164 number (+15551234567) or SIP URI")
     from_: str = Field(
-        default="", alias="from", pattern=r"^$|^\+[1-9][0-9]{6,14}$",
+        default="", alias="from", pattern=E164_OR_EMPTY,
         description="caller ID, E.164 (default: the trunk's caller_id)",
     )  # fmt: skip
     trunk: str | None = Field(default=None, pattern=NAME_PATTERN, description="default: routes")
     agent: str = Field(
-        default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        default="default", pattern=AGENT_NAME,
         description="default, none (the greeting only), or an agent of agents_dir",
     )  # fmt: skip
     metadata: dict[str, MetadataValue] = Field(

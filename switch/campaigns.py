@@ -31,15 +31,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from actors.call import CallRecord
+from actors.outbound import BUSY_CODES
 from switch.campaign_journal import CampaignJournal, to_keep
 from switch.dialer import CallRequest, Dialer, NoRoute, Pacer
 from switch.manager import CallRefused
+from switch.trunks import AGENT_NAME, E164, E164_OR_EMPTY, MetadataValue
 
 log = logging.getLogger("voxswitch.campaigns")
 
-NEVER_RETRY = frozenset({486, 600, 603})
-E164 = r"^\+[1-9][0-9]{6,14}$"
-MetadataValue = str | int | float | bool
+NEVER_RETRY = BUSY_CODES  # the callee said no
 
 
 class CampaignNumber(BaseModel):
@@ -93,9 +93,9 @@ class Window(BaseModel):
 class CampaignBody(BaseModel):
     name: str = Field(default="", max_length=100)
     numbers: list[CampaignNumber] = Field(min_length=1, max_length=100_000)
-    from_: str = Field(default="", alias="from", pattern=r"^$|" + E164)
+    from_: str = Field(default="", alias="from", pattern=E164_OR_EMPTY)
     trunk: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    agent: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    agent: str = Field(default="default", pattern=AGENT_NAME)
     cps: float = Field(default=1.0, gt=0.0, le=1000.0, description="calls started per second")
     max_concurrent: int = Field(default=10, ge=1, le=10_000)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)

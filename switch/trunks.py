@@ -27,7 +27,11 @@ from switch.trunk_store import PostgresTrunkStore
 Codec = Literal["PCMU", "PCMA"]
 CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# Shared by the API's bodies: an E.164 number, the same or nothing, an agent's name.
+E164 = r"^\+[1-9][0-9]{6,14}$"
+E164_OR_EMPTY = r"^$|" + E164
+AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MetadataValue = str | int | float | bool
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
@@ -55,7 +59,7 @@ class Trunk(BaseModel):
     max_cps: float = Field(default=0.0, ge=0.0, le=10000.0, description="0: no limit")
     max_calls: int = Field(default=0, ge=0, le=100000, description="0: no limit")
     caller_id: str = Field(
-        default="", pattern=r"^$|^\+[1-9][0-9]{6,14}$",
+        default="", pattern=E164_OR_EMPTY,
         description="From number on outbound calls that name none (E.164)",
     )  # fmt: skip
     force_caller_id: bool = Field(
@@ -124,7 +128,7 @@ class InboundRoute(BaseModel):
 
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     pattern: str = Field(max_length=200)
-    agent: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    agent: str = Field(default="default", pattern=AGENT_NAME)
     priority: int = Field(default=100, ge=0, le=1000)
 
     @field_validator("pattern")

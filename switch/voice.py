@@ -20,6 +20,7 @@ from media.speech import SpeechRecognizer, SpeechSynthesizer
 from media.tts import EspeakSynthesizer, OpenAISpeech
 from switch.agents import DEMO_AGENT_PATH, OpenAIChatAgent, ScriptedAgent
 from switch.config import ConfigError, Settings
+from switch.trunks import AGENT_NAME
 
 log = logging.getLogger("voxswitch.voice")
 
@@ -79,7 +80,6 @@ def build_voice(settings: Settings) -> Voice | None:
     )
 
 
-AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def build_voices(settings: Settings) -> dict[str, Voice | None]:
@@ -97,7 +97,7 @@ def build_voices(settings: Settings) -> dict[str, Voice | None]:
     synthesizer = default.synthesizer if default is not None else EspeakSynthesizer()
     for path in sorted(folder.glob("*.yaml")):
         name = path.stem
-        if not AGENT_NAME.match(name) or name in voices:
+        if not re.match(AGENT_NAME, name) or name in voices:
             raise ConfigError(f"agents_dir: {path.name}: agent names are letters, digits, _ -")
         try:
             brain = ScriptedAgent.from_file(path)
