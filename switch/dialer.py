@@ -107,6 +107,8 @@ class Dialer:
             if trunk is None:
                 raise NoRoute("trunk", f"no trunk named {request.trunk!r}")
             trunks = [trunk]
+        elif to.startswith("sips:"):
+            raise NoRoute("to", "sips: needs TLS, which voxswitch does not speak yet")
         elif to.startswith("sip:"):
             return [_direct(to)]
         else:
@@ -149,10 +151,9 @@ class Dialer:
         targets = self.targets(request)
         if codecs is not None:
             targets = [dataclasses.replace(t, codecs=codecs) for t in targets]
-        first = self.book.trunks.get(targets[0].trunk)
-        limit = first.max_calls if first is not None else 0
-        if first is not None and limit and self.trunk_calls(first.name) >= limit:
-            detail = f"trunk {first.name} is at its {first.max_calls} calls"
+        first = targets[0].trunk
+        if self.trunk_full(first):
+            detail = f"trunk {first} is at its {self.book.trunks[first].max_calls} calls"
             raise CallRefused(429, detail, TRUNK_FULL_RETRY_S)
         from_number = targets[0].caller or request.from_number
         origination = Origination(
@@ -171,6 +172,13 @@ class Dialer:
 
     def trunk_calls(self, name: str) -> int:
         return sum(1 for a in self.manager.live() if a.record.trunk == name)
+
+    def trunk_full(self, name: str) -> bool:
+        """The trunk is at its ``max_calls`` (inbound and outbound calls count)."""
+        trunk = self.book.trunks.get(name)
+        return trunk is not None and bool(trunk.max_calls) and (
+            self.trunk_calls(name) >= trunk.max_calls
+        )
 
 
 def _through(trunk: Trunk, to: str, from_number: str) -> DialTarget:

@@ -297,10 +297,7 @@ class Node:
         return self.book.agent_for(number)
 
     def trunk_full(self, name: str) -> bool:
-        trunk = self.book.trunks.get(name)
-        if trunk is None or not trunk.max_calls or self.dialer is None:
-            return False
-        return self.dialer.trunk_calls(name) >= trunk.max_calls
+        return self.dialer is not None and self.dialer.trunk_full(name)
 
     def trunk_up(self, name: str) -> bool:
         return self.trunk_monitor is None or self.trunk_monitor.up(name)
