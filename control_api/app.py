@@ -19,9 +19,9 @@ from control_api.campaigns import campaign_router
 from control_api.keys import ApiKeys
 from control_api.metrics import CONTENT_TYPE, NodeMetrics
 from control_api.outbound import CallBody, CallPlaced, place_call, trunk_router
-from switch.campaigns import Campaigns
-from switch.dialer import Dialer
-from switch.trunks import TrunkBook
+from switch.trunking.campaigns import Campaigns
+from switch.trunking.dialer import Dialer
+from switch.trunking.trunks import TrunkBook
 
 MAX_BODY_BYTES = 64 * 1024
 CAMPAIGN_BODY_BYTES = 16 * 1024 * 1024  # a campaign's numbers: 100,000 with variables

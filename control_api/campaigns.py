@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from control_api.outbound import field_error
-from switch.campaigns import Campaign, CampaignBody, Campaigns
-from switch.dialer import NoRoute
+from switch.trunking.campaigns import Campaign, CampaignBody, Campaigns
+from switch.trunking.dialer import NoRoute
 
 
 def campaign_router(

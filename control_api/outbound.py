@@ -16,10 +16,10 @@ from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from switch.dialer import CallRequest, Dialer, NoRoute
 from switch.manager import CallRefused
-from switch.trunk_store import TrunkStoreError
-from switch.trunks import (
+from switch.trunking.dialer import CallRequest, Dialer, NoRoute
+from switch.trunking.store import TrunkStoreError
+from switch.trunking.trunks import (
     AGENT_NAME,
     E164,
     E164_OR_EMPTY,

@@ -99,7 +99,7 @@ def _db_migrate(dsn: str | None) -> int:
     async def run() -> list[str]:
         import asyncpg
 
-        from switch.sinks import migrate
+        from switch.backbone.sinks import migrate
 
         connection = await asyncpg.connect(settings.postgres_dsn, timeout=10)
         try:

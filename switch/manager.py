@@ -47,8 +47,9 @@ from sip.message import Request, make_response
 from sip.parser import KNOWN_METHODS
 from sip.transaction import InviteServerTransaction
 from sip.uri import SipUri
-from switch import events
-from switch.checkpoints import Checkpointer, CheckpointStore
+from switch.backbone import events
+from switch.backbone.checkpoints import Checkpointer, CheckpointStore
+from switch.mediaplant import MediaUnavailable
 
 log = logging.getLogger("voxswitch.manager")
 
@@ -58,10 +59,6 @@ RETRY_AFTER_BUSY_S = 5
 
 
 RECENT_CALLS = 5000  # ended calls the API can still show
-
-
-class MediaUnavailable(Exception):
-    """No RTP port could be had for a new call."""
 
 
 class InboundPolicy(Protocol):
@@ -624,4 +621,4 @@ def _accepts_sdp(request: Request) -> bool:
     return any(v in ("application/sdp", "application/*", "*/*") for v in values)
 
 
-__all__ = ["CallManager", "CallRefused", "MediaUnavailable", "UriError"]
+__all__ = ["CallManager", "CallRefused", "UriError"]

@@ -24,17 +24,17 @@ from sip.auth import DigestAuthenticator
 from sip.message import Message
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
-from switch.backbone import Backbone, build_sinks
-from switch.campaign_journal import CampaignJournal
-from switch.campaigns import Campaigns
-from switch.checkpoints import Checkpointer, CheckpointStore, build_store
+from switch.backbone.checkpoints import Checkpointer, CheckpointStore, build_store
+from switch.backbone.courier import Backbone, build_sinks
 from switch.config import Settings, auth_algorithms, auth_users
-from switch.dialer import Dialer
 from switch.manager import CallManager
-from switch.media_leg import MediaPlant
-from switch.trunk_monitor import TrunkMonitor
-from switch.trunk_store import PostgresTrunkStore, TrunkStoreError
-from switch.trunks import TrunkBook
+from switch.mediaplant.leg import MediaPlant
+from switch.trunking.campaign_journal import CampaignJournal
+from switch.trunking.campaigns import Campaigns
+from switch.trunking.dialer import Dialer
+from switch.trunking.monitor import TrunkMonitor
+from switch.trunking.store import PostgresTrunkStore, TrunkStoreError
+from switch.trunking.trunks import TrunkBook
 from switch.voice import build_voices, vad_config
 
 log = logging.getLogger("voxswitch.node")

@@ -20,7 +20,7 @@ from media.speech import SpeechRecognizer, SpeechSynthesizer
 from media.tts import EspeakSynthesizer, OpenAISpeech
 from switch.agents import DEMO_AGENT_PATH, OpenAIChatAgent, ScriptedAgent
 from switch.config import ConfigError, Settings
-from switch.trunks import AGENT_NAME
+from switch.trunking.trunks import AGENT_NAME
 
 log = logging.getLogger("voxswitch.voice")
 

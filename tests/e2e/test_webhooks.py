@@ -12,7 +12,7 @@ from typing import Any
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippRunner
-from switch.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from switch.backbone.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 from tests.e2e.api_client import ADMIN, api
 from tests.e2e.conftest import SippServerFactory
 from tests.e2e.polling import wait_for

@@ -11,10 +11,10 @@ import jsonschema
 import pytest
 
 from actors.call import CallRecord
-from switch import backbone as backbone_module
-from switch import events
-from switch.backbone import Backbone, build_sinks
-from switch.sinks import FileSink, KafkaSink, PostgresSink, migrations
+from switch.backbone import courier as backbone_module
+from switch.backbone import events
+from switch.backbone.courier import Backbone, build_sinks
+from switch.backbone.sinks import FileSink, KafkaSink, PostgresSink, migrations
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "schemas" / "call-events.v1.json").read_text()

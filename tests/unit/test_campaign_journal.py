@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from switch.campaign_journal import KEEP_FINISHED, CampaignJournal, to_keep
+from switch.trunking.campaign_journal import KEEP_FINISHED, CampaignJournal, to_keep
 
 
 def test_replay_keeps_the_last_word_and_skips_a_torn_line(tmp_path: Path) -> None:

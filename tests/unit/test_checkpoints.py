@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from switch.checkpoints import Checkpointer, MemoryCheckpoints
+from switch.backbone.checkpoints import Checkpointer, MemoryCheckpoints
 
 
 class CountingStore(MemoryCheckpoints):

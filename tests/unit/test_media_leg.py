@@ -23,9 +23,9 @@ from media.playout import UtteranceInterrupted
 from media.rtcp import ReportBlock, Sdes, SenderReport, build_receiver_report, parse_rtcp
 from media.rtp import RtpPacket, pack_rtp, parse_rtp
 from media.tones import chime, greeting_pcm, load_greeting
-from switch.manager import MediaUnavailable
-from switch.media_leg import MediaPlant, RtpLeg
-from switch.media_remote import RemoteLeg
+from switch.mediaplant import MediaUnavailable
+from switch.mediaplant.leg import MediaPlant, RtpLeg
+from switch.mediaplant.remote import RemoteLeg
 
 HOST = "127.0.0.1"
 Leg = RtpLeg | RemoteLeg

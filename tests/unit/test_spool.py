@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from switch.spool import Spool
+from switch.backbone.spool import Spool
 
 
 def ev(n: int) -> dict[str, object]:

@@ -11,10 +11,10 @@ from pydantic import ValidationError
 from actors.outbound import DialTarget, build_invite, disposition_for
 from sip.message import Response
 from sip.parser import parse_message
-from switch.campaigns import CampaignBody, RetryPolicy, Window
-from switch.dialer import Pacer
-from switch.trunk_monitor import granted_expiry
-from switch.trunks import InboundRoute, OutboundRoute, Trunk, TrunkBook
+from switch.trunking.campaigns import CampaignBody, RetryPolicy, Window
+from switch.trunking.dialer import Pacer
+from switch.trunking.monitor import granted_expiry
+from switch.trunking.trunks import InboundRoute, OutboundRoute, Trunk, TrunkBook
 
 
 def book() -> TrunkBook:

@@ -110,9 +110,9 @@ class KafkaSink:
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """(version, name, SQL) of ``switch/migrations/NNN_name.sql``, in order."""
+    """(version, name, SQL) of ``switch/backbone/migrations/NNN_name.sql``, in order."""
     found = []
-    for entry in resources.files("switch.migrations").iterdir():
+    for entry in resources.files("switch.backbone.migrations").iterdir():
         name = entry.name
         if name.endswith(".sql") and name[:3].isdigit():
             found.append((int(name[:3]), name, entry.read_text(encoding="utf-8")))

@@ -7,7 +7,7 @@ codecs and limits. ``OutboundRoute`` picks trunks for a destination by prefix
 number. The models double as the API's request bodies, so a bad field is a 422
 naming it. ``TrunkBook`` holds them in memory and persists every change to a JSON
 file (the embedded default) and, with ``postgres_dsn``, to PostgreSQL first
-(``switch/trunk_store.py``), which every node reloads.
+(``switch/trunking/store.py``), which every node reloads.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from switch.trunk_store import PostgresTrunkStore
+from switch.trunking.store import PostgresTrunkStore
 
 Codec = Literal["PCMU", "PCMA"]
 CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")

@@ -26,7 +26,7 @@ from sip.dialog import new_tag
 from sip.endpoint import Flow, SipEndpoint
 from sip.message import Headers, Request, Response
 from sip.transaction import ResponseReceived, TransactionEvent, TransactionTimedOut, new_branch
-from switch.trunks import Trunk, TrunkBook
+from switch.trunking.trunks import Trunk, TrunkBook
 
 log = logging.getLogger("voxswitch.trunks")
 

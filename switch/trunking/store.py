@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from switch.sinks import PgLink
+from switch.backbone.sinks import PgLink
 
 log = logging.getLogger("voxswitch.trunks")
 

@@ -32,10 +32,10 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from actors.call import CallRecord
 from actors.outbound import BUSY_CODES
-from switch.campaign_journal import CampaignJournal, to_keep
-from switch.dialer import CallRequest, Dialer, NoRoute, Pacer
 from switch.manager import CallRefused
-from switch.trunks import AGENT_NAME, E164, E164_OR_EMPTY, MetadataValue
+from switch.trunking.campaign_journal import CampaignJournal, to_keep
+from switch.trunking.dialer import CallRequest, Dialer, NoRoute, Pacer
+from switch.trunking.trunks import AGENT_NAME, E164, E164_OR_EMPTY, MetadataValue
 
 log = logging.getLogger("voxswitch.campaigns")
 

@@ -28,7 +28,7 @@ from typing import Any
 from media.g711 import codec_name
 from media.session import MediaEvent, VadConfig
 from media.speech import Pcm
-from switch.media_channel import Channel, socket_pair
+from switch.mediaplant.channel import Channel, socket_pair
 
 log = logging.getLogger("voxswitch.media")
 
@@ -288,7 +288,7 @@ class MediaWorker:
         ours, theirs = socket_pair()
         fd = theirs.fileno()
         command = [
-            sys.executable, "-m", "switch.media_worker",
+            sys.executable, "-m", "switch.mediaplant.worker",
             str(fd), bind_host, f"{ports[0]}-{ports[1]}", greeting_file or "",
         ]  # fmt: skip
         self.process = subprocess.Popen(command, pass_fds=(fd,))

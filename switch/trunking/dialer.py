@@ -19,7 +19,7 @@ from actors.outbound import DialTarget, Origination, OutboundCallActor
 from sip.errors import UriError
 from sip.uri import SipUri, parse_uri
 from switch.manager import CallManager, CallRefused
-from switch.trunks import Trunk, TrunkBook, valid_host
+from switch.trunking.trunks import Trunk, TrunkBook, valid_host
 
 TRUNK_FULL_RETRY_S = 1
 

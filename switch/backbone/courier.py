@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from switch.sinks import Event, FileSink, KafkaSink, PostgresSink, Sink
-from switch.spool import Spool
-from switch.webhooks import WebhookSink
+from switch.backbone.sinks import Event, FileSink, KafkaSink, PostgresSink, Sink
+from switch.backbone.spool import Spool
+from switch.backbone.webhooks import WebhookSink
 
 log = logging.getLogger("voxswitch.backbone")
 

@@ -5,11 +5,11 @@ packet — RTP, jitter buffer, VAD, playout — not the syscalls, is what fills 
 the node spreads calls over worker processes, one per core, each running the same
 ``MediaPlant`` and ``RtpLeg`` code it would run in-process. The node binds each call's
 RTP and RTCP sockets itself (port allocation stays synchronous, and it keeps a copy of
-every socket), hands them over through ``switch.media_channel``, and steers the leg
+every socket), hands them over through ``switch.mediaplant.channel``, and steers the leg
 with small commands; the worker sends back speech and playout events with the
 session's state, and once a second every leg's counters and its schedule lateness.
 
-Run as ``python -m switch.media_worker FD BIND_HOST START-END [GREETING]``; it exits
+Run as ``python -m switch.mediaplant.worker FD BIND_HOST START-END [GREETING]``; it exits
 when the node's end of the channel closes.
 """
 
@@ -27,8 +27,8 @@ from collections import deque
 from typing import Any
 
 from media.session import MediaEvent, MediaSession
-from switch.media_channel import Channel
-from switch.media_leg import MediaPlant, RtpLeg
+from switch.mediaplant.channel import Channel
+from switch.mediaplant.leg import MediaPlant, RtpLeg
 
 log = logging.getLogger("voxswitch.media")
 

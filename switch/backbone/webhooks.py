@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from switch.sinks import Event
+from switch.backbone.sinks import Event
 
 log = logging.getLogger("voxswitch.webhooks")
 

@@ -3,7 +3,7 @@
 ``MediaPlant.new_leg(call_id)`` binds an even port from the pool and the odd port
 above it for RTCP, and returns the call actor's ``MediaLeg``: an ``RtpLeg`` here, or
 with ``workers=N`` a ``RemoteLeg`` whose ``RtpLeg`` runs in one of N media worker
-processes (``switch.media_worker``, the same code on another core). An ``RtpLeg``
+processes (``switch.mediaplant.worker``, the same code on another core). An ``RtpLeg``
 reads its socket with ``loop.add_reader`` (no task per call) and, once playing, is
 sent one G.711 frame per tick by the plant's single ticker: the greeting then
 silence, or its conversation's playout.
@@ -40,8 +40,8 @@ from media.rtcp import RtcpSession
 from media.rtp import HEADER, RTP_VERSION, looks_like_rtp, parse_rtp
 from media.session import MediaEvent, MediaSession, VadConfig
 from media.tones import PcmArray, greeting_pcm
-from switch.manager import MediaUnavailable
-from switch.media_remote import MediaWorker, RemoteLeg
+from switch.mediaplant import MediaUnavailable
+from switch.mediaplant.remote import MediaWorker, RemoteLeg
 
 log = logging.getLogger("voxswitch.media")
 

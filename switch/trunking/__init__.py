@@ -1,0 +1,1 @@
+"""Carrier trunks, routes, their monitor, the dialer and campaigns."""
