@@ -10,8 +10,11 @@ Everything here works on header *values* (strings) and never touches a socket:
 * ``DigestAuthenticator`` is the server side. Its nonces are stateless,
   ``base64url(timestamp || HMAC-SHA256(secret, timestamp || realm))``, so every node
   sharing ``secret`` (and a wall clock) can check a nonce another node issued.
-  Stateless nonces cannot track ``nc``: a captured request can be replayed until its
-  nonce expires (``nonce_ttl_s``), but only with the same method, URI and body.
+  The nonce itself carries no state, so replays are caught by remembering, until its
+  nonce expires, each accepted (nonce, response) pair: the response covers the nc, the
+  method and the URI, so the same credentials a second time are ``"replayed"`` (RFC
+  7616 §3.3: nc lets the server detect replays) while a client counting nc up is not.
+  That memory is per node (bounded, oldest first).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import math
 import os
 import secrets
 import struct
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -421,7 +425,11 @@ AuthReason = Literal[
     "bad response",
     "unsupported algorithm",
     "uri mismatch",
+    "replayed",
 ]
+
+# Accepted (nonce, response) pairs remembered against replay: at most this many.
+SEEN_MAX = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +489,8 @@ class DigestAuthenticator:
         self.nonce_ttl_s = float(nonce_ttl_s)
         self._secret = secret if secret is not None else os.urandom(32)
         self._realm_bytes = realm.encode("utf-8")
+        # (nonce, response) -> when that nonce expires: what was accepted.
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     # -- nonces
 
@@ -580,7 +590,23 @@ class DigestAuthenticator:
         # Stale only with a correct digest (RFC 2617 §3.2.1): no re-prompting needed.
         if now - issued > self.nonce_ttl_s:
             return AuthResult(False, "stale", user)
+        if not self._first_use(cred.nonce, got.decode(), issued, now):
+            return AuthResult(False, "replayed", user)
         return AuthResult(True, "ok", user)
+
+    def _first_use(self, nonce: str, response: str, issued: float, now: float) -> bool:
+        seen = self._seen
+        key = (nonce, response)
+        if key in seen:
+            return False
+        seen[key] = issued + self.nonce_ttl_s
+        # Insertion order is nearly expiry order (nonces are used soon after issue).
+        while seen:
+            first_key, expires = next(iter(seen.items()))
+            if expires > now and len(seen) <= SEEN_MAX:
+                break
+            del seen[first_key]
+        return True
 
     def verify_request(
         self,

@@ -647,7 +647,8 @@ def test_verify_request_picks_our_realm_among_several() -> None:
     request = _request("Basic Zm9vOmJhcg==", theirs, ours)
     result = auth.verify_request(request, T0)
     assert result.ok and result.username == "alice"
-    assert auth.verify_request(request, T0, check_uri=True).ok
+    again = _request("Basic Zm9vOmJhcg==", theirs, _answer(auth, nc=2))
+    assert auth.verify_request(again, T0, check_uri=True).ok
 
 
 def test_verify_request_reasons() -> None:
@@ -695,3 +696,42 @@ def test_round_trip_property(username: str, password: str, realm: str, uri: str)
         assert result.ok, (result, value)
         assert result.username == username
         assert parse_credentials(value).uri == uri
+
+
+# ------------------------------------------------------------------ replay (nc)
+
+
+def test_the_same_credentials_twice_are_a_replay() -> None:
+    auth = _auth()
+    value = _answer(auth)
+    assert auth.verify("REGISTER", value, T0).ok
+    replay = auth.verify("REGISTER", value, T0 + 1)
+    assert not replay.ok and replay.reason == "replayed" and replay.username == "alice"
+
+
+def test_a_client_counting_nc_up_on_one_nonce_is_no_replay() -> None:
+    auth = _auth()
+    challenge = auth.challenges(T0)[0]
+    answers = [_answer(auth, challenge=challenge, nc=nc) for nc in (1, 2, 3)]
+    for value in answers:
+        assert auth.verify("REGISTER", value, T0).ok
+    assert auth.verify("REGISTER", answers[1], T0).reason == "replayed"
+
+
+def test_a_wrong_or_stale_answer_does_not_use_up_its_nonce() -> None:
+    auth = _auth()
+    challenge = auth.challenges(T0)[0]
+    assert auth.verify("REGISTER", _answer(auth, challenge=challenge, password="x"), T0).reason == (
+        "bad response"
+    )
+    assert auth.verify("REGISTER", _answer(auth, challenge=challenge), T0).ok
+
+
+def test_replay_memory_forgets_expired_nonces() -> None:
+    auth = _auth(nonce_ttl_s=10)
+    first = _answer(auth, challenge=auth.challenges(T0)[0])
+    assert auth.verify("REGISTER", first, T0).ok
+    later = T0 + 20
+    assert auth.verify("REGISTER", _answer(auth, challenge=auth.challenges(later)[0]), later).ok
+    assert len(auth._seen) == 1  # the first nonce's entry expired and was let go
+    assert auth.verify("REGISTER", first, later).reason == "stale"
