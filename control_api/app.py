@@ -16,9 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from control_api.campaigns import campaign_router
+from control_api.guard import guard_router
 from control_api.keys import ApiKeys
 from control_api.metrics import CONTENT_TYPE, NodeMetrics
 from control_api.outbound import CallBody, CallPlaced, place_call, trunk_router
+from switch.guard.sources import SourceGuard
 from switch.trunking.campaigns import Campaigns
 from switch.trunking.dialer import Dialer
 from switch.trunking.trunks import TrunkBook
@@ -86,6 +88,7 @@ def create_app(
     trunk_status: Any = None,
     can_sign: bool = False,
     campaigns: Campaigns | None = None,
+    guard: SourceGuard | None = None,
 ) -> FastAPI:
     # Every endpoint is ``async def``: it runs on the node's loop, where the calls live
     # (a plain ``def`` would run in a worker thread and race the actors).
@@ -213,6 +216,8 @@ def create_app(
         app.include_router(trunk_router(book, require, trunk_status or (lambda _n: {}), agents))
     if campaigns is not None:
         app.include_router(campaign_router(campaigns, require, can_sign=can_sign))
+    if guard is not None:
+        app.include_router(guard_router(guard, require))
 
     return app
 

@@ -3,14 +3,12 @@
 Counters and gauges are read from the node's own state when Prometheus scrapes (a
 custom collector: nothing is counted twice on the hot path). Histograms are observed
 as calls end: the turn latency (end of caller speech → first reply packet) and each
-call's RTP loss and jitter. The event loop's lag is sampled four times a second.
+call's RTP loss and jitter. The event loop's lag comes from the load monitor (ten samples a second).
 Calls per second: ``rate(voxswitch_calls_offered_total[1m])``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
@@ -19,7 +17,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LAG_SAMPLE_S = 0.25
 
 TURN_LATENCY_BUCKETS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0)
@@ -75,13 +72,10 @@ class NodeMetrics:
         if jitter is not None:
             self.rtp_jitter.observe(jitter / 1000.0)
 
-    async def sample_loop_lag(self) -> None:
-        """Forever: how much later than asked a sleep of the loop wakes up."""
-        while True:
-            due = time.monotonic() + LAG_SAMPLE_S
-            await asyncio.sleep(LAG_SAMPLE_S)
-            self.last_lag = max(0.0, time.monotonic() - due)
-            self.loop_lag.observe(self.last_lag)
+    def observe_lag(self, lag_s: float) -> None:
+        """The load monitor's sample: how much later than asked its timer ran."""
+        self.last_lag = lag_s
+        self.loop_lag.observe(lag_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -162,11 +156,47 @@ class _StateCollector(Collector):
         yield from (depth, up, failures)
         yield _gauge("voxswitch_outbox_bytes", "Bytes of undelivered events in the spool",
                      backbone.get("spool_bytes", 0))  # fmt: skip
+        yield from _protection(h)
         checkpoints = h.get("checkpoints", {})
         yield _gauge("voxswitch_checkpoints_up", "1 while checkpoints are saved",
                      1 if checkpoints.get("up", True) else 0)  # fmt: skip
         yield _counter("voxswitch_checkpoint_failures", "Checkpoint rounds that failed",
                        checkpoints.get("failures", 0))  # fmt: skip
+
+
+def _protection(h: dict[str, Any]) -> Iterator[Metric]:
+    """Overload control and the source guard."""
+    refused = CounterMetricFamily(
+        "voxswitch_calls_refused",
+        "New INVITEs refused (503) before any call work, or requests dropped for their "
+        "source, by reason (overload, max_calls, draining, backlog, source_rate, "
+        "source_scanner, source_auth)",
+        labels=["reason"],
+    )
+    for reason, count in sorted(h.get("refused", {}).items()):
+        refused.add_metric([reason], count)
+    yield refused
+    admission = h.get("admission", {})
+    limit = admission.get("limit_cps")
+    yield _gauge("voxswitch_admission_limit_cps", "New INVITEs per second admitted now "
+                 "(-1: no limit)", -1 if limit is None else limit)  # fmt: skip
+    yield _gauge("voxswitch_overloaded", "1 while the node measures itself overloaded",
+                 1 if admission.get("overloaded") else 0)  # fmt: skip
+    yield _gauge("voxswitch_event_loop_busy_ratio", "Share of the last 100 ms the event "
+                 "loop's thread ran on a CPU", admission.get("loop_busy", 0.0))  # fmt: skip
+    sip = h.get("sip", {})
+    yield _counter("voxswitch_sip_refusals_repeated", "Retransmitted INVITEs answered from "
+                   "the refusal cache", sip.get("refusals_repeated", 0))  # fmt: skip
+    yield _counter("voxswitch_sip_dropped", "Packets and requests dropped unanswered "
+                   "(banned sources, scanners)", sip.get("dropped", 0))  # fmt: skip
+    guard = h.get("guard", {})
+    yield _gauge("voxswitch_bans_active", "Source addresses banned now",
+                 guard.get("bans_active", 0))  # fmt: skip
+    bans = CounterMetricFamily("voxswitch_bans", "Bans made by this node, by reason",
+                               labels=["reason"])  # fmt: skip
+    for reason, count in sorted(guard.get("bans_made", {}).items()):
+        bans.add_metric([reason], count)
+    yield bans
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -6,6 +6,13 @@ answers what is malformed before anything above sees it. Transports hand it
 ``(bytes, flow)``; a flow is where an answer goes back (UDP source address or the
 TCP connection). Responses always go back on the flow a request came in on, as if
 every Via carried ``rport`` (RFC 3581): callers behind NAT get their answers.
+
+Before a new request costs a transaction, an optional ``screen`` may refuse it
+(overload, an abusive source): the refusal is sent statelessly and, for an INVITE,
+kept for a while so that the INVITE's retransmissions get the same bytes again and
+its ACK is absorbed, all without a transaction (RFC 3261 §17.2.1 would keep one for
+Timer H; under overload that state is what we cannot afford). A ``drop_source``
+check runs before parsing, for sources whose packets are not worth reading.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,6 +30,7 @@ from typing import Protocol
 from sip.errors import RemoteProtocolError, UriError
 from sip.message import Message, Request, Response, make_response, reason_phrase
 from sip.parser import parse_message, validate_request, validate_response
+from sip.quick import QuickRequest, quick_request, refusal_bytes
 from sip.timers import DEFAULT_TIMERS, TimerConfig
 from sip.transaction import (
     InviteClientTransaction,
@@ -60,6 +69,29 @@ class Flow(Protocol):
 ServerTransaction = InviteServerTransaction | NonInviteServerTransaction
 ClientTransaction = InviteClientTransaction | NonInviteClientTransaction
 
+# An INVITE refused statelessly is remembered this long (Timer H: 64 × T1) ...
+REFUSED_KEEP_S = 32.0
+# ... and at most this many of them (a few hundred bytes each).
+REFUSED_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What a screen says about a new request: a final response, or silence
+    (``status`` 0: the request is dropped unanswered)."""
+
+    status: int
+    reason: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+DROP = Refusal(0)
+
+# (request, flow) -> None (go on) or how to refuse it.
+Screen = Callable[[Request, "Flow"], Refusal | None]
+# The same for an INVITE seen only by a quick look (sip.quick), before parsing.
+QuickScreen = Callable[[QuickRequest, "Flow"], Refusal | None]
+
 
 class EndpointHandler(Protocol):
     """The transaction user: the call manager."""
@@ -92,6 +124,9 @@ class EndpointStats:
     responses_dropped: int = 0
     handler_errors: int = 0
     by_status_sent: dict[int, int] = field(default_factory=dict)
+    refused: int = 0  # new requests a screen answered statelessly
+    dropped: int = 0  # new requests (or packets of a dropped source) not answered
+    refusals_repeated: int = 0  # retransmissions of refused INVITEs answered from the cache
 
 
 class SipEndpoint:
@@ -116,12 +151,28 @@ class SipEndpoint:
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self.screen: Screen | None = None
+        self.quick_screen: QuickScreen | None = None
+        self._screened: object = None  # the key of an INVITE the quick screen admitted
+        self.drop_source: Callable[[str], bool] | None = None  # source IP -> drop unread
+        # Stateless refusals of INVITEs: server key -> (response bytes, sent at).
+        self._refused: OrderedDict[object, tuple[bytes, float]] = OrderedDict()
 
     # ---- inbound -------------------------------------------------------------
 
     def receive(self, data: bytes, flow: Flow) -> None:
         """Entry point for transports. Never raises: bad input is answered or dropped."""
         self.stats.received += 1
+        if self.drop_source is not None and self.drop_source(flow.remote[0]):
+            self.stats.dropped += 1
+            return
+        if self.quick_screen is not None and data[:4] in (b"INVI", b"ACK "):
+            try:
+                if self._receive_quick(data, flow):
+                    return
+            except Exception:
+                self.stats.handler_errors += 1
+                log.exception("error in the quick look at a request from %s", flow.remote)
         try:
             message = parse_message(data)
         except RemoteProtocolError as exc:
@@ -142,6 +193,38 @@ class SipEndpoint:
             # A bug above us must not take the transport down with it.
             self.stats.handler_errors += 1
             log.exception("error handling %r from %s", message, flow.remote)
+
+    def _receive_quick(self, data: bytes, flow: Flow) -> bool:
+        """Refuse (or absorb the ACK of a refusal) without parsing; False: parse it."""
+        quick = quick_request(data)
+        if quick is None or quick.key in self._server:
+            return False
+        refused = self._refused.get(quick.key)
+        if refused is not None:
+            if quick.method == "INVITE":
+                self.stats.refusals_repeated += 1
+                self._send_bytes(refused[0], flow)
+            return True
+        if quick.method != "INVITE" or quick.to_tagged:
+            return False
+        assert self.quick_screen is not None
+        refusal = self.quick_screen(quick, flow)
+        if refusal is None:
+            self._screened = quick.key  # admitted: the full path must not ask again
+            return False
+        if refusal.status == 0:
+            self.stats.dropped += 1
+            return True
+        self.stats.refused += 1
+        response = refusal_bytes(
+            quick, refusal.status, refusal.reason, to_tag=_refusal_tag(quick.key),
+            source=flow.remote, headers=refusal.headers, server=self.user_agent,
+        )  # fmt: skip
+        counts = self.stats.by_status_sent
+        counts[refusal.status] = counts.get(refusal.status, 0) + 1
+        self._send_bytes(response, flow)
+        self._remember_refusal(quick.key, response)
+        return True
 
     def _reject_malformed(self, exc: RemoteProtocolError, flow: Flow) -> None:
         self.stats.parse_errors += 1
@@ -176,6 +259,19 @@ class SipEndpoint:
             self._flush(entry)
             return
         method = request.method
+        if self._refused and (method == "INVITE" or method == "ACK"):
+            refused = self._refused.get(key)
+            if refused is not None:
+                if method == "INVITE":  # a retransmission: the same answer, no new work
+                    self.stats.refusals_repeated += 1
+                    self._send_bytes(refused[0], flow)
+                return  # the ACK of our refusal: nothing more to do
+        screened, self._screened = self._screened == key, None
+        if self.screen is not None and method != "ACK" and not screened:
+            refusal = self.screen(request, flow)
+            if refusal is not None:
+                self._refuse(request, flow, key, refusal)
+                return
         if method == "ACK":
             self.handler.request_received(request, None, flow)
             return
@@ -195,6 +291,37 @@ class SipEndpoint:
         self._server[key] = _Entry(txn, flow, key)
         self.handler.request_received(request, txn, flow)
 
+    def _refuse(self, request: Request, flow: Flow, key: object, refusal: Refusal) -> None:
+        if refusal.status == 0:
+            self.stats.dropped += 1
+            return
+        self.stats.refused += 1
+        # A fixed To tag per refused request: its retransmissions get identical bytes.
+        response = make_response(
+            request, refusal.status, refusal.reason, to_tag=_refusal_tag(key),
+            headers=list(refusal.headers),
+        )  # fmt: skip
+        self.send_stateless(response, flow)
+        if request.method == "INVITE":
+            self._remember_refusal(key, bytes(response))
+
+    def _remember_refusal(self, key: object, response: bytes) -> None:
+        now = self.loop.time()
+        refused = self._refused
+        refused[key] = (response, now)
+        while refused:
+            oldest = next(iter(refused.values()))
+            if len(refused) <= REFUSED_MAX and now - oldest[1] < REFUSED_KEEP_S:
+                break
+            refused.popitem(last=False)
+
+    def _send_bytes(self, data: bytes, flow: Flow) -> None:
+        try:
+            flow.send(data)
+        except OSError as exc:
+            log.info("send to %s failed: %s", flow.remote, exc)
+        self.stats.sent += 1
+
     def _receive_cancel(self, cancel: Request, flow: Flow) -> None:
         now = self.loop.time()
         txn = NonInviteServerTransaction(
@@ -202,10 +329,14 @@ class SipEndpoint:
         )
         entry = _Entry(txn, flow, server_key(cancel))
         self._server[entry.key] = entry
-        target = self._server.get(cancel_target_key(cancel))
+        target_key = cancel_target_key(cancel)
+        target = self._server.get(target_key)
         invite = target.txn if target is not None else None
         if not isinstance(invite, InviteServerTransaction):
-            self._respond_entry(entry, make_response(cancel, 481))
+            # An INVITE we refused has had its final response: the CANCEL's answer is
+            # 200 (§9.2) and changes nothing. One we never saw: 481.
+            status = 200 if target_key in self._refused else 481
+            self._respond_entry(entry, make_response(cancel, status))
             return
         # §9.2: the CANCEL gets 200 whatever happens; the INVITE gets 487 if still pending.
         self._respond_entry(entry, make_response(cancel, 200))
@@ -285,8 +416,7 @@ class SipEndpoint:
             counts[message.status] = counts.get(message.status, 0) + 1
             if "server" not in message.headers:
                 message.headers.add("Server", self.user_agent)
-        flow.send(bytes(message))
-        self.stats.sent += 1
+        self._send_bytes(bytes(message), flow)
 
     # ---- timers --------------------------------------------------------------
 
@@ -356,6 +486,10 @@ def txn_key(txn: ServerTransaction) -> object:
     return txn.key
 
 
+def _refusal_tag(key: object) -> str:
+    return format(hash(key) & 0xFFFFFFFFFFFF, "012x")
+
+
 def _reason(exc: RemoteProtocolError) -> str:
     # The reason phrase tells the peer what was wrong; keep it one clean line.
     text = "".join(c for c in exc.reason if c.isprintable())[:100]
@@ -394,4 +528,4 @@ def _fill_rport(via: str, port: int) -> str:
     return ";".join(out)
 
 
-__all__ = ["EndpointHandler", "Flow", "SipEndpoint", "UriError"]
+__all__ = ["DROP", "EndpointHandler", "Flow", "Refusal", "Screen", "SipEndpoint", "UriError"]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from switch.guard.sources import SCANNER_AGENTS, parse_networks
+
 ENV_PREFIX = "VOXSWITCH_"
 
 
@@ -184,6 +186,49 @@ class Settings:
         default=10.0,
         metadata={"help": "with postgres_dsn: reload trunks and routes this often"},
     )
+    max_cps: float = field(
+        default=0.0,
+        metadata={"help": "new INVITEs per second beyond which they get 503 (0: no ceiling)"},
+    )
+    overload_busy: float = field(
+        default=0.9,
+        metadata={"help": "event-loop CPU share past which new INVITEs are paced down by "
+                  "measured load (503 + Retry-After); 0 turns this off"},
+    )
+    overload_lag_ms: float = field(
+        default=50.0, metadata={"help": "event-loop lag that counts as overload"}
+    )
+    overload_media_late_ms: float = field(
+        default=20.0, metadata={"help": "media tick lateness (p90) that counts as overload"}
+    )
+    overload_retry_after_s: int = field(
+        default=5, metadata={"help": "Retry-After of a 503 for overload or max_cps"}
+    )
+    source_max_rps: int = field(
+        default=200,
+        metadata={"help": "requests per second one source IP may send before it is banned "
+                  "(0: no limit; trunks and trusted_sources are exempt)"},
+    )
+    auth_max_failures: int = field(
+        default=10,
+        metadata={"help": "failed digest authentications per source within "
+                  "auth_failure_window_s before it is banned"},
+    )
+    auth_failure_window_s: float = field(
+        default=60.0, metadata={"help": "window of auth_max_failures"}
+    )
+    ban_s: float = field(
+        default=600.0, metadata={"help": "how long a banned source's packets are dropped"}
+    )
+    trusted_sources: str = field(
+        default="127.0.0.0/8,::1",
+        metadata={"help": "addresses/CIDRs never throttled or banned (trunks' are too)"},
+    )
+    scanner_user_agents: str = field(
+        default=",".join(SCANNER_AGENTS),
+        metadata={"help": "User-Agent substrings of SIP scanners: their source is banned at "
+                  "once ('' turns this off)"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -280,6 +325,20 @@ def load_settings(
         raise ConfigError("trunks_reload_s: must be above 0")
     if settings.spool_max_mb < 1:
         raise ConfigError("spool_max_mb: must be at least 1")
+    if settings.max_cps < 0:
+        raise ConfigError("max_cps: must be 0 (no ceiling) or more")
+    if not 0 <= settings.overload_busy < 1:
+        raise ConfigError("overload_busy: a share of the loop's time, 0 (off) to below 1")
+    for name in ("overload_lag_ms", "overload_media_late_ms", "ban_s", "auth_failure_window_s"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name}: must be above 0")
+    for name in ("overload_retry_after_s", "source_max_rps", "auth_max_failures"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name}: must be 0 or more")
+    try:
+        parse_networks(settings.trusted_sources.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"trusted_sources: {exc}") from exc
     if settings.asr_pool_size < 1:
         raise ConfigError("asr_pool_size: must be at least 1")
     if settings.sip_auth_realm:

@@ -41,14 +41,17 @@ from actors.outbound import DialTarget, Origination, OutboundCallActor, build_in
 from media.session import VadConfig
 from sip.auth import DigestAuthenticator
 from sip.dialog import Dialog, new_tag
-from sip.endpoint import Flow, ServerTransaction, SipEndpoint
+from sip.endpoint import DROP, Flow, Refusal, ServerTransaction, SipEndpoint
 from sip.errors import UriError
 from sip.message import Request, make_response
 from sip.parser import KNOWN_METHODS
+from sip.quick import QuickRequest
 from sip.transaction import InviteServerTransaction
 from sip.uri import SipUri
 from switch.backbone import events
 from switch.backbone.checkpoints import Checkpointer, CheckpointStore
+from switch.guard.admission import AdmissionControl
+from switch.guard.sources import SourceGuard
 from switch.mediaplant import MediaUnavailable
 
 log = logging.getLogger("voxswitch.manager")
@@ -106,6 +109,9 @@ class ManagerStats:
     outbound_dispositions: Counter[str] = field(default_factory=Counter)
     crashed: int = 0
     forbidden: int = 0  # INVITEs from no trunk's address (403)
+    # New INVITEs refused statelessly before any call work, by why: overload,
+    # max_calls, draining, backlog; and requests dropped for their source.
+    refused: Counter[str] = field(default_factory=Counter)
 
 
 class CallManager:
@@ -125,8 +131,14 @@ class CallManager:
         publish: Callable[[dict[str, Any]], None] | None = None,
         outbox_full: Callable[[], bool] | None = None,
         checkpointer: Checkpointer | None = None,
+        admission: AdmissionControl | None = None,
+        sources: SourceGuard | None = None,
     ) -> None:
         self.loop = loop
+        self.admission = admission  # overload control: new INVITEs by measured load
+        self.sources = sources  # per-source limits and bans
+        # How long the request being screened waited in the UDP socket's queue.
+        self.queue_wait: Callable[[], float] | None = None
         self.checkpointer = checkpointer
         self.publish = publish  # lifecycle events, into the outbox
         self.outbox_full = outbox_full
@@ -140,6 +152,10 @@ class CallManager:
         self.voices = voices if voices is not None else {"default": voice, "none": None}
         self.vad = vad
         self.endpoint = SipEndpoint(self, loop=loop, allow=ALLOW)
+        self.endpoint.screen = self.screen
+        self.endpoint.quick_screen = self.quick_screen
+        if sources is not None:
+            self.endpoint.drop_source = sources.banned
         self.stats = ManagerStats()
         self.draining = False
         self._dialogs: dict[tuple[str, str], CallActor] = {}
@@ -160,6 +176,52 @@ class CallManager:
     @property
     def active_calls(self) -> int:
         return len(self._tasks)
+
+    # ---- the screen: what is refused before it costs a transaction ------------------
+
+    def screen(self, request: Request, flow: Flow) -> Refusal | None:
+        """Called by the endpoint for every new request (not ACK, not retransmissions)."""
+        return self._screen(
+            request.method, request.to.tag is not None, request.headers.get("user-agent"), flow
+        )
+
+    def quick_screen(self, request: QuickRequest, flow: Flow) -> Refusal | None:
+        """The same for a new INVITE the endpoint has only glanced at (sip.quick)."""
+        return self._screen(request.method, request.to_tagged, request.user_agent, flow)
+
+    def _screen(
+        self, method: str, in_dialog: bool, user_agent: str | None, flow: Flow
+    ) -> Refusal | None:
+        if self.sources is not None:
+            why = self.sources.request(flow.remote[0], user_agent)
+            if why is not None:
+                self.stats.refused[f"source_{why}"] += 1
+                log.info("%s from %s dropped and the source banned (%s)",
+                         method, flow.remote[0], why)  # fmt: skip
+                return DROP
+        if method != "INVITE" or in_dialog:
+            return None  # in-dialog work belongs to calls we already have: always served
+        return self._admission_refusal()
+
+    def _admission_refusal(self) -> Refusal | None:
+        if self.draining:
+            return self._refusal("draining", 30, "Node Draining")
+        if len(self._tasks) >= self.max_calls:
+            return self._refusal("max_calls", RETRY_AFTER_BUSY_S)
+        if self.outbox_full is not None and self.outbox_full():
+            # Events we could not deliver fill the spool: take no call whose record
+            # we might have to drop.
+            return self._refusal("backlog", 60, "Backlog Full")
+        admission = self.admission
+        waited = self.queue_wait() if self.queue_wait is not None else 0.0
+        if admission is not None and not admission.admit(self.loop.time(), waited):
+            return self._refusal("overload", admission.config.retry_after_s, "Overloaded")
+        return None
+
+    def _refusal(self, why: str, retry_after_s: int, reason: str | None = None) -> Refusal:
+        self.stats.refused[why] += 1
+        self.stats.calls_rejected[503] += 1
+        return Refusal(503, reason, (("Retry-After", str(retry_after_s)),))
 
     # ---- EndpointHandler ---------------------------------------------------------
 
@@ -184,7 +246,7 @@ class CallManager:
             if trunk is None and self._forbidden(request, txn, flow):
                 return
             if trunk is None:
-                trunk = self._authenticated(request, txn)
+                trunk = self._authenticated(request, txn, flow)
             if trunk is not None:
                 self._new_call(request, txn, flow, trunk)
         elif method == "OPTIONS":
@@ -237,7 +299,9 @@ class CallManager:
             self.inbound is None or self.inbound.auth_required()
         )
 
-    def _authenticated(self, request: Request, txn: ServerTransaction) -> str | None:
+    def _authenticated(
+        self, request: Request, txn: ServerTransaction, flow: Flow
+    ) -> str | None:
         """Digest auth when on (RFC 3261 §22.2): the call's trunk ('' for a plain user)
         when the credentials hold; else 401 is answered and None returned."""
         auth = self.authenticator
@@ -255,6 +319,9 @@ class CallManager:
                 request.from_.uri,
                 result.reason,
             )
+            if self.sources is not None and self.sources.auth_failed(flow.remote[0]):
+                log.warning("%s banned: too many failed authentications", flow.remote[0])
+                self.stats.refused["source_auth"] += 1
         challenges = auth.challenges(now, stale=result.stale)
         self._reply(txn, request, 401, [("WWW-Authenticate", c) for c in challenges])
         return None
@@ -263,20 +330,9 @@ class CallManager:
         self, request: Request, txn: InviteServerTransaction, flow: Flow, trunk: str = ""
     ) -> None:
         self.stats.calls_offered += 1
-        if self.draining:
-            self._reply(txn, request, 503, [("Retry-After", "30")], reason="Node Draining")
-            return
-        if len(self._tasks) >= self.max_calls:
-            self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
-            return
         if trunk and self.inbound is not None and self.inbound.trunk_full(trunk):
             headers = [("Retry-After", str(RETRY_AFTER_BUSY_S))]
             self._reply(txn, request, 503, headers, reason="Trunk Limit Reached")
-            return
-        if self.outbox_full is not None and self.outbox_full():
-            # Events we could not deliver fill the spool: take no call whose record
-            # we might have to drop.
-            self._reply(txn, request, 503, [("Retry-After", "60")], reason="Backlog Full")
             return
         if request.body and request.content_type not in ACCEPTED_BODIES:
             self._reply(txn, request, 415, [("Accept", "application/sdp")])

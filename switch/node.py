@@ -27,6 +27,10 @@ from sip.transport.udp import UdpFlow, UdpTransport, start_udp
 from switch.backbone.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.backbone.courier import Backbone, build_sinks
 from switch.config import Settings, auth_algorithms, auth_users
+from switch.guard.admission import AdmissionConfig, AdmissionControl
+from switch.guard.load import LoadMonitor
+from switch.guard.shared import SharedGuardStore
+from switch.guard.sources import SourceGuard, SourceLimits
 from switch.manager import CallManager
 from switch.mediaplant.leg import MediaPlant
 from switch.trunking.campaign_journal import CampaignJournal
@@ -64,7 +68,8 @@ class DigestUsers(Mapping[str, str]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-GC_GEN0_THRESHOLD = 50_000
+GC_THRESHOLDS = (1000, 10, 1_000_000)  # gen 0, gen 1, and in effect no automatic gen 2
+GC_FULL_EVERY_S = 300.0
 BACKBONE_FLUSH_S = 5.0
 CHECKPOINT_TTL_MARGIN_S = 120
 ORPHAN_RETRY_S = 5.0
@@ -91,6 +96,9 @@ class Node:
         self._udp: UdpTransport | None = None
         self._tcp: TcpServer | None = None
         self._stop = asyncio.Event()
+        self.admission: AdmissionControl | None = None
+        self.sources: SourceGuard | None = None
+        self.shared_guard: SharedGuardStore | None = None
         self.metrics = NodeMetrics(self)
 
     @property
@@ -111,6 +119,9 @@ class Node:
             "dispositions": dict(manager.stats.dispositions) if manager else {},
             "outbound_dispositions": dict(manager.stats.outbound_dispositions) if manager else {},
             "sip_forbidden": manager.stats.forbidden if manager else 0,
+            "refused": dict(manager.stats.refused) if manager else {},
+            "admission": self.admission_status(),
+            "guard": self.guard_status(),
             "trunks": {name: self.trunk_status(name) for name in self.book.trunks},
             "backbone": self.backbone.status() if self.backbone else {},
             "checkpoints": self.checkpointer.status() if self.checkpointer else {},
@@ -128,14 +139,72 @@ class Node:
                 "received": stats.received if stats else 0,
                 "sent": stats.sent if stats else 0,
                 "parse_errors": stats.parse_errors if stats else 0,
+                "refused_stateless": stats.refused if stats else 0,
+                "refusals_repeated": stats.refusals_repeated if stats else 0,
+                "dropped": stats.dropped if stats else 0,
                 "responses_by_code": dict(stats.by_status_sent) if stats else {},
                 "transactions": manager.endpoint.transaction_count if manager else 0,
             },
         }
 
+    def admission_status(self) -> dict[str, Any]:
+        a = self.admission
+        if a is None:
+            return {}
+        rate = a.rate_cps
+        sample = a.last_sample
+        return {
+            "limit_cps": None if rate == float("inf") else round(rate, 1),
+            "overloaded": a.overloaded,
+            "loop_busy": round(sample.busy, 3),
+            "loop_lag_ms": round(sample.lag_s * 1000, 2),
+            "media_late_ms": round(sample.media_late_s * 1000, 2),
+            "sip_queue_ms": round(sample.queue_s * 1000, 2),
+            "admitted": a.admitted,
+            "refused": a.refused,
+        }
+
+    def guard_status(self) -> dict[str, Any]:
+        g = self.sources
+        if g is None:
+            return {}
+        store = self.shared_guard.status() if self.shared_guard else {"shared": False}
+        return {"bans_active": len(g.active_bans()), "bans_made": dict(g.stats.bans),
+                "scanner_requests": g.stats.scanner_requests, "store": store}  # fmt: skip
+
+    def _build_guard(self) -> None:
+        s = self.settings
+        self.admission = AdmissionControl(
+            AdmissionConfig(
+                max_cps=s.max_cps,
+                busy_high=s.overload_busy or float("inf"),
+                lag_high_s=s.overload_lag_ms / 1000 if s.overload_busy else float("inf"),
+                media_late_high_s=(
+                    s.overload_media_late_ms / 1000 if s.overload_busy else float("inf")
+                ),
+                retry_after_s=s.overload_retry_after_s,
+            ),
+            time.monotonic(),
+        )
+        limits = SourceLimits(
+            max_rps=s.source_max_rps,
+            max_auth_failures=s.auth_max_failures,
+            auth_window_s=s.auth_failure_window_s,
+            ban_s=s.ban_s,
+            scanner_agents=tuple(a.strip() for a in s.scanner_user_agents.split(",")),
+            trusted=tuple(s.trusted_sources.split(",")),
+        )
+        self.sources = SourceGuard(
+            limits, clock=time.time, node=s.name,
+            is_trunk=lambda ip: self.book.trunk_for_source(ip) is not None,
+        )  # fmt: skip
+        if s.redis_url:
+            self.shared_guard = SharedGuardStore(self.sources, s.redis_url)
+
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        self._build_guard()
         local = LocalAddress(s.public_host, s.sip_port)
         self.media = MediaPlant(
             bind_host=s.sip_host,
@@ -197,10 +266,14 @@ class Node:
             publish=self.backbone.publish,
             outbox_full=lambda: self.backbone is not None and self.backbone.full,
             checkpointer=self.checkpointer,
+            admission=self.admission,
+            sources=self.sources,
         )
         endpoint = self.manager.endpoint
         self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
         self.manager.flow_to = self._udp.flow_to
+        udp = self._udp
+        self.manager.queue_wait = lambda: udp.current_wait
         self.manager.inbound = self
         self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
         if s.transfer_fallback == "bridge":
@@ -218,10 +291,13 @@ class Node:
         self._background = [
             loop.create_task(self._end_orphans(), name="end orphans"),
             loop.create_task(self.checkpointer.run(), name="checkpointer"),
-            loop.create_task(self.metrics.sample_loop_lag(), name="loop lag"),
+            loop.create_task(self._load_monitor().run(), name="load monitor"),
+            loop.create_task(self._collect_cycles(), name="cycle collection"),
             loop.create_task(self.trunk_monitor.run(), name="trunk monitor"),
             loop.create_task(self._reload_trunks(), name="trunk reload"),
         ]
+        if self.shared_guard is not None:
+            self._background.append(loop.create_task(self.shared_guard.run(), name="guard"))
         log.info(
             "node %s: SIP on %s:%d (UDP, TCP), RTP %d-%d, advertising %s",
             s.name,
@@ -231,6 +307,29 @@ class Node:
             s.rtp_ports[1],
             local.host,
         )
+
+    def _load_monitor(self) -> LoadMonitor:
+        assert self.admission is not None and self.media is not None
+        return LoadMonitor(
+            self.admission,
+            media_lateness=self.media.recent_lateness,
+            queue_delay=self._udp.take_queue_delay if self._udp is not None else None,
+            on_sample=lambda sample: self.metrics.observe_lag(sample.lag_s),
+        )
+
+    async def _collect_cycles(self) -> None:
+        """A full cyclic collection every ``GC_FULL_EVERY_S``, put off while overloaded
+        (it stops the loop for as long as it walks the heap)."""
+        while True:
+            await asyncio.sleep(GC_FULL_EVERY_S)
+            for _ in range(10):
+                if self.admission is None or not self.admission.overloaded:
+                    break
+                await asyncio.sleep(GC_FULL_EVERY_S / 10)
+            began = time.perf_counter()
+            found = gc.collect()
+            log.info("full cycle collection: %d objects freed in %.0f ms",
+                     found, (time.perf_counter() - began) * 1000)  # fmt: skip
 
     async def _end_orphans(self) -> None:
         """The calls a previous run of this node left (it died): end them, until the
@@ -339,6 +438,8 @@ class Node:
             await self.checkpointer.flush()
         if self.checkpoints is not None:
             await self.checkpoints.close()
+        if self.shared_guard is not None:
+            await self.shared_guard.close()
         if self.book.store is not None:
             await self.book.store.close()
         if self._udp is not None:
@@ -390,17 +491,21 @@ API_COMMANDS = _ApiCommands()
 
 
 def _tune_gc() -> None:
-    """Fewer, cheaper cyclic collections for a heap of thousands of live calls.
+    """Short cyclic collections, and no automatic full ones, for a heap of thousands
+    of live calls.
 
-    Calls are freed by reference counting; the cycle collector only finds the
-    rare cycle. With the default gen-0 threshold (700 allocations) it runs
-    hundreds of times a second under load and its older generations walk every
-    live message and transaction. The objects made at start-up are frozen out of
-    its way for good.
+    Calls are freed by reference counting (an ended call keeps no cycle: the media
+    leg and the conversation let go of their actor); the cycle collector only finds
+    the rare cycle. What it costs is walking objects: under load the heap holds
+    hundreds of thousands (every UDP transaction lives 32 s after its answer), and a
+    full collection of them stalled the loop for 300-600 ms, long enough for callers
+    to retransmit. So the young generations are collected often and small (a few ms
+    each), the old one only by ``collect_cycles`` every few minutes when the node is
+    not overloaded, and the objects made at start-up are frozen out of its way.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def run_node(settings: Settings) -> int:
@@ -418,6 +523,7 @@ async def run_node(settings: Settings) -> int:
             node, node.metrics, keys=keys, calls=node, commands=API_COMMANDS,
             dialer=node.dialer, trunk_status=node.trunk_status,
             can_sign=bool(settings.webhook_secret), campaigns=node.campaigns,
+            guard=node.sources,
         )  # fmt: skip
         server = make_server(app, settings.api_host, settings.api_port)
         api_task = loop.create_task(server.serve())

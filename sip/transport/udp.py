@@ -1,4 +1,11 @@
-"""UDP transport: datagrams in, datagrams out, nothing else (RFC 3261 §18)."""
+"""UDP transport: datagrams in, datagrams out, nothing else (RFC 3261 §18).
+
+The socket is read with ``recvmsg`` and the kernel's receive timestamp
+(``SO_TIMESTAMP``, Linux): how long each datagram waited in the socket's queue is
+the delay a caller sees before we even parse its INVITE, and the one overload signal
+no timer of the loop shows (a backlog waits in the kernel while the loop's timers
+run on time). ``take_queue_delay`` gives the largest wait since the last call.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,21 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
+import sys
+import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
 
 log = logging.getLogger("voxswitch.sip.udp")
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # the kernel caps it at net.core.rmem_max
+# Linux's SO_TIMESTAMP (= SCM_TIMESTAMP); the control message is a struct timeval.
+SO_TIMESTAMP = 29
+_TIMEVAL = struct.Struct("@ll")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMEVAL.size)
+READS_PER_WAKEUP = 64  # then let timers and other sockets have the loop
+MAX_DATAGRAM = 65535
 
 
 class UdpFlow:
@@ -33,46 +49,120 @@ class UdpFlow:
         return f"<UdpFlow {self.remote[0]}:{self.remote[1]}>"
 
 
-class UdpTransport(asyncio.DatagramProtocol):
-    def __init__(self, receive: Callable[[bytes, UdpFlow], None]) -> None:
+class UdpTransport:
+    """One UDP socket: read in batches with the kernel's receive times; sends go out at
+    once, or wait in order while the socket's send buffer is full."""
+
+    def __init__(
+        self,
+        receive: Callable[[bytes, UdpFlow], None],
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self._receive = receive
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock = sock
+        self._loop = loop
+        self._closed = False
+        self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._queue_delay = 0.0  # the longest wait in the socket's queue since taken
+        self.current_wait = 0.0  # how long the datagram being handled waited
+        self.timestamps = False
+        with contextlib.suppress(OSError):
+            if sys.platform.startswith("linux"):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+                self.timestamps = True
+        # Bursts of thousands of INVITEs a second must queue, not drop.
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDPTransport quacks like asyncio.DatagramTransport without being one.
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # Bursts of thousands of INVITEs a second must queue, not drop.
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+    @property
+    def local_address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        # addr is (host, port) for IPv4 and (host, port, flow, scope) for IPv6.
-        self._receive(data, UdpFlow(self._sendto, (addr[0], addr[1])))
+    def take_queue_delay(self) -> float:
+        """The longest a datagram waited in the kernel before we read it (seconds),
+        since the last call."""
+        delay, self._queue_delay = self._queue_delay, 0.0
+        return delay
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a peer that went away: nothing to do but note it.
-        log.debug("UDP error: %s", exc)
+    def _readable(self) -> None:
+        sock = self._sock
+        space = _CMSG_SPACE if self.timestamps else 0
+        now = 0.0
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, space)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP unreachable from a peer that went away
+                log.debug("UDP error: %s", exc)
+                continue
+            for level, kind, value in ancdata:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP:
+                    seconds, micros = _TIMEVAL.unpack_from(value)
+                    now = now or time.time()
+                    waited = now - (seconds + micros / 1e6)
+                    self.current_wait = waited
+                    if waited > self._queue_delay:
+                        self._queue_delay = waited
+            # addr is (host, port) for IPv4 and (host, port, flow, scope) for IPv6.
+            self._receive(data, UdpFlow(self._sendto, (addr[0], addr[1])))
+            if self._closed:
+                return
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(data, addr)
+        if self._closed:
+            return
+        if self._backlog:
+            self._backlog.append((data, addr))
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._backlog.append((data, addr))
+            self._loop.add_writer(self._sock.fileno(), self._writable)
+        except OSError as exc:
+            log.debug("UDP send to %s failed: %s", addr, exc)
+
+    def _writable(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("UDP send to %s failed: %s", addr, exc)
+            self._backlog.popleft()
+        self._loop.remove_writer(self._sock.fileno())
 
     def flow_to(self, addr: tuple[str, int]) -> UdpFlow:
         return UdpFlow(self._sendto, addr)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        if self._backlog:
+            self._loop.remove_writer(self._sock.fileno())
+        self._sock.close()
 
 
 async def start_udp(
     host: str, port: int, receive: Callable[[bytes, UdpFlow], None]
 ) -> UdpTransport:
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: UdpTransport(receive), local_addr=(host, port), reuse_port=False
-    )
-    return protocol
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return UdpTransport(receive, sock, loop)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import itertools
 import logging
 import random
 import socket
@@ -240,6 +241,7 @@ class RtpLeg:
             self._send_rtcp_data(self._rtcp.bye("call ended"))
         self._closed = True
         self._playing = False
+        self._on_event = None  # the call actor's method: no cycle outlives the call
         self._plant.release(self)
         self._sock.close()
         self._rtcp_sock.close()
@@ -495,6 +497,8 @@ class MediaPlant:
         self.late_ticks = 0  # ticks that skipped grid slots
         # Seconds the last packet of each recent tick left after its slot (a minute).
         self.lateness: deque[float] = deque(maxlen=LATENESS_WINDOW)
+        self._lateness_taken = 0  # how many of them recent_lateness has already seen
+        self._lateness_total = 0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -509,6 +513,17 @@ class MediaPlant:
     @property
     def playing_legs(self) -> int:
         return len(self._playing) + sum(leg.playing for leg in self._remote.values())
+
+    def recent_lateness(self) -> float:
+        """p90 of the ticks' lateness (seconds) since the last call: the load monitor's
+        view of the media, in-loop or in the workers."""
+        fresh = min(self._lateness_total - self._lateness_taken, len(self.lateness))
+        self._lateness_taken = self._lateness_total
+        if fresh <= 0:
+            return 0.0
+        values = list(itertools.islice(reversed(self.lateness), fresh))
+        values.sort()
+        return values[int(0.9 * (len(values) - 1))]
 
     def lateness_ms(self, percentile: float) -> float:
         """Percentile of recent ticks' lateness (last packet sent vs its 20 ms slot)."""
@@ -653,6 +668,7 @@ class MediaPlant:
 
     def _on_worker_lateness(self, lateness: list[float], late_ticks: int) -> None:
         self.lateness.extend(lateness)
+        self._lateness_total += len(lateness)
         self.late_ticks = sum(w.late_ticks for w in self._workers)
 
     def _on_worker_exit(self, dead: MediaWorker) -> None:
@@ -749,6 +765,7 @@ class MediaPlant:
             leg.send_ready()
         # How late the last packet of this tick left, against its slot on the grid.
         self.lateness.append(now - (start + current * FRAME_S) + time.monotonic() - began)
+        self._lateness_total += 1
         upcoming = start + (current + 1) * FRAME_S
         for leg in legs:
             leg.prepare_frame(advance, upcoming)

@@ -1,0 +1,127 @@
+"""The source guard's counts and bans in Redis, shared by every node.
+
+Every ``SYNC_S`` one pipeline (one round trip) tells Redis what this node saw and
+takes what every node decided:
+
+- ``voxswitch:guard:rate:<ip>:<second>``: requests per source, ``INCRBY`` by each
+  node for the second it synced in (expire 10 s). A source over ``max_rps`` across
+  the cluster is banned, though no one node saw enough of it.
+- ``voxswitch:guard:bans``: sorted set, member the address, score the ban's end
+  (wall clock); ``voxswitch:guard:ban-info``: hash, address → the ban as JSON.
+  Bans made here are added, lifted ones removed, expired ones trimmed, and the rest
+  replace this node's view.
+
+Redis down: the node goes on with its own counts and bans (what was not sent yet is
+kept and sent when Redis is back), and ``status()`` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from switch.guard.sources import Ban, SourceGuard
+
+log = logging.getLogger("voxswitch.guard")
+
+SYNC_S = 1.0
+BANS_KEY = "voxswitch:guard:bans"
+INFO_KEY = "voxswitch:guard:ban-info"
+RATE_PREFIX = "voxswitch:guard:rate:"
+RATE_TTL_S = 10
+
+
+class SharedGuardStore:
+    def __init__(self, guard: SourceGuard, redis_url: str) -> None:
+        self.guard = guard
+        self.redis: Redis = Redis.from_url(redis_url, socket_timeout=2.0,
+                                           socket_connect_timeout=2.0)  # fmt: skip
+        self.up = False
+        self.failures = 0
+        self.last_error = ""
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+                if not self.up:
+                    log.info("guard: bans shared through Redis")
+                self.up = True
+            except (RedisError, OSError) as exc:
+                if self.up or not self.failures:
+                    log.warning("guard: Redis unreachable (%s); bans stay local until it is back",
+                                exc)  # fmt: skip
+                self.up = False
+                self.failures += 1
+                self.last_error = str(exc)[:200]
+            await asyncio.sleep(SYNC_S)
+
+    async def sync(self) -> None:
+        guard = self.guard
+        now = guard.clock()
+        new, guard.new_bans = guard.new_bans, []
+        lifted, guard.lifted = guard.lifted, []
+        counts, guard.unsynced_requests = guard.unsynced_requests, Counter()
+        second = int(now)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for ip in lifted:
+                pipe.zrem(BANS_KEY, ip)
+                pipe.hdel(INFO_KEY, ip)
+            for ban in new:
+                pipe.zadd(BANS_KEY, {ban.ip: ban.until})
+                pipe.hset(INFO_KEY, ban.ip, json.dumps(ban.view()))
+            ips = list(counts)
+            for ip in ips:
+                key = f"{RATE_PREFIX}{ip}:{second}"
+                pipe.incrby(key, counts[ip])
+                pipe.expire(key, RATE_TTL_S)
+            pipe.zrangebyscore(BANS_KEY, "-inf", now)
+            pipe.zremrangebyscore(BANS_KEY, "-inf", now)
+            pipe.zrangebyscore(BANS_KEY, now, "+inf", withscores=True)
+            pipe.hgetall(INFO_KEY)
+            results = await pipe.execute()
+        except BaseException:
+            # Not told: keep it for the next round (newer decisions win on merge).
+            guard.new_bans[:0] = new
+            guard.lifted[:0] = lifted
+            guard.unsynced_requests.update(counts)
+            raise
+        expired, active, info = results[-4], results[-2], results[-1]
+        if expired:
+            await self.redis.hdel(INFO_KEY, *expired)
+        totals = results[len(results) - 4 - 2 * len(ips) : len(results) - 4 : 2]
+        shared = [_ban(member, until, info) for member, until in active]
+        guard.adopt_bans(shared)
+        max_rps = guard.limits.max_rps
+        for ip, total in zip(ips, totals, strict=True):
+            if max_rps > 0 and int(total) > max_rps * SYNC_S and ip not in guard.bans:
+                log.info("guard: %s sent %s requests in a second across the cluster: banned",
+                         ip, total)  # fmt: skip
+                guard.ban(ip, "rate")
+
+    def status(self) -> dict[str, Any]:
+        return {"shared": True, "up": self.up, "failures": self.failures,
+                "last_error": self.last_error}  # fmt: skip
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _ban(member: bytes | str, until: float, info: dict[Any, Any]) -> Ban:
+    ip = member.decode() if isinstance(member, bytes) else member
+    raw = info.get(member) or info.get(ip.encode()) or info.get(ip)
+    details: dict[str, Any] = {}
+    if raw:
+        try:
+            details = json.loads(raw)
+        except ValueError:
+            details = {}
+    return Ban(ip, str(details.get("reason", "shared")), float(until),
+               float(details.get("since", until)), str(details.get("node", "")))  # fmt: skip

@@ -1,0 +1,209 @@
+"""Throttling abusive sources: per-IP request rates, failed authentications, bans.
+
+Sans-I/O (the clock is a parameter). A source is banned for ``ban_s`` when it
+
+- sends more than ``max_rps`` requests in a second (``max_rps`` 0: no limit),
+- fails digest authentication more than ``max_auth_failures`` times within
+  ``auth_window_s`` (a brute force slowed to a handful of guesses per ban), or
+- names a known scanner in its User-Agent (sipvicious' ``friendly-scanner`` ...).
+
+A banned source's packets are dropped before they are parsed: a scanner learns
+nothing and costs a set lookup. Trusted sources (``trusted`` networks, and the
+trunks' addresses by the ``is_trunk`` callback) are never counted or banned.
+
+With Redis (``switch.guard.shared``) the counts and bans are the cluster's: each
+node adds what it saw every second and takes the bans every node made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+SCANNER_AGENTS = (
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "vaxsipuseragent",
+    "sundayddr",
+    "iwar",
+    "sip-scan",
+    "sivus",
+    "smap",
+    "pplsip",
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class SourceLimits:
+    max_rps: int = 200
+    max_auth_failures: int = 10
+    auth_window_s: float = 60.0
+    ban_s: float = 600.0
+    scanner_agents: tuple[str, ...] = SCANNER_AGENTS
+    trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass
+class Ban:
+    ip: str
+    reason: str  # "rate", "auth", "scanner", "api"
+    until: float  # wall-clock seconds (shared between nodes)
+    since: float
+    node: str = ""
+
+    def view(self) -> dict[str, object]:
+        return {"ip": self.ip, "reason": self.reason, "since": self.since,
+                "until": self.until, "node": self.node}  # fmt: skip
+
+
+@dataclass
+class GuardStats:
+    bans: Counter[str] = field(default_factory=Counter)  # bans made, by reason
+    scanner_requests: int = 0
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDRs; ValueError names the bad one."""
+    nets = []
+    for entry in entries:
+        entry = entry.strip()
+        if entry:
+            try:
+                nets.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"not an address or network: {entry!r}") from exc
+    return tuple(nets)
+
+
+class SourceGuard:
+    def __init__(
+        self,
+        limits: SourceLimits,
+        *,
+        clock: Callable[[], float],
+        node: str = "",
+        is_trunk: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock  # wall clock: bans are shared between nodes
+        self.node = node
+        self.is_trunk = is_trunk
+        self.trusted = parse_networks(limits.trusted)
+        self.agents = tuple(a.lower() for a in limits.scanner_agents if a)
+        self.bans: dict[str, Ban] = {}
+        self.stats = GuardStats()
+        self._second = 0
+        self._requests: Counter[str] = Counter()  # this second, per source
+        self._auth_failures: dict[str, list[float]] = {}
+        self._trust_cache: dict[str, bool] = {}
+        # What the shared store has not been told yet (drained by switch.guard.shared).
+        self.new_bans: list[Ban] = []
+        self.lifted: list[str] = []
+        self.unsynced_requests: Counter[str] = Counter()
+
+    # ---- per packet / per request ---------------------------------------------------
+
+    def banned(self, ip: str) -> bool:
+        """Drop this source's packets unread? (Called for every datagram.)"""
+        if not self.bans:
+            return False
+        ban = self.bans.get(ip)
+        if ban is None:
+            return False
+        if ban.until <= self.clock():
+            del self.bans[ip]
+            return False
+        return True
+
+    def request(self, ip: str, user_agent: str | None) -> str | None:
+        """A new request from ``ip``: the reason it is refused (and the source banned),
+        or None to go on."""
+        if self._trusted(ip):
+            return None
+        if user_agent and self.agents:
+            agent = user_agent.lower()
+            if any(name in agent for name in self.agents):
+                self.stats.scanner_requests += 1
+                self.ban(ip, "scanner")
+                return "scanner"
+        max_rps = self.limits.max_rps
+        if max_rps <= 0:
+            return None
+        second = int(self.clock())
+        if second != self._second:
+            self._second = second
+            self._requests.clear()
+        self._requests[ip] += 1
+        self.unsynced_requests[ip] += 1
+        if self._requests[ip] > max_rps:
+            self.ban(ip, "rate")
+            return "rate"
+        return None
+
+    def auth_failed(self, ip: str) -> bool:
+        """Digest credentials from ``ip`` were wrong: True when that bans it."""
+        if self._trusted(ip):
+            return False
+        now = self.clock()
+        window = self.limits.auth_window_s
+        times = [t for t in self._auth_failures.get(ip, ()) if now - t < window]
+        times.append(now)
+        self._auth_failures[ip] = times
+        if len(times) > self.limits.max_auth_failures:
+            del self._auth_failures[ip]
+            self.ban(ip, "auth")
+            return True
+        return False
+
+    # ---- bans -------------------------------------------------------------------------
+
+    def ban(self, ip: str, reason: str, duration_s: float | None = None) -> Ban:
+        now = self.clock()
+        ban = Ban(ip, reason, now + (duration_s or self.limits.ban_s), now, self.node)
+        self.bans[ip] = ban
+        self.stats.bans[reason] += 1
+        self.new_bans.append(ban)
+        return ban
+
+    def lift(self, ip: str) -> bool:
+        found = self.bans.pop(ip, None) is not None
+        self._auth_failures.pop(ip, None)
+        self.lifted.append(ip)
+        return found
+
+    def active_bans(self) -> list[Ban]:
+        now = self.clock()
+        for ip in [ip for ip, ban in self.bans.items() if ban.until <= now]:
+            del self.bans[ip]
+        return sorted(self.bans.values(), key=lambda b: b.since)
+
+    def adopt_bans(self, shared: Iterable[Ban]) -> None:
+        """The cluster's bans (from the shared store) replace ours, except those we
+        have made or lifted since and not yet told it."""
+        merged = {ban.ip: ban for ban in shared}
+        for ban in self.new_bans:
+            merged[ban.ip] = ban
+        for ip in self.lifted:
+            merged.pop(ip, None)
+        self.bans = merged
+
+    def _trusted(self, ip: str) -> bool:
+        cached = self._trust_cache.get(ip)
+        if cached is None:
+            cached = self._is_trusted(ip)
+            if len(self._trust_cache) > 10_000:
+                self._trust_cache.clear()
+            self._trust_cache[ip] = cached
+        return cached or (self.is_trunk is not None and self.is_trunk(ip))
+
+    def _is_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted)
