@@ -169,8 +169,8 @@ def _protection(h: dict[str, Any]) -> Iterator[Metric]:
     refused = CounterMetricFamily(
         "voxswitch_calls_refused",
         "New INVITEs refused (503) before any call work, or requests dropped for their "
-        "source, by reason (overload, max_calls, draining, backlog, source_rate, "
-        "source_scanner, source_auth)",
+        "source, by reason (overload, sojourn, max_cps, max_calls, draining, backlog, "
+        "source_rate, source_scanner, source_auth)",
         labels=["reason"],
     )
     for reason, count in sorted(h.get("refused", {}).items()):

@@ -45,15 +45,20 @@ def quick_request(data: bytes) -> QuickRequest | None:
     if b"\r\n " in head or b"\r\n\t" in head or b"\n" in head.replace(b"\r\n", b""):
         return None  # folding or bare line feeds: the full parser's job
     lines = head.split(b"\r\n")
-    method_bytes, _, rest = lines[0].partition(b" ")
+    start = lines[0].split(b" ")
+    if len(start) != 3 or start[2] != b"SIP/2.0":
+        return None
+    method_bytes, uri, _ = start
     method = _METHODS.get(method_bytes)
-    if method is None or not rest.endswith(b" SIP/2.0"):
+    if method is None or not uri.startswith((b"sip:", b"sips:")) or b"?" in uri:
         return None
     copied: list[tuple[bytes, bytes, bytes]] = []
     seen: set[bytes] = set()
     user_agent: bytes | None = None
+    content_length: bytes | None = None
     to_value = b""
     first_via = b""
+    cseq = b""
     for line in lines[1:]:
         raw_name, colon, value = line.partition(b":")
         if not colon:
@@ -70,10 +75,24 @@ def quick_request(data: bytes) -> QuickRequest | None:
                 first_via = value
             elif name == b"to":
                 to_value = value
+            elif name == b"cseq":
+                cseq = value
+            if (name == b"to" or name == b"from") and (value.count(b'"') % 2 or b"\\" in value):
+                return None  # quoting the parser must judge
         elif name == b"user-agent":
             user_agent = value
+        elif name in (b"content-length", b"l"):
+            if content_length is not None:
+                return None
+            content_length = value
     if len(seen) != len(_COPIED) or b'"' in first_via:
         return None
+    number, _, cseq_method = cseq.partition(b" ")
+    if not number.isdigit() or cseq_method.strip() != method_bytes:
+        return None
+    body = len(data) - end - 4
+    if content_length is not None and (not content_length.isdigit() or int(content_length) != body):
+        return None  # a framing question: the parser's tolerances and its 400s
     top = first_via.split(b",", 1)[0]
     try:
         top_text = top.decode("ascii")

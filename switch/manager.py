@@ -215,7 +215,8 @@ class CallManager:
         admission = self.admission
         waited = self.queue_wait() if self.queue_wait is not None else 0.0
         if admission is not None and not admission.admit(self.loop.time(), waited):
-            return self._refusal("overload", admission.config.retry_after_s, "Overloaded")
+            reason = "Overloaded" if admission.last_reason != "max_cps" else None
+            return self._refusal(admission.last_reason, admission.config.retry_after_s, reason)
         return None
 
     def _refusal(self, why: str, retry_after_s: int, reason: str | None = None) -> Refusal:

@@ -76,6 +76,7 @@ class AdmissionControl:
         self.last_sample = LoadSample(0.0, 0.0)
         self.admitted = 0
         self.refused = 0
+        self.last_reason = ""  # why the last refusal: sojourn, max_cps or overload
         self._tokens = self._burst(self.rate_cps)
         self._filled_at = now
         self._admitted_in_period = 0
@@ -96,6 +97,7 @@ class AdmissionControl:
             # A queue has formed: taking more work now would only lengthen it. Refusing
             # is cheap, so the queue drains at once (CoDel's idea: judge by sojourn).
             self.refused += 1
+            self.last_reason = "sojourn"
             return False
         rate = self.rate_cps
         if rate == math.inf:
@@ -108,6 +110,8 @@ class AdmissionControl:
             self._admit()
             return True
         self.refused += 1
+        ceiling = self.config.max_cps or math.inf
+        self.last_reason = "max_cps" if ceiling <= self.adaptive_cps else "overload"
         return False
 
     def update(self, now: float, sample: LoadSample) -> None:

@@ -31,15 +31,16 @@ from switch.guard.sources import Ban, SourceGuard
 log = logging.getLogger("voxswitch.guard")
 
 SYNC_S = 1.0
-BANS_KEY = "voxswitch:guard:bans"
-INFO_KEY = "voxswitch:guard:ban-info"
-RATE_PREFIX = "voxswitch:guard:rate:"
+PREFIX = "voxswitch:guard:"
 RATE_TTL_S = 10
 
 
 class SharedGuardStore:
-    def __init__(self, guard: SourceGuard, redis_url: str) -> None:
+    def __init__(self, guard: SourceGuard, redis_url: str, *, prefix: str = PREFIX) -> None:
         self.guard = guard
+        self.bans_key = prefix + "bans"
+        self.info_key = prefix + "ban-info"
+        self.rate_prefix = prefix + "rate:"
         self.redis: Redis = Redis.from_url(redis_url, socket_timeout=2.0,
                                            socket_connect_timeout=2.0)  # fmt: skip
         self.up = False
@@ -72,20 +73,20 @@ class SharedGuardStore:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for ip in lifted:
-                pipe.zrem(BANS_KEY, ip)
-                pipe.hdel(INFO_KEY, ip)
+                pipe.zrem(self.bans_key, ip)
+                pipe.hdel(self.info_key, ip)
             for ban in new:
-                pipe.zadd(BANS_KEY, {ban.ip: ban.until})
-                pipe.hset(INFO_KEY, ban.ip, json.dumps(ban.view()))
+                pipe.zadd(self.bans_key, {ban.ip: ban.until})
+                pipe.hset(self.info_key, ban.ip, json.dumps(ban.view()))
             ips = list(counts)
             for ip in ips:
-                key = f"{RATE_PREFIX}{ip}:{second}"
+                key = f"{self.rate_prefix}{ip}:{second}"
                 pipe.incrby(key, counts[ip])
                 pipe.expire(key, RATE_TTL_S)
-            pipe.zrangebyscore(BANS_KEY, "-inf", now)
-            pipe.zremrangebyscore(BANS_KEY, "-inf", now)
-            pipe.zrangebyscore(BANS_KEY, now, "+inf", withscores=True)
-            pipe.hgetall(INFO_KEY)
+            pipe.zrangebyscore(self.bans_key, "-inf", now)
+            pipe.zremrangebyscore(self.bans_key, "-inf", now)
+            pipe.zrangebyscore(self.bans_key, now, "+inf", withscores=True)
+            pipe.hgetall(self.info_key)
             results = await pipe.execute()
         except BaseException:
             # Not told: keep it for the next round (newer decisions win on merge).
@@ -95,7 +96,7 @@ class SharedGuardStore:
             raise
         expired, active, info = results[-4], results[-2], results[-1]
         if expired:
-            await self.redis.hdel(INFO_KEY, *expired)
+            await self.redis.hdel(self.info_key, *expired)
         totals = results[len(results) - 4 - 2 * len(ips) : len(results) - 4 : 2]
         shared = [_ban(member, until, info) for member, until in active]
         guard.adopt_bans(shared)

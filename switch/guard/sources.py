@@ -118,7 +118,7 @@ class SourceGuard:
         if ban.until <= self.clock():
             del self.bans[ip]
             return False
-        return True
+        return not self._trusted(ip)  # a trusted source is never cut off, whoever banned it
 
     def request(self, ip: str, user_agent: str | None) -> str | None:
         """A new request from ``ip``: the reason it is refused (and the source banned),

@@ -86,3 +86,14 @@ def test_bad_auth_settings_name_the_setting(users: str, algorithms: str, named: 
     }
     with pytest.raises(ConfigError, match=named):
         load_settings({}, env=env)
+
+
+def test_overload_and_guard_settings_are_checked() -> None:
+    assert load_settings(env={}).overload_busy == 0.9
+    settings = load_settings(env={"VOXSWITCH_MAX_CPS": "150", "VOXSWITCH_TRUSTED_SOURCES": ""})
+    assert settings.max_cps == 150 and settings.trusted_sources == ""
+    for name, value in (("VOXSWITCH_OVERLOAD_BUSY", "1.5"), ("VOXSWITCH_MAX_CPS", "-1"),
+                        ("VOXSWITCH_BAN_S", "0"), ("VOXSWITCH_SOURCE_MAX_RPS", "-3"),
+                        ("VOXSWITCH_TRUSTED_SOURCES", "10.0.0.0/33")):  # fmt: skip
+        with pytest.raises(ConfigError, match=name.removeprefix("VOXSWITCH_").lower()):
+            load_settings(env={name: value})

@@ -1,0 +1,109 @@
+"""Admission by measured load (switch.guard.admission): sans-I/O, a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+from switch.guard.admission import AdmissionConfig, AdmissionControl, LoadSample
+
+PERIOD = 0.1
+
+
+def offer(control: AdmissionControl, start: float, cps: float, seconds: float,
+          sample: LoadSample) -> tuple[int, float]:  # fmt: skip
+    """Offer ``cps`` evenly for ``seconds``, reporting ``sample`` each period;
+    returns (admitted, the clock at the end)."""
+    admitted = 0
+    now = start
+    per_period = round(cps * PERIOD)
+    for _ in range(round(seconds / PERIOD)):
+        for i in range(per_period):
+            admitted += control.admit(now + i * PERIOD / per_period)
+        now += PERIOD
+        control.update(now, sample)
+    return admitted, now
+
+
+def test_a_node_never_loaded_has_no_limit() -> None:
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    admitted, _ = offer(control, 0.0, 500, 5, LoadSample(busy=0.5, lag_s=0.001))
+    assert admitted == 2500
+    assert control.rate_cps == math.inf and not control.overloaded
+
+
+def test_past_its_share_the_node_admits_what_that_share_allows() -> None:
+    """Busy 0.99 while offered 1,000/s: the limit settles near admitted × 0.9 / 0.99
+    and keeps falling while the node stays that busy."""
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    offer(control, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
+    assert control.overloaded
+    assert control.rate_cps < 1000 * 0.9
+    admitted, _ = offer(control, 3.0, 1000, 1, LoadSample(busy=0.99, lag_s=0.0))
+    assert admitted < 900
+    assert control.refused > 0
+
+
+def test_the_limit_lifts_when_the_load_falls() -> None:
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    _, now = offer(control, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
+    assert control.rate_cps < math.inf
+    admitted, _ = offer(control, now, 300, 3, LoadSample(busy=0.3, lag_s=0.0))
+    assert control.rate_cps == math.inf and not control.overloaded
+    assert admitted > 0.95 * 900  # the first periods still smooth the old load away
+
+
+def test_one_late_period_is_a_hiccup_two_are_congestion() -> None:
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    _, now = offer(control, 0.0, 400, 2, LoadSample(busy=0.5, lag_s=0.0))
+    control.update(now, LoadSample(busy=0.5, lag_s=0.0, queue_s=0.035))
+    assert control.rate_cps == math.inf  # one period of a 35 ms queue
+    control.update(now + PERIOD, LoadSample(busy=0.5, lag_s=0.0))
+    control.update(now + 2 * PERIOD, LoadSample(busy=0.5, lag_s=0.0, queue_s=0.035))
+    control.update(now + 3 * PERIOD, LoadSample(busy=0.5, lag_s=0.0, queue_s=0.035))
+    assert control.rate_cps < 400  # two in a row: cut to backoff × the admitted rate
+
+
+def test_a_period_far_past_a_threshold_cuts_at_once() -> None:
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    _, now = offer(control, 0.0, 400, 2, LoadSample(busy=0.5, lag_s=0.0))
+    control.update(now, LoadSample(busy=0.5, lag_s=0.5))  # the loop half a second late
+    assert control.overloaded and control.rate_cps < 400
+
+
+def test_late_media_ticks_count_as_congestion() -> None:
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    _, now = offer(control, 0.0, 400, 2, LoadSample(busy=0.5, lag_s=0.0))
+    control.update(now, LoadSample(busy=0.5, lag_s=0.0, media_late_s=0.1))
+    assert control.rate_cps < 400
+
+
+def test_an_invite_that_waited_too_long_in_the_queue_is_refused() -> None:
+    control = AdmissionControl(AdmissionConfig(sojourn_max_s=0.05), 0.0)
+    assert control.admit(0.0, waited_s=0.01)
+    assert not control.admit(0.0, waited_s=0.08)
+    assert control.refused == 1
+
+
+def test_max_cps_is_a_ceiling_whatever_the_load() -> None:
+    control = AdmissionControl(AdmissionConfig(max_cps=20), 0.0)
+    admitted, _ = offer(control, 0.0, 100, 10, LoadSample(busy=0.1, lag_s=0.0))
+    # 20/s for 10 s, plus the bucket's first clump (a tenth of a second, at least 5).
+    assert 200 <= admitted <= 206
+    assert control.refused == 1000 - admitted
+
+
+def test_the_limit_never_falls_below_its_floor() -> None:
+    control = AdmissionControl(AdmissionConfig(floor_cps=5), 0.0)
+    offer(control, 0.0, 10, 5, LoadSample(busy=1.0, lag_s=1.0))
+    assert control.rate_cps >= 5
+
+
+def test_a_refusal_says_why() -> None:
+    control = AdmissionControl(AdmissionConfig(max_cps=1), 0.0)
+    while control.admit(0.0):
+        pass
+    assert control.last_reason == "max_cps"
+    assert not control.admit(0.0, waited_s=1.0) and control.last_reason == "sojourn"
+    loaded = AdmissionControl(AdmissionConfig(), 0.0)
+    offer(loaded, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
+    assert loaded.last_reason == "overload"
