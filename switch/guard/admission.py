@@ -19,8 +19,10 @@ collapses (measured: 6,540 of 10,000 calls completed when offered 1,000/s agains
   ``backoff ×`` the admitted rate at once (then not again for ``hold_periods``, so
   the queue can drain before the next cut is judged).
 
-And an INVITE that waited in the socket's queue longer than ``sojourn_max_s`` is
-refused whatever the limit says: the queue drains while refusals are all it holds.
+And while the loop is that busy, an INVITE that waited in the socket's queue longer
+than ``sojourn_max_s`` is refused whatever the limit says: the queue drains while
+refusals are all it holds. (A queue or lag while the loop's thread is not busy is
+another process taking the CPU, not this node's overload: it refuses nothing.)
 
 A refused INVITE gets ``503`` with ``Retry-After`` statelessly in the SIP endpoint,
 before a transaction, a call actor, an RTP port or any greeting work exists.
@@ -84,6 +86,7 @@ class AdmissionControl:
         self.admitted_cps = 0.0  # smoothed
         self._hold = 0
         self._late_before = False
+        self._loaded = False  # the loop's thread is past engage × busy_high
 
     @property
     def rate_cps(self) -> float:
@@ -93,7 +96,7 @@ class AdmissionControl:
 
     def admit(self, now: float, waited_s: float = 0.0) -> bool:
         """May a new INVITE (that waited ``waited_s`` in the socket's queue) be a call?"""
-        if waited_s > self.config.sojourn_max_s:
+        if waited_s > self.config.sojourn_max_s and self._loaded:
             # A queue has formed: taking more work now would only lengthen it. Refusing
             # is cheap, so the queue drains at once (CoDel's idea: judge by sojourn).
             self.refused += 1
@@ -123,11 +126,12 @@ class AdmissionControl:
         self._admitted_in_period = 0
         # One late period is a hiccup (a collection of the young generation, a burst);
         # two in a row, or one far past the threshold, is a queue that grows.
-        level = max(
-            sample.queue_s / cfg.queue_high_s,
-            sample.lag_s / cfg.lag_high_s,
-            sample.media_late_s / cfg.media_late_high_s,
-        )
+        # The loop's own queue and lag count only while the loop itself is busy: late
+        # because another process took the CPU is not this node's overload.
+        self._loaded = self.busy > cfg.engage * cfg.busy_high
+        level = sample.media_late_s / cfg.media_late_high_s
+        if self._loaded:
+            level = max(level, sample.queue_s / cfg.queue_high_s, sample.lag_s / cfg.lag_high_s)
         congested = level > SEVERE or (level > 1.0 and self._late_before)
         self._late_before = level > 1.0
         self.overloaded = congested or self.busy > cfg.busy_high
@@ -138,7 +142,7 @@ class AdmissionControl:
             self._hold = cfg.hold_periods
         elif congested or self._hold:
             limit = min(self.adaptive_cps, self.admitted_cps * cfg.busy_high / max(self.busy, 0.01))
-        elif self.busy > cfg.engage * cfg.busy_high:
+        elif self._loaded:
             limit = self.admitted_cps * cfg.busy_high / self.busy
         else:
             limit = math.inf

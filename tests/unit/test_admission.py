@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from switch.guard.admission import AdmissionConfig, AdmissionControl, LoadSample
 
 PERIOD = 0.1
@@ -52,22 +54,34 @@ def test_the_limit_lifts_when_the_load_falls() -> None:
     assert admitted > 0.95 * 900  # the first periods still smooth the old load away
 
 
+BUSY = 0.85  # past engage × busy_high (0.765), under busy_high
+
+
 def test_one_late_period_is_a_hiccup_two_are_congestion() -> None:
     control = AdmissionControl(AdmissionConfig(), 0.0)
-    _, now = offer(control, 0.0, 400, 2, LoadSample(busy=0.5, lag_s=0.0))
-    control.update(now, LoadSample(busy=0.5, lag_s=0.0, queue_s=0.035))
-    assert control.rate_cps == math.inf  # one period of a 35 ms queue
-    control.update(now + PERIOD, LoadSample(busy=0.5, lag_s=0.0))
-    control.update(now + 2 * PERIOD, LoadSample(busy=0.5, lag_s=0.0, queue_s=0.035))
-    control.update(now + 3 * PERIOD, LoadSample(busy=0.5, lag_s=0.0, queue_s=0.035))
+    _, now = offer(control, 0.0, 400, 3, LoadSample(busy=BUSY, lag_s=0.0))
+    before = control.rate_cps
+    late = LoadSample(busy=BUSY, lag_s=0.0, queue_s=0.035)
+    _, now = offer(control, now, 400, PERIOD, late)
+    assert control.rate_cps == pytest.approx(before, rel=0.05)  # one 35 ms queue
+    _, now = offer(control, now, 400, PERIOD, LoadSample(busy=BUSY, lag_s=0.0))
+    _, now = offer(control, now, 400, 2 * PERIOD, late)
     assert control.rate_cps < 400  # two in a row: cut to backoff × the admitted rate
 
 
 def test_a_period_far_past_a_threshold_cuts_at_once() -> None:
     control = AdmissionControl(AdmissionConfig(), 0.0)
-    _, now = offer(control, 0.0, 400, 2, LoadSample(busy=0.5, lag_s=0.0))
-    control.update(now, LoadSample(busy=0.5, lag_s=0.5))  # the loop half a second late
+    _, now = offer(control, 0.0, 400, 3, LoadSample(busy=BUSY, lag_s=0.0))
+    control.update(now, LoadSample(busy=BUSY, lag_s=0.5))  # the loop half a second late
     assert control.overloaded and control.rate_cps < 400
+
+
+def test_a_queue_while_the_loop_is_idle_is_someone_elses_load() -> None:
+    """Another process took the CPU: the loop lags with little work of its own."""
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    admitted, _ = offer(control, 0.0, 400, 3, LoadSample(busy=0.3, lag_s=0.3, queue_s=0.3))
+    assert admitted == 1200 and control.rate_cps == math.inf
+    assert control.admit(3.0, waited_s=0.3)
 
 
 def test_late_media_ticks_count_as_congestion() -> None:
@@ -79,9 +93,11 @@ def test_late_media_ticks_count_as_congestion() -> None:
 
 def test_an_invite_that_waited_too_long_in_the_queue_is_refused() -> None:
     control = AdmissionControl(AdmissionConfig(sojourn_max_s=0.05), 0.0)
-    assert control.admit(0.0, waited_s=0.01)
-    assert not control.admit(0.0, waited_s=0.08)
-    assert control.refused == 1
+    _, now = offer(control, 0.0, 400, 3, LoadSample(busy=BUSY, lag_s=0.0))
+    refused = control.refused
+    assert control.admit(now, waited_s=0.01)
+    assert not control.admit(now, waited_s=0.08)
+    assert control.refused == refused + 1
 
 
 def test_max_cps_is_a_ceiling_whatever_the_load() -> None:
@@ -103,7 +119,8 @@ def test_a_refusal_says_why() -> None:
     while control.admit(0.0):
         pass
     assert control.last_reason == "max_cps"
-    assert not control.admit(0.0, waited_s=1.0) and control.last_reason == "sojourn"
+    _, now = offer(control, 0.0, 0, 3, LoadSample(busy=BUSY, lag_s=0.0))
+    assert not control.admit(now, waited_s=1.0) and control.last_reason == "sojourn"
     loaded = AdmissionControl(AdmissionConfig(), 0.0)
     offer(loaded, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
     assert loaded.last_reason == "overload"
