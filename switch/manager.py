@@ -380,6 +380,11 @@ class CallManager:
             raise CallRefused(503, "the node is draining", 30)
         if len(self._tasks) >= self.max_calls:
             raise CallRefused(503, f"the node is at its {self.max_calls} calls", RETRY_AFTER_BUSY_S)
+        if self.admission is not None and self.admission.overloaded:
+            # A campaign's pacer puts the number back for Retry-After: it backs off
+            # while the node sheds inbound load, and goes on when the load is gone.
+            self.stats.refused["outbound_overload"] += 1
+            raise CallRefused(503, "the node is overloaded", self.admission.config.retry_after_s)
         if self.outbox_full is not None and self.outbox_full():
             raise CallRefused(503, "undelivered events fill the spool", 60)
         if self.flow_to is None or not origination.targets:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import gc
 import json
 import logging
 import signal
+import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
@@ -26,6 +30,7 @@ from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
 from switch.backbone.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.backbone.courier import Backbone, build_sinks
+from switch.backbone.spool import SpoolInUse
 from switch.config import Settings, auth_algorithms, auth_users
 from switch.guard.admission import AdmissionConfig, AdmissionControl
 from switch.guard.load import LoadMonitor
@@ -73,6 +78,15 @@ GC_FULL_EVERY_S = 300.0
 BACKBONE_FLUSH_S = 5.0
 CHECKPOINT_TTL_MARGIN_S = 120
 ORPHAN_RETRY_S = 5.0
+
+
+class StartupError(Exception):
+    """The node cannot start as configured; the message says why in one line."""
+
+
+def _cannot_listen(what: str, host: str, port: int, exc: OSError) -> str:
+    hint = " (another node on this port?)" if exc.errno == errno.EADDRINUSE else ""
+    return f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}{hint}"
 
 
 class Node:
@@ -231,7 +245,10 @@ class Node:
             webhook_secret=s.webhook_secret,
             spool_dir=s.spool_dir,
         )
-        self.backbone = Backbone(s.spool_dir, sinks, max_bytes=s.spool_max_mb * 1024 * 1024)
+        try:
+            self.backbone = Backbone(s.spool_dir, sinks, max_bytes=s.spool_max_mb * 1024 * 1024)
+        except SpoolInUse as exc:
+            raise StartupError(str(exc)) from None
         self.backbone.start()
         self.checkpoints = build_store(s.redis_url)
         # A checkpoint outlives the longest call it can describe, not much more.
@@ -270,7 +287,10 @@ class Node:
             sources=self.sources,
         )
         endpoint = self.manager.endpoint
-        self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
+        try:
+            self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
+        except OSError as exc:
+            raise StartupError(_cannot_listen("SIP (UDP)", s.sip_host, s.sip_port, exc)) from None
         self.manager.flow_to = self._udp.flow_to
         udp = self._udp
         self.manager.queue_wait = lambda: udp.current_wait
@@ -286,7 +306,10 @@ class Node:
             self.book, endpoint, local, self.manager.connect, loop.time
         )
         self._tcp = TcpServer(self._receive_tcp)
-        await self._tcp.start(s.sip_host, s.sip_port)
+        try:
+            await self._tcp.start(s.sip_host, s.sip_port)
+        except OSError as exc:
+            raise StartupError(_cannot_listen("SIP (TCP)", s.sip_host, s.sip_port, exc)) from None
         self.manager.tcp_connect = self._tcp.connect
         self._background = [
             loop.create_task(self._end_orphans(), name="end orphans"),
@@ -426,6 +449,13 @@ class Node:
     async def wait_stopped(self) -> None:
         await self._stop.wait()
 
+    async def close_unstarted(self) -> None:
+        """What a start that failed half-way had opened: the media workers, the spool."""
+        if self.media is not None:
+            self.media.close()
+        if self.backbone is not None:
+            await self.backbone.close()
+
     async def drain_and_close(self) -> None:
         if self.campaigns is not None:
             await self.campaigns.close()  # no new calls while the node drains
@@ -508,9 +538,35 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _api_socket(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts: a port in use is
+    a one-line error, not a node without its API."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(_cannot_listen("the HTTP API", host, port, exc)) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 async def run_node(settings: Settings) -> int:
     node = Node(settings)
-    await node.start()
+    api_sock: socket.socket | None = None
+    try:
+        if settings.api_port:
+            api_sock = _api_socket(settings.api_host, settings.api_port)
+        await node.start()
+    except StartupError as exc:
+        print(f"voxswitch: {exc}", file=sys.stderr)
+        if api_sock is not None:
+            api_sock.close()
+        with contextlib.suppress(Exception):
+            await node.close_unstarted()
+        return 1
     _tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -526,7 +582,7 @@ async def run_node(settings: Settings) -> int:
             guard=node.sources,
         )  # fmt: skip
         server = make_server(app, settings.api_host, settings.api_port)
-        api_task = loop.create_task(server.serve())
+        api_task = loop.create_task(server.serve(sockets=[api_sock] if api_sock else None))
     await node.wait_stopped()
     log.info("stopping: draining calls")
     await node.drain_and_close()

@@ -42,6 +42,10 @@ class _Segment:
     count: int = 0
 
 
+class SpoolInUse(RuntimeError):
+    """Another process holds this spool's lock."""
+
+
 class Spool:
     """Append events; each named reader takes them in order and commits what it delivered."""
 
@@ -61,7 +65,10 @@ class Spool:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock)
-            raise RuntimeError(f"spool {self.directory} is in use by another process") from None
+            raise SpoolInUse(
+                f"spool {self.directory} is in use by another process (another node in this "
+                "folder? give each node its own spool_dir)"
+            ) from None
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._segments: list[_Segment] = self._recover()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -272,6 +273,9 @@ def test_refused_refer_bridged_through_the_node(
 
 def test_a_trunk_over_tcp(node: NodeProcess, sipp_server: SippServerFactory) -> None:
     server = sipp_server("uas", calls=1, timeout_s=30, transport="t1", trace_msg=True)
+    # SIPp takes a moment to listen: a call placed before would find the port closed
+    # (seen once in a full run: "cannot reach 127.0.0.1: Connection refused").
+    wait_for("SIPp listening on TCP", lambda: _accepts_tcp(server.port))
     put_trunk(node, "carrier-tcp", server, transport="tcp")
     call_id = place(node, to="+15557654340", trunk="carrier-tcp", agent="none")
     assert wait_state(node, call_id, "confirmed")["trunk"] == "carrier-tcp"
@@ -282,6 +286,14 @@ def test_a_trunk_over_tcp(node: NodeProcess, sipp_server: SippServerFactory) -> 
     log = server.messages_log.read_text()
     assert "TCP message received" in log and "UDP message received" not in log
     assert "Via: SIP/2.0/TCP" in log and ";transport=tcp>" in log
+
+
+def _accepts_tcp(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 SALES_AGENT = """\
