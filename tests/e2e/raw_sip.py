@@ -42,17 +42,6 @@ class RawUdp:
                     break
         return out
 
-    def raw_responses(self, wait_s: float) -> list[bytes]:
-        out = []
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            out.append(data)
-        return out
-
     def request(
         self,
         method: str,
