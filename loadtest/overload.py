@@ -41,6 +41,12 @@ from loadtest.sipp import SippResult, run_sipp, sipp_version
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 SCENARIO = "overload_uac.xml"
+# Per scenario, the -trace_counts names of: INVITEs sent, their retransmissions, the
+# 503s, and the calls that went through (a completed call; a cancelled one).
+COUNTERS = {
+    "overload_uac.xml": ("1_INVITE_Sent", "1_INVITE_Retrans", "4_503_Recv", "8_200_Recv"),
+    "cancel_storm.xml": ("1_INVITE_Sent", "1_INVITE_Retrans", "3_503_Recv", "7_487_Recv"),
+}
 SIPP_ARGS = [
     "-buff_size", "4194304",
     "-max_recv_loops", "5000",
@@ -120,28 +126,29 @@ class AdmissionSampler:
 
 
 def run_step(node: NodeProcess, zero_rate: float, multiple: float, step_s: float,
-             run_dir: Path) -> StepResult:  # fmt: skip
+             run_dir: Path, scenario: str = SCENARIO) -> StepResult:  # fmt: skip
     rate = zero_rate * multiple
     calls = max(1, round(rate * step_s))
     workdir = run_dir / f"step-{multiple:g}x-{time.monotonic_ns()}"
     with AdmissionSampler(node) as sampler:
         result: SippResult = run_sipp(
-            node.sip_address, SCENARIO, workdir=workdir, calls=calls, rate=rate,
+            node.sip_address, scenario, workdir=workdir, calls=calls, rate=rate,
             timeout_s=step_s + 40, cpu=0, extra_args=SIPP_ARGS,
         )  # fmt: skip
     times = response_times(workdir)
     refusals, answers = times.get(2, []), times.get(1, [])
-    completed = max(0, result.count("8_200_Recv"))
+    sent, retrans, refused, through = COUNTERS[scenario]
+    completed = max(0, result.count(through))
     elapsed = calls / max(rate, 1e-9)
     return StepResult(
         multiple=multiple,
         offered_cps=rate,
         achieved_cps=result.call_rate,
-        invites=max(0, result.count("1_INVITE_Sent")),
+        invites=max(0, result.count(sent)),
         completed=completed,
-        refused=max(0, result.count("4_503_Recv")),
+        refused=max(0, result.count(refused)),
         failed=result.failed_calls,
-        invite_retransmissions=max(0, result.count("1_INVITE_Retrans")),
+        invite_retransmissions=max(0, result.count(retrans)),
         completed_cps=completed / elapsed,
         refusal_ms_p50=percentile(refusals, 50),
         refusal_ms_p99=percentile(refusals, 99),
@@ -208,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=40.0,
                         help="seconds at 0.75 × zero-rate first (40: a steady state)")  # fmt: skip
     parser.add_argument("--agent", default="demo", help="the node's agent (demo)")
+    parser.add_argument("--scenario", default=SCENARIO, choices=sorted(COUNTERS),
+                        help="overload_uac.xml (calls) or cancel_storm.xml (with a "
+                        "--node-arg=--ring-ms --node-arg=2000 node)")  # fmt: skip
     parser.add_argument("--node-arg", action="append", default=[],
                         help="an extra 'voxswitch serve' argument (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -233,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         # Warm up past RFC 3261's 32 s of completed transactions: before then none
         # expires, and the node looks cheaper per call than it is in a steady state.
         warm_rate = args.zero_rate * 0.75
-        run_sipp(node.sip_address, SCENARIO, workdir=run_dir / "warmup",
+        run_sipp(node.sip_address, args.scenario, workdir=run_dir / "warmup",
                  calls=round(warm_rate * args.warmup_s), rate=warm_rate,
                  timeout_s=args.warmup_s + 30, cpu=0, extra_args=SIPP_ARGS)  # fmt: skip
         steps = []
         for multiple in multiples:
-            step = run_step(node, args.zero_rate, multiple, args.step_s, run_dir)
+            step = run_step(node, args.zero_rate, multiple, args.step_s, run_dir, args.scenario)
             steps.append(step)
             missed = "; ".join(verdicts(step, args.zero_rate)) or "ok"
             print(f"{multiple:g}×: completed {step.completed_cps:.1f}/s, refused {step.refused}, "
