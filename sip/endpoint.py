@@ -153,6 +153,8 @@ class SipEndpoint:
         self._timer_at = float("inf")
         self.screen: Screen | None = None
         self.quick_screen: QuickScreen | None = None
+        # Is the node refusing new INVITEs now? Only then is the quick look worth it.
+        self.shedding: Callable[[], bool] = lambda: False
         self._screened: object = None  # the key of an INVITE the quick screen admitted
         self.drop_source: Callable[[str], bool] | None = None  # source IP -> drop unread
         # Stateless refusals of INVITEs: server key -> (response bytes, sent at).
@@ -166,7 +168,10 @@ class SipEndpoint:
         if self.drop_source is not None and self.drop_source(flow.remote[0]):
             self.stats.dropped += 1
             return
-        if self.quick_screen is not None and data[:4] in (b"INVI", b"ACK "):
+        start = data[:4]
+        if self.quick_screen is not None and (
+            (start == b"INVI" and self.shedding()) or (start == b"ACK " and self._refused)
+        ):
             try:
                 if self._receive_quick(data, flow):
                     return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import socket
 import time
 import uuid
@@ -154,6 +155,7 @@ class CallManager:
         self.endpoint = SipEndpoint(self, loop=loop, allow=ALLOW)
         self.endpoint.screen = self.screen
         self.endpoint.quick_screen = self.quick_screen
+        self.endpoint.shedding = self.shedding
         if sources is not None:
             self.endpoint.drop_source = sources.banned
         self.stats = ManagerStats()
@@ -183,6 +185,15 @@ class CallManager:
         """Called by the endpoint for every new request (not ACK, not retransmissions)."""
         return self._screen(
             request.method, request.to.tag is not None, request.headers.get("user-agent"), flow
+        )
+
+    def shedding(self) -> bool:
+        """New INVITEs may be refused now (the endpoint then looks at them quickly)."""
+        admission = self.admission
+        return (
+            self.draining
+            or len(self._tasks) >= self.max_calls
+            or (admission is not None and admission.rate_cps != math.inf)
         )
 
     def quick_screen(self, request: QuickRequest, flow: Flow) -> Refusal | None:

@@ -38,6 +38,7 @@ RATE_TTL_S = 10
 class SharedGuardStore:
     def __init__(self, guard: SourceGuard, redis_url: str, *, prefix: str = PREFIX) -> None:
         self.guard = guard
+        guard.shared = True  # keep what Redis has not been told yet
         self.bans_key = prefix + "bans"
         self.info_key = prefix + "ban-info"
         self.rate_prefix = prefix + "rate:"

@@ -36,6 +36,7 @@ SCANNER_AGENTS = (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_TRACKED = 10_000  # sources remembered per table before the quiet ones are let go
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class SourceGuard:
         self._requests: Counter[str] = Counter()  # this second, per source
         self._auth_failures: dict[str, list[float]] = {}
         self._trust_cache: dict[str, bool] = {}
-        # What the shared store has not been told yet (drained by switch.guard.shared).
+        # What the shared store has not been told yet (drained by switch.guard.shared,
+        # which sets ``shared``; without it nothing is kept for it).
+        self.shared = False
         self.new_bans: list[Ban] = []
         self.lifted: list[str] = []
         self.unsynced_requests: Counter[str] = Counter()
@@ -139,7 +142,8 @@ class SourceGuard:
             self._second = second
             self._requests.clear()
         self._requests[ip] += 1
-        self.unsynced_requests[ip] += 1
+        if self.shared:
+            self.unsynced_requests[ip] += 1
         if self._requests[ip] > max_rps:
             self.ban(ip, "rate")
             return "rate"
@@ -153,7 +157,11 @@ class SourceGuard:
         window = self.limits.auth_window_s
         times = [t for t in self._auth_failures.get(ip, ()) if now - t < window]
         times.append(now)
-        self._auth_failures[ip] = times
+        failures = self._auth_failures
+        failures[ip] = times
+        if len(failures) > MAX_TRACKED:  # many sources: forget those quiet for a window
+            for other in [k for k, v in failures.items() if now - v[-1] >= window]:
+                del failures[other]
         if len(times) > self.limits.max_auth_failures:
             del self._auth_failures[ip]
             self.ban(ip, "auth")
@@ -167,13 +175,15 @@ class SourceGuard:
         ban = Ban(ip, reason, now + (duration_s or self.limits.ban_s), now, self.node)
         self.bans[ip] = ban
         self.stats.bans[reason] += 1
-        self.new_bans.append(ban)
+        if self.shared:
+            self.new_bans.append(ban)
         return ban
 
     def lift(self, ip: str) -> bool:
         found = self.bans.pop(ip, None) is not None
         self._auth_failures.pop(ip, None)
-        self.lifted.append(ip)
+        if self.shared:
+            self.lifted.append(ip)
         return found
 
     def active_bans(self) -> list[Ban]:
@@ -196,7 +206,7 @@ class SourceGuard:
         cached = self._trust_cache.get(ip)
         if cached is None:
             cached = self._is_trusted(ip)
-            if len(self._trust_cache) > 10_000:
+            if len(self._trust_cache) > MAX_TRACKED:
                 self._trust_cache.clear()
             self._trust_cache[ip] = cached
         return cached or (self.is_trunk is not None and self.is_trunk(ip))

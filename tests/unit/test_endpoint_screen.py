@@ -67,6 +67,7 @@ def endpoint(refusal: Refusal | None, *, quick: bool) -> tuple[SipEndpoint, Core
     ep.screen = screen
     if quick:
         ep.quick_screen = quick_screen
+        ep.shedding = lambda: True
     return ep, core, asked
 
 
@@ -113,6 +114,14 @@ def test_a_dropped_request_is_not_answered() -> None:
     wire = Wire()
     ep.receive(INVITE, wire)
     assert wire.sent == [] and core.requests == [] and ep.stats.dropped == 1
+
+
+def test_while_not_shedding_invites_skip_the_quick_look() -> None:
+    ep, core, asked = endpoint(None, quick=True)
+    ep.shedding = lambda: False
+    wire = Wire()
+    ep.receive(INVITE, wire)
+    assert asked == ["full:INVITE"] and core.requests == ["INVITE"]
 
 
 def test_a_dropped_source_is_not_even_parsed() -> None:

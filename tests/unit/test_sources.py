@@ -94,9 +94,20 @@ def test_a_ban_ends_and_can_be_lifted() -> None:
     assert not g.lift(CALLER)
 
 
+def test_without_a_shared_store_nothing_piles_up_for_one() -> None:
+    clock = Clock()
+    g = guard(clock, max_rps=1000)
+    for i in range(500):
+        g.request(f"198.51.100.{i % 250}", None)
+    g.ban(CALLER, "api")
+    g.lift(CALLER)
+    assert not g.unsynced_requests and not g.new_bans and not g.lifted
+
+
 def test_the_clusters_bans_replace_ours_except_what_we_have_not_told_it() -> None:
     clock = Clock()
     g = guard(clock)
+    g.shared = True
     g.ban("192.0.2.1", "rate")  # ours, not yet synced
     g.lift("192.0.2.2")  # lifted here, not yet synced
     shared = [Ban("192.0.2.2", "scanner", clock.now + 60, clock.now, "n2"),
