@@ -212,9 +212,9 @@ class CallManager:
                 return DROP
         if method != "INVITE" or in_dialog:
             return None  # in-dialog work belongs to calls we already have: always served
-        return self._admission_refusal()
+        return self._admission_refusal(flow)
 
-    def _admission_refusal(self) -> Refusal | None:
+    def _admission_refusal(self, flow: Flow) -> Refusal | None:
         if self.draining:
             return self._refusal("draining", 30, "Node Draining")
         if len(self._tasks) >= self.max_calls:
@@ -224,7 +224,9 @@ class CallManager:
             # we might have to drop.
             return self._refusal("backlog", 60, "Backlog Full")
         admission = self.admission
-        waited = self.queue_wait() if self.queue_wait is not None else 0.0
+        # The kernel's queue delay is the UDP socket's (a TCP request brings none).
+        udp = flow.transport == "UDP" and self.queue_wait is not None
+        waited = self.queue_wait() if udp and self.queue_wait is not None else 0.0
         if admission is not None and not admission.admit(self.loop.time(), waited):
             reason = "Overloaded" if admission.last_reason != "max_cps" else None
             return self._refusal(admission.last_reason, admission.config.retry_after_s, reason)
