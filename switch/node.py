@@ -134,8 +134,8 @@ class Node:
             "outbound_dispositions": dict(manager.stats.outbound_dispositions) if manager else {},
             "sip_forbidden": manager.stats.forbidden if manager else 0,
             "refused": dict(manager.stats.refused) if manager else {},
-            "admission": self.admission_status(),
-            "guard": self.guard_status(),
+            "admission": self.admission.status() if self.admission else {},
+            "guard": self.sources.status() if self.sources else {},
             "trunks": {name: self.trunk_status(name) for name in self.book.trunks},
             "backbone": self.backbone.status() if self.backbone else {},
             "checkpoints": self.checkpointer.status() if self.checkpointer else {},
@@ -160,31 +160,6 @@ class Node:
                 "transactions": manager.endpoint.transaction_count if manager else 0,
             },
         }
-
-    def admission_status(self) -> dict[str, Any]:
-        a = self.admission
-        if a is None:
-            return {}
-        rate = a.rate_cps
-        sample = a.last_sample
-        return {
-            "limit_cps": None if rate == float("inf") else round(rate, 1),
-            "overloaded": a.overloaded,
-            "loop_busy": round(sample.busy, 3),
-            "loop_lag_ms": round(sample.lag_s * 1000, 2),
-            "media_late_ms": round(sample.media_late_s * 1000, 2),
-            "sip_queue_ms": round(sample.queue_s * 1000, 2),
-            "admitted": a.admitted,
-            "refused": a.refused,
-        }
-
-    def guard_status(self) -> dict[str, Any]:
-        g = self.sources
-        if g is None:
-            return {}
-        store = self.shared_guard.status() if self.shared_guard else {"shared": False}
-        return {"bans_active": len(g.active_bans()), "bans_made": dict(g.stats.bans),
-                "scanner_requests": g.stats.scanner_requests, "store": store}  # fmt: skip
 
     def _build_guard(self) -> None:
         s = self.settings
@@ -214,6 +189,7 @@ class Node:
         )  # fmt: skip
         if s.redis_url:
             self.shared_guard = SharedGuardStore(self.sources, s.redis_url)
+            self.sources.store_status = self.shared_guard.status
 
     async def start(self) -> None:
         s = self.settings

@@ -117,6 +117,20 @@ class AdmissionControl:
         self.last_reason = "max_cps" if ceiling <= self.adaptive_cps else "overload"
         return False
 
+    def status(self) -> dict[str, object]:
+        """The control's view for /health and /metrics."""
+        rate, sample = self.rate_cps, self.last_sample
+        return {
+            "limit_cps": None if rate == math.inf else round(rate, 1),
+            "overloaded": self.overloaded,
+            "loop_busy": round(sample.busy, 3),
+            "loop_lag_ms": round(sample.lag_s * 1000, 2),
+            "media_late_ms": round(sample.media_late_s * 1000, 2),
+            "sip_queue_ms": round(sample.queue_s * 1000, 2),
+            "admitted": self.admitted,
+            "refused": self.refused,
+        }
+
     def update(self, now: float, sample: LoadSample) -> None:
         cfg = self.config
         self.last_sample = sample

@@ -105,6 +105,7 @@ class SourceGuard:
         # What the shared store has not been told yet (drained by switch.guard.shared,
         # which sets ``shared``; without it nothing is kept for it).
         self.shared = False
+        self.store_status: Callable[[], dict[str, object]] | None = None
         self.new_bans: list[Ban] = []
         self.lifted: list[str] = []
         self.unsynced_requests: Counter[str] = Counter()
@@ -201,6 +202,12 @@ class SourceGuard:
         for ip in self.lifted:
             merged.pop(ip, None)
         self.bans = merged
+
+    def status(self) -> dict[str, object]:
+        """The guard's view for /health and /metrics."""
+        store = self.store_status() if self.store_status is not None else {"shared": False}
+        return {"bans_active": len(self.active_bans()), "bans_made": dict(self.stats.bans),
+                "scanner_requests": self.stats.scanner_requests, "store": store}  # fmt: skip
 
     def _trusted(self, ip: str) -> bool:
         cached = self._trust_cache.get(ip)
