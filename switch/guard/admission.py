@@ -19,9 +19,9 @@ collapses (measured: 6,540 of 10,000 calls completed when offered 1,000/s agains
   ``backoff ×`` the admitted rate at once (then not again for ``hold_periods``, so
   the queue can drain before the next cut is judged).
 
-And while the loop is that busy, an INVITE that waited in the socket's queue longer
-than ``sojourn_max_s`` is refused whatever the limit says: the queue drains while
-refusals are all it holds. (A queue or lag while the loop's thread is not busy is
+And while the node is overloaded (busy past ``busy_high``, or congested), an INVITE
+that waited in the socket's queue longer than ``sojourn_max_s`` is refused whatever
+the limit says: the queue drains while refusals are all it holds. (A queue or lag while the loop's thread is not busy is
 another process taking the CPU, not this node's overload: it refuses nothing.)
 
 A refused INVITE gets ``503`` with ``Retry-After`` statelessly in the SIP endpoint,
@@ -49,7 +49,7 @@ class AdmissionConfig:
     busy_high: float = 0.90  # the loop thread's CPU share past which the node is overloaded
     lag_high_s: float = 0.050
     queue_high_s: float = 0.030  # a datagram waited this long in the socket's queue
-    sojourn_max_s: float = 0.050  # an INVITE that waited longer is refused at once
+    sojourn_max_s: float = 0.020  # an INVITE that waited longer is refused at once
     media_late_high_s: float = 0.020  # media ticks this late (p90 of the period)
     retry_after_s: int = 5
     period_s: float = 0.1  # how often the load monitor reports
@@ -96,7 +96,7 @@ class AdmissionControl:
 
     def admit(self, now: float, waited_s: float = 0.0) -> bool:
         """May a new INVITE (that waited ``waited_s`` in the socket's queue) be a call?"""
-        if waited_s > self.config.sojourn_max_s and self._loaded:
+        if waited_s > self.config.sojourn_max_s and self.overloaded:
             # A queue has formed: taking more work now would only lengthen it. Refusing
             # is cheap, so the queue drains at once (CoDel's idea: judge by sojourn).
             self.refused += 1

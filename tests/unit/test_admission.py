@@ -91,12 +91,14 @@ def test_late_media_ticks_count_as_congestion() -> None:
     assert control.rate_cps < 400
 
 
-def test_an_invite_that_waited_too_long_in_the_queue_is_refused() -> None:
+def test_an_invite_that_waited_too_long_in_the_queue_is_refused_while_overloaded() -> None:
     control = AdmissionControl(AdmissionConfig(sojourn_max_s=0.05), 0.0)
     _, now = offer(control, 0.0, 400, 3, LoadSample(busy=BUSY, lag_s=0.0))
+    assert control.admit(now, waited_s=0.08)  # busy, not overloaded: a stall, let it be
+    _, now = offer(control, now, 400, 3, LoadSample(busy=0.95, lag_s=0.0))
     refused = control.refused
-    assert control.admit(now, waited_s=0.01)
-    assert not control.admit(now, waited_s=0.08)
+    assert control.admit(now + 1, waited_s=0.01)
+    assert not control.admit(now + 1, waited_s=0.08)
     assert control.refused == refused + 1
 
 
@@ -119,7 +121,7 @@ def test_a_refusal_says_why() -> None:
     while control.admit(0.0):
         pass
     assert control.last_reason == "max_cps"
-    _, now = offer(control, 0.0, 0, 3, LoadSample(busy=BUSY, lag_s=0.0))
+    _, now = offer(control, 0.0, 0, 3, LoadSample(busy=0.95, lag_s=0.0))
     assert not control.admit(now, waited_s=1.0) and control.last_reason == "sojourn"
     loaded = AdmissionControl(AdmissionConfig(), 0.0)
     offer(loaded, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
