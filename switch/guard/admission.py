@@ -21,8 +21,9 @@ collapses (measured: 6,540 of 10,000 calls completed when offered 1,000/s agains
 
 And while the node is overloaded (busy past ``busy_high``, or congested), an INVITE
 that waited in the socket's queue longer than ``sojourn_max_s`` is refused whatever
-the limit says: the queue drains while refusals are all it holds. (A queue or lag while the loop's thread is not busy is
-another process taking the CPU, not this node's overload: it refuses nothing.)
+the limit says: the queue drains while refusals are all it holds. (A queue or lag
+while the loop's thread is not busy is another process taking the CPU, not this
+node's overload: it refuses nothing.)
 
 A refused INVITE gets ``503`` with ``Retry-After`` statelessly in the SIP endpoint,
 before a transaction, a call actor, an RTP port or any greeting work exists.
