@@ -263,6 +263,10 @@ class Node:
             sources=self.sources,
         )
         endpoint = self.manager.endpoint
+        if self.book.store is not None:
+            # Know the cluster's trunks before the first call or API request (a node
+            # that answered /health first showed none for a moment: a CI-clone run).
+            await self._load_trunks()
         try:
             self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
         except OSError as exc:
@@ -363,15 +367,19 @@ class Node:
     # ---- trunks ------------------------------------------------------------------------
 
     async def _reload_trunks(self) -> None:
-        """PostgreSQL's trunks and routes, now and every ``trunks_reload_s``."""
+        """PostgreSQL's trunks and routes every ``trunks_reload_s`` (after the first
+        load, which ``start`` waits for)."""
         if self.book.store is None:
             return
         while True:
-            try:
-                await self.book.reload()
-            except TrunkStoreError as exc:
-                log.warning("trunks not reloaded (%s); dialing by the last known", exc)
             await asyncio.sleep(self.settings.trunks_reload_s)
+            await self._load_trunks()
+
+    async def _load_trunks(self) -> None:
+        try:
+            await self.book.reload()
+        except TrunkStoreError as exc:
+            log.warning("trunks not reloaded (%s); dialing by the last known", exc)
 
     # InboundPolicy (the call manager asks)
 

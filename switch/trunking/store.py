@@ -8,6 +8,7 @@ starts while PostgreSQL is down dials by what it last knew.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -24,8 +25,16 @@ class TrunkStoreError(Exception):
 class PostgresTrunkStore:
     def __init__(self, dsn: str) -> None:
         self.link = PgLink(dsn, timeout_s=5)
+        # One connection, one operation at a time: the reload loop and an API write
+        # overlapping made asyncpg refuse the second ("another operation is in
+        # progress"), whose reset then cut the first (seen in a CI-clone run: a PUT 503).
+        self._lock = asyncio.Lock()
 
     async def _run(self, sql: str, *args: Any, fetch: bool = False) -> Any:
+        async with self._lock:
+            return await self._run_locked(sql, *args, fetch=fetch)
+
+    async def _run_locked(self, sql: str, *args: Any, fetch: bool) -> Any:
         try:
             connection = await self.link.get()
             if fetch:
