@@ -38,10 +38,18 @@ from actors.messages import (
 from actors.runtime import Mailbox, MailboxClosed
 from media.dtmf import parse_dtmf_info, parse_dtmf_relay
 from media.session import MediaEvent, SessionControl, VadConfig
+from media.srtp import SrtpKeys
 from sip.dialog import Dialog
 from sip.endpoint import Flow, SipEndpoint
 from sip.message import Request, make_response
-from sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, SessionDescription
+from sip.sdp import (
+    Negotiated,
+    NoCommonCodec,
+    SdpAnswerer,
+    SdpError,
+    SessionDescription,
+    SrtpPolicy,
+)
 from sip.transaction import (
     InviteServerTransaction,
     ResponseReceived,
@@ -121,6 +129,7 @@ class MediaLeg(Protocol):
         payload_type: int,
         codec: str,
         telephone_event_pt: int | None = None,
+        srtp: SrtpKeys | None = None,
     ) -> None: ...
 
     def play(self) -> None: ...
@@ -157,19 +166,44 @@ class MediaLeg(Protocol):
     def close(self) -> None: ...
 
 
+def connect_media(media: MediaLeg, result: Negotiated) -> None:
+    """Point the leg at what an offer/answer settled (codec, address, SRTP keys)."""
+    keys = None
+    if result.crypto is not None:
+        ours, theirs = result.crypto
+        keys = SrtpKeys(ours.suite, ours.key_salt, theirs.key_salt)
+    media.connect(
+        result.remote_rtp,
+        result.codec.payload_type,
+        result.codec.name,
+        result.telephone_event_pt,
+        keys,
+    )
+
+
 @dataclass(frozen=True)
 class LocalAddress:
     """How we name ourselves on a flow: Via sent-by, Contact, SDP address."""
 
     host: str
     port: int
+    tls_port: int = 0  # 0: no TLS listener
 
-    def sent_by(self) -> str:
-        return f"{self.host}:{self.port}"
+    def port_for(self, transport: str) -> int:
+        return self.tls_port if transport.upper() == "TLS" else self.port
 
-    def contact(self, flow: Flow) -> str:
-        suffix = ";transport=tcp" if flow.transport == "TCP" else ""
-        return f"<sip:voxswitch@{self.host}:{self.port}{suffix}>"
+    def sent_by(self, transport: str = "UDP") -> str:
+        return f"{self.host}:{self.port_for(transport)}"
+
+    def contact(self, transport: str, *, sips: bool = False, user: str = "voxswitch") -> str:
+        """Our Contact over ``transport``: a SIPS URI when the dialog's request had
+        one (RFC 3261 §12.1.1), else the transport as a parameter."""
+        transport = transport.upper()
+        port = self.port_for(transport)
+        if sips and transport == "TLS":
+            return f"<sips:{user}@{self.host}:{port}>"
+        suffix = {"TCP": ";transport=tcp", "TLS": ";transport=tls"}.get(transport, "")
+        return f"<sip:{user}@{self.host}:{port}{suffix}>"
 
 
 @dataclass(eq=False)  # identity: the manager keys tasks by actor
@@ -189,6 +223,7 @@ class CallActor:
     record: CallRecord = field(init=False)
     voice: Voice | None = None  # None: answer with the greeting chime only
     vad: VadConfig | None = None
+    srtp: SrtpPolicy = "off"  # what the trunk (or the node) says about SRTP offers
     conversation: Conversation | None = None
     # Told "answered" and "transferred" as they happen (the manager publishes them).
     on_milestone: Callable[[str, CallRecord], None] | None = None
@@ -216,6 +251,10 @@ class CallActor:
     @property
     def call_id(self) -> str:
         return self.invite.call_id
+
+    def _contact(self) -> str:
+        sips = self.invite.uri[:5].lower() == "sips:"
+        return self.local.contact(self.flow.transport, sips=sips)
 
     # ---- the actor's life --------------------------------------------------------
 
@@ -263,7 +302,9 @@ class CallActor:
     def _negotiate(self) -> bytes | None:
         """Offer/answer on the INVITE's SDP; answers 488 when nothing fits."""
         body = _sdp_body(self.invite)
-        self._answerer = SdpAnswerer(local_ip=self.local.host, local_port=self.media.local_port)
+        self._answerer = SdpAnswerer(
+            local_ip=self.local.host, local_port=self.media.local_port, srtp=self.srtp
+        )
         try:
             if body is None:
                 raise SdpError("INVITE without SDP offer (late offer) is not supported yet")
@@ -278,12 +319,7 @@ class CallActor:
         result = self._answerer.negotiated
         assert result is not None
         self.record.codec = result.codec.name
-        self.media.connect(
-            result.remote_rtp,
-            result.codec.payload_type,
-            result.codec.name,
-            result.telephone_event_pt,
-        )
+        connect_media(self.media, result)
         return bytes(answer)
 
     async def _ring(self, ring_s: float) -> bool:
@@ -303,13 +339,13 @@ class CallActor:
         return True
 
     def _answer(self, sdp: bytes) -> None:
-        self.dialog = Dialog.from_invite(self.invite, self.local_tag, self.local.contact(self.flow))
+        self.dialog = Dialog.from_invite(self.invite, self.local_tag, self._contact())
         response = make_response(
             self.invite,
             200,
             to_tag=self.local_tag,
             headers=[
-                ("Contact", self.local.contact(self.flow)),
+                ("Contact", self._contact()),
                 ("Allow", ALLOW),
                 ("Content-Type", "application/sdp"),
             ],
@@ -441,7 +477,7 @@ class CallActor:
         body = _sdp_body(request)
         if self.dialog is not None:
             self.dialog.update_target(request)
-        headers = [("Contact", self.local.contact(self.flow)), ("Allow", ALLOW)]
+        headers = [("Contact", self._contact()), ("Allow", ALLOW)]
         if body is None:
             sdp = self._answerer.current_answer_bytes()
         else:
@@ -456,12 +492,7 @@ class CallActor:
                 return
             result = self._answerer.negotiated
             assert result is not None
-            self.media.connect(
-                result.remote_rtp,
-                result.codec.payload_type,
-                result.codec.name,
-                result.telephone_event_pt,
-            )
+            connect_media(self.media, result)
         response = make_response(
             request, 200, headers=[*headers, ("Content-Type", "application/sdp")], body=sdp
         )
@@ -506,11 +537,11 @@ class CallActor:
             return
         refer = self.dialog.create_request(
             "REFER",
-            via_sent_by=self.local.sent_by(),
+            via_sent_by=self.local.sent_by(self.flow.transport),
             transport=self.flow.transport,
             headers=[
                 ("Refer-To", f"<{target}>"),
-                ("Referred-By", self.local.contact(self.flow)),
+                ("Referred-By", self._contact()),
             ],
         )
         self.record.reason = f"transfer to {target}"
@@ -766,7 +797,7 @@ class CallActor:
         if self.dialog is not None and self.state is not CallState.ENDED:
             bye = self.dialog.create_request(
                 "BYE",
-                via_sent_by=self.local.sent_by(),
+                via_sent_by=self.local.sent_by(self.flow.transport),
                 transport=self.flow.transport,
                 headers=[("Reason", reason_header(disposition, reason))],
             )

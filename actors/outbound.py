@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.call import CallActor, CallState
+from actors.call import CallActor, CallState, connect_media
 from actors.messages import (
     CallMessage,
     Hangup,
@@ -29,7 +29,7 @@ from sip.dialog import Dialog
 from sip.endpoint import Flow
 from sip.errors import SipError
 from sip.message import Headers, Request, Response, make_response
-from sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, SessionDescription
+from sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, SessionDescription, SrtpPolicy
 from sip.transaction import (
     ResponseReceived,
     TransactionEvent,
@@ -58,7 +58,9 @@ class DialTarget:
     username: str = ""
     password: str = ""
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
-    transport: str = "udp"  # or "tcp"
+    transport: str = "udp"  # or "tcp", "tls"
+    srtp: SrtpPolicy = "off"  # what the offer carries: RTP/SAVP, crypto lines too, or neither
+    server_name: str = ""  # TLS: the name the peer's certificate must carry (default host)
     caller: str = ""  # the From number through this trunk (its caller-ID rules), if set
 
 
@@ -197,7 +199,7 @@ class OutboundCallActor(CallActor):
             return "ended"
         self.record.trunk = target.trunk
         self._answerer = SdpAnswerer(local_ip=self.local.host, local_port=self.media.local_port)
-        offer = bytes(self._answerer.offer(target.codecs))
+        offer = bytes(self._answerer.offer(target.codecs, srtp=target.srtp))
         self.invite = self._new_invite(target, offer)
         self._send_invite()
         self.state = CallState.DIALING
@@ -276,8 +278,8 @@ class OutboundCallActor(CallActor):
             cseq=self._cseq,
             target=target,
             to=o.to,
-            via_sent_by=self.local.sent_by(),
-            contact=self.local.contact(self.flow),
+            via_sent_by=self.local.sent_by(self.flow.transport),
+            contact=self._contact(),
             local_host=self.local.host,
             sdp=sdp,
             headers=o.headers,
@@ -315,7 +317,7 @@ class OutboundCallActor(CallActor):
         assert self._answerer is not None
         self._answered_by = response
         try:
-            self.dialog = Dialog.from_response(self.invite, response, self.local.contact(self.flow))
+            self.dialog = Dialog.from_response(self.invite, response, self._contact())
         except SipError as exc:
             self._fail_answered(response, f"bad 2xx: {exc}")
             return False
@@ -330,10 +332,7 @@ class OutboundCallActor(CallActor):
             self._hangup("failed", f"unusable SDP answer: {exc}")
             return False
         self.record.codec = result.codec.name
-        self.media.connect(
-            result.remote_rtp, result.codec.payload_type, result.codec.name,
-            result.telephone_event_pt,
-        )  # fmt: skip
+        connect_media(self.media, result)
         self.state = CallState.ANSWERED
         self.record.answered_at = time.time()
         self._milestone("answered")
@@ -346,7 +345,9 @@ class OutboundCallActor(CallActor):
     def _send_ack(self) -> None:
         assert self.dialog is not None
         ack = self.dialog.create_request(
-            "ACK", via_sent_by=self.local.sent_by(), transport=self.flow.transport
+            "ACK",
+            via_sent_by=self.local.sent_by(self.flow.transport),
+            transport=self.flow.transport,
         )
         self._ack = bytes(ack)
         self.flow.send(self._ack)
@@ -364,10 +365,10 @@ class OutboundCallActor(CallActor):
         """A 2xx from another fork of our INVITE: ACK it, then BYE that dialog
         (§13.2.2.4); the call goes on with the first."""
         try:
-            fork = Dialog.from_response(self.invite, response, self.local.contact(self.flow))
+            fork = Dialog.from_response(self.invite, response, self._contact())
         except SipError:
             return
-        via, transport = self.local.sent_by(), self.flow.transport
+        via, transport = self.local.sent_by(self.flow.transport), self.flow.transport
         self.flow.send(bytes(fork.create_request("ACK", via_sent_by=via, transport=transport)))
         bye = fork.create_request("BYE", via_sent_by=via, transport=transport)
         self.endpoint.send_request(bye, self.flow, lambda _event: None)

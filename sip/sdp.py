@@ -4,6 +4,11 @@ voxswitch speaks G.711 (PCMU, PCMA) with RFC 4733 telephone-events. The answerer
 takes the first codec in the offer's order that we support, mirrors the offer's
 telephone-event payload type, rejects every other media line with port 0, and
 keeps one ``o=`` line whose version moves only when our SDP changes (§8).
+
+SRTP by SDES (``sip/sdes.py``) follows a policy: ``off`` answers only plain
+RTP/AVP; ``optional`` also takes RTP/SAVP, and an RTP/AVP offer carrying a crypto
+line (best-effort SRTP, as baresip's ``mediaenc=srtp`` and many SBCs offer it) is
+answered encrypted too; ``required`` answers no stream without a key.
 """
 
 from __future__ import annotations
@@ -11,9 +16,15 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from sip.sdes import SECURE_PROFILES, SUITES, Crypto, first_supported, new_crypto
 
 MAX_SDP_BYTES = 64 * 1024
 WARNING_INCOMPATIBLE = '305 voxswitch "Incompatible media format"'
+WARNING_TRANSPORT = '302 voxswitch "Incompatible transport protocol"'
+SrtpPolicy = Literal["required", "optional", "off"]
+SRTP_POLICIES: tuple[SrtpPolicy, ...] = ("required", "optional", "off")
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _ANSWER_DIRECTION = {
@@ -27,6 +38,9 @@ _SESSION_ORDER = "iuepcbtrzka"
 _MEDIA_ORDER = "icbka"
 
 
+ANSWERABLE = ("RTP/AVP", "RTP/SAVP")  # no AVPF feedback: those streams get port 0
+
+
 class SdpError(ValueError):
     """The body is not SDP we can use; the message says why."""
 
@@ -35,6 +49,12 @@ class NoCommonCodec(SdpError):
     """The offer has no audio stream with a codec we support (answer: 488)."""
 
     warning = WARNING_INCOMPATIBLE
+
+
+class NoCommonSecurity(NoCommonCodec):
+    """A codec would fit, but not the SRTP policy (ours or the peer's): 488 too."""
+
+    warning = WARNING_TRANSPORT
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,9 @@ class MediaDescription:
             if key == name:
                 return value or ""
         return None
+
+    def attributes_named(self, name: str) -> list[str]:
+        return [value or "" for key, value in self.attributes if key == name]
 
     def rtpmap(self) -> dict[int, tuple[str, int]]:
         """Payload type -> (encoding name upper-cased, clock rate)."""
@@ -273,6 +296,8 @@ class Negotiated:
     remote_rtp: tuple[str, int]
     telephone_event_pt: int | None
     direction: str  # ours: sendrecv, recvonly (held by the peer), sendonly, inactive
+    # SRTP: (our key, which we encrypt with; the peer's), or None for plain RTP.
+    crypto: tuple[Crypto, Crypto] | None = None
 
 
 def _choose_codec(m: MediaDescription) -> Codec | None:
@@ -308,10 +333,18 @@ def _is_hold_address(address: str) -> bool:
 class SdpAnswerer:
     """Answers offers for one call; remembers its last answer for later exchanges."""
 
-    def __init__(self, *, local_ip: str, local_port: int, ptime_ms: int = 20) -> None:
+    def __init__(
+        self,
+        *,
+        local_ip: str,
+        local_port: int,
+        ptime_ms: int = 20,
+        srtp: SrtpPolicy = "off",
+    ) -> None:
         self.local_ip = local_ip
         self.local_port = local_port
         self.ptime_ms = ptime_ms
+        self.srtp = srtp
         self.origin = Origin(
             "voxswitch",
             str(secrets.randbelow(2**62)),
@@ -322,22 +355,32 @@ class SdpAnswerer:
         )
         self.negotiated: Negotiated | None = None
         self._last: SessionDescription | None = None
+        self._keys: dict[str, bytes] = {}  # our key per suite, kept across re-offers
+        self._offered: list[Crypto] = []  # the crypto lines of our own offer
 
     def answer(self, offer: SessionDescription) -> SessionDescription:
-        """Our answer to ``offer``; raises NoCommonCodec when no audio stream fits."""
+        """Our answer to ``offer``; raises NoCommonCodec when no audio stream fits
+        (NoCommonSecurity when one would, but not with the SRTP policy)."""
         session_direction = offer.direction
         answered: list[MediaDescription] = []
         chosen: Negotiated | None = None
+        insecure = False
         for m in offer.media:
             accepted = None
-            if chosen is None and m.media == "audio" and m.port != 0 and m.proto == "RTP/AVP":
-                accepted = self._accept(offer, m, session_direction)
+            if chosen is None and m.media == "audio" and m.port != 0 and m.proto in ANSWERABLE:
+                fits, crypto = self._security(m)
+                if fits:
+                    accepted = self._accept(offer, m, session_direction, crypto)
+                else:
+                    insecure = insecure or _choose_codec(m) is not None
             if accepted is None:
                 answered.append(MediaDescription(m.media, 0, m.proto, m.formats[:1]))
                 continue
             chosen, media = accepted
             answered.append(media)
         if chosen is None:
+            if insecure:
+                raise NoCommonSecurity(f"SRTP {self.srtp}: no audio stream fits")
             raise NoCommonCodec("no audio stream with PCMU or PCMA over RTP/AVP")
         sdp = SessionDescription(
             origin=self.origin,
@@ -354,8 +397,20 @@ class SdpAnswerer:
         self.negotiated = chosen
         return sdp
 
+    def _security(self, m: MediaDescription) -> tuple[bool, tuple[Crypto, Crypto] | None]:
+        """Whether stream ``m`` fits the SRTP policy, and its keys (ours, the peer's)."""
+        theirs = None if self.srtp == "off" else first_supported(m.attributes_named("crypto"))
+        if theirs is None:
+            return m.proto not in SECURE_PROFILES and self.srtp != "required", None
+        key = self._keys.setdefault(theirs.suite, new_crypto(0, theirs.suite).key_salt)
+        return True, (Crypto(theirs.tag, theirs.suite, key), theirs)
+
     def _accept(
-        self, offer: SessionDescription, m: MediaDescription, session_direction: str
+        self,
+        offer: SessionDescription,
+        m: MediaDescription,
+        session_direction: str,
+        crypto: tuple[Crypto, Crypto] | None = None,
     ) -> tuple[Negotiated, MediaDescription] | None:
         codec = _choose_codec(m)
         if codec is None:
@@ -374,37 +429,63 @@ class SdpAnswerer:
             formats.append(str(te))
             attributes += [("rtpmap", f"{te} telephone-event/8000"), ("fmtp", f"{te} 0-16")]
         attributes += [("ptime", str(self.ptime_ms)), (ours, None)]
-        media = MediaDescription(
-            "audio", self.local_port, "RTP/AVP", formats, attributes=attributes
-        )
-        negotiated = Negotiated(codec, (connection.address, m.port), te, ours)
+        if crypto is not None:
+            attributes.append(("crypto", str(crypto[0])))
+        proto = m.proto if crypto is not None else "RTP/AVP"
+        media = MediaDescription("audio", self.local_port, proto, formats, attributes=attributes)
+        negotiated = Negotiated(codec, (connection.address, m.port), te, ours, crypto)
         return negotiated, media
 
     def offer(
-        self, codecs: tuple[str, ...] = SUPPORTED_CODECS, telephone_event_pt: int | None = 101
+        self,
+        codecs: tuple[str, ...] = SUPPORTED_CODECS,
+        telephone_event_pt: int | None = 101,
+        srtp: SrtpPolicy = "off",
     ) -> SessionDescription:
-        """Our offer for an outbound call; later exchanges build on it like on an answer."""
+        """Our offer for an outbound call; later exchanges build on it like on an answer.
+        SRTP ``required`` offers RTP/SAVP, ``optional`` RTP/AVP with crypto lines (a
+        peer without SRTP ignores them and answers plain)."""
+        self.srtp = srtp
+        self._offered = (
+            [] if srtp == "off" else [new_crypto(tag, suite) for tag, suite in enumerate(SUITES, 1)]
+        )
         sdp = make_offer(
             self.local_ip,
             self.local_port,
             codecs=codecs,
             telephone_event_pt=telephone_event_pt,
             ptime_ms=self.ptime_ms,
+            crypto=self._offered,
+            proto="RTP/SAVP" if srtp == "required" else "RTP/AVP",
         )
+        for crypto in self._offered:
+            self._keys[crypto.suite] = crypto.key_salt
         sdp.origin = self.origin
         self._last = sdp
         return sdp
 
     def accept_answer(self, answer: SessionDescription) -> Negotiated:
-        """The peer's answer to our offer: the codec it chose (the first it lists)."""
+        """The peer's answer to our offer: the codec it chose (the first it lists),
+        and the SRTP keys when it took one of our crypto lines."""
         for m in answer.media:
             if m.media != "audio" or m.port == 0:
                 continue
-            accepted = self._accept(answer, m, answer.direction)
+            crypto = self._answered_crypto(m)
+            if crypto is None and (self.srtp == "required" or m.proto in SECURE_PROFILES):
+                raise NoCommonSecurity("the answer has no SRTP key for our offer")
+            accepted = self._accept(answer, m, answer.direction, crypto)
             if accepted is not None:
                 self.negotiated = accepted[0]
                 return accepted[0]
         raise NoCommonCodec("the answer accepts no audio stream with PCMU or PCMA")
+
+    def _answered_crypto(self, m: MediaDescription) -> tuple[Crypto, Crypto] | None:
+        offered = {(c.tag, c.suite): c for c in self._offered}
+        for value in m.attributes_named("crypto"):
+            theirs = first_supported([value])
+            if theirs is not None and (ours := offered.get((theirs.tag, theirs.suite))):
+                return ours, theirs
+        return None
 
     def current_answer_bytes(self) -> bytes:
         """Our SDP as last sent (for an offerless re-INVITE, §14.2)."""
@@ -420,6 +501,8 @@ def make_offer(
     codecs: tuple[str, ...] = SUPPORTED_CODECS,
     telephone_event_pt: int | None = 101,
     ptime_ms: int = 20,
+    crypto: list[Crypto] | None = None,
+    proto: str = "RTP/AVP",
 ) -> SessionDescription:
     """An offer for an outbound call: G.711 in our order of preference."""
     by_name = {c.name: c for c in STATIC_CODECS.values()}
@@ -433,12 +516,13 @@ def make_offer(
             ("fmtp", f"{telephone_event_pt} 0-16"),
         ]
     attributes += [("ptime", str(ptime_ms)), ("sendrecv", None)]
+    attributes += [("crypto", str(c)) for c in crypto or ()]
     addrtype = _addrtype(local_ip)
     return SessionDescription(
         origin=Origin("voxswitch", str(secrets.randbelow(2**62)), 1, "IN", addrtype, local_ip),
         session_name="voxswitch",
         connection=Connection("IN", addrtype, local_ip),
-        media=[MediaDescription("audio", local_port, "RTP/AVP", formats, attributes=attributes)],
+        media=[MediaDescription("audio", local_port, proto, formats, attributes=attributes)],
     )
 
 

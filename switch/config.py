@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sip.sdp import SRTP_POLICIES
 from switch.guard.sources import SCANNER_AGENTS, parse_networks
 
 ENV_PREFIX = "VOXSWITCH_"
@@ -229,6 +230,24 @@ class Settings:
         metadata={"help": "User-Agent substrings of SIP scanners: their source is banned at "
                   "once ('' turns this off)"},
     )
+    tls_port: int = field(
+        default=5061,
+        metadata={"help": "SIP over TLS port (listens only with tls_cert and tls_key)"},
+    )
+    tls_cert: str = field(
+        default="", metadata={"help": "PEM certificate (chain) for SIP over TLS"}
+    )
+    tls_key: str = field(default="", metadata={"help": "PEM private key of tls_cert"})
+    tls_ca: str = field(
+        default="",
+        metadata={"help": "PEM CAs peers' certificates must chain to: trunks' servers, and "
+                  "client certificates (asked for only when set; default: system CAs)"},
+    )
+    srtp: str = field(
+        default="optional",
+        metadata={"help": "SRTP for calls no trunk names: required, optional (when "
+                  "offered; offered over TLS) or off"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -298,7 +317,7 @@ def load_settings(
         if value is not None and name in known:
             values[name] = _convert(name, known[name].type, value)
     settings = Settings(**values)
-    for name in ("sip_port", "api_port"):
+    for name in ("sip_port", "api_port", "tls_port"):
         port = getattr(settings, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"{name}: {port} is not a port")
@@ -325,6 +344,10 @@ def load_settings(
         raise ConfigError("trunks_reload_s: must be above 0")
     if settings.spool_max_mb < 1:
         raise ConfigError("spool_max_mb: must be at least 1")
+    if settings.srtp not in SRTP_POLICIES:
+        raise ConfigError(f"srtp: expected required, optional or off, got {settings.srtp!r}")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key: set both (or neither)")
     if settings.max_cps < 0:
         raise ConfigError("max_cps: must be 0 (no ceiling) or more")
     if not 0 <= settings.overload_busy < 1:

@@ -47,6 +47,7 @@ from sip.errors import UriError
 from sip.message import Request, make_response
 from sip.parser import KNOWN_METHODS
 from sip.quick import QuickRequest
+from sip.sdp import SrtpPolicy
 from sip.transaction import InviteServerTransaction
 from sip.uri import SipUri
 from switch.backbone import events
@@ -85,6 +86,12 @@ class InboundPolicy(Protocol):
 
     def agent_for(self, number: str) -> str | None:
         """The agent the inbound routes give this dialed number."""
+
+    def srtp_for(self, trunk: str) -> SrtpPolicy:
+        """The trunk's SRTP policy for the calls it sends us."""
+
+    def certificate_for(self, trunk: str) -> str | None:
+        """The name the trunk's TLS client certificate must carry; None: no check."""
 
 
 class CallRefused(Exception):
@@ -166,9 +173,12 @@ class CallManager:
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._watchers: dict[str, Callable[[CallRecord], None]] = {}
         # Where SIP to a peer goes (set by the node once its UDP socket is bound), and
-        # how a TCP connection to one is opened.
+        # how a TCP or TLS connection to one is opened (TLS: with the name its
+        # certificate must carry).
         self.flow_to: Callable[[tuple[str, int]], Flow] | None = None
         self.tcp_connect: Callable[[str, int], Awaitable[Flow]] | None = None
+        self.tls_connect: Callable[[str, int, str], Awaitable[Flow]] | None = None
+        self.srtp: SrtpPolicy = "optional"  # for INVITEs no trunk's (a trunk says its own)
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
         # The trunks and routes (the node's): None admits every INVITE (digest aside).
         self.inbound: InboundPolicy | None = None
@@ -261,7 +271,7 @@ class CallManager:
                 return
             if trunk is None:
                 trunk = self._authenticated(request, txn, flow)
-            if trunk is not None:
+            if trunk is not None and self._certified(request, txn, flow, trunk):
                 self._new_call(request, txn, flow, trunk)
         elif method == "OPTIONS":
             self._reply(
@@ -294,6 +304,21 @@ class CallManager:
             actor.mailbox.put(AckArrived(request))
         else:
             actor.mailbox.put(RequestArrived(request, txn))
+
+    def _certified(
+        self, request: Request, txn: ServerTransaction, flow: Flow, trunk: str
+    ) -> bool:
+        """A trunk that asks for a client certificate calls only over TLS with a
+        verified certificate naming it; else 403 (RFC 5922 §7.4's check)."""
+        name = self.inbound.certificate_for(trunk) if self.inbound and trunk else None
+        if name is None:
+            return True
+        if flow.transport == "TLS" and name in getattr(flow, "peer_names", ()):
+            return True
+        log.info("INVITE %s from %s (trunk %s): no TLS client certificate for %s: 403",
+                 request.call_id, flow.remote[0], trunk, name)  # fmt: skip
+        self._reply(txn, request, 403, reason="Client Certificate Required")
+        return False
 
     def _forbidden(self, request: Request, txn: ServerTransaction, flow: Flow) -> bool:
         """Trunks are configured, the source is none of theirs and there is no digest
@@ -374,6 +399,7 @@ class CallManager:
             clock=self.loop.time,
             voice=self._inbound_voice(request),
             vad=self.vad,
+            srtp=self.inbound.srtp_for(trunk) if self.inbound and trunk else self.srtp,
         )
         actor.record.trunk = trunk
         self._start(actor)
@@ -413,8 +439,8 @@ class CallManager:
         local_tag = new_tag()
         invite = build_invite(
             call_id=call_id, from_number=origination.from_number, from_tag=local_tag, cseq=1,
-            target=first, to=origination.to, via_sent_by=self.local.sent_by(),
-            contact=self.local.contact(flow), local_host=self.local.host, sdp=b"",
+            target=first, to=origination.to, via_sent_by=self.local.sent_by(first.transport),
+            contact=self.local.contact(first.transport), local_host=self.local.host, sdp=b"",
         )  # fmt: skip
         actor = OutboundCallActor(
             invite=invite,
@@ -457,13 +483,17 @@ class CallManager:
         return lambda leg: first.command(BridgeAnswered(leg))
 
     async def _connect(self, target: DialTarget) -> Flow:
-        return await self.connect(target.host, target.port, target.transport)
+        return await self.connect(target.host, target.port, target.transport, target.server_name)
 
-    async def connect(self, host: str, port: int, transport: str = "udp") -> Flow:
-        """The flow to ``host`` (resolved when it is a name): UDP, or a TCP connection
-        (opened, or the one already open)."""
+    async def connect(
+        self, host: str, port: int, transport: str = "udp", server_name: str = ""
+    ) -> Flow:
+        """The flow to ``host`` (resolved when it is a name): UDP, or a TCP or TLS
+        connection (opened, or the one already open). A TLS peer's certificate must
+        name ``server_name`` (default: ``host`` as given)."""
         assert self.flow_to is not None
         host = host.strip("[]")
+        server_name = server_name or host
         try:
             ipaddress.ip_address(host)
         except ValueError:
@@ -476,6 +506,10 @@ class CallManager:
             if self.tcp_connect is None:
                 raise OSError("no TCP transport")
             return await self.tcp_connect(host, port)
+        if transport == "tls":
+            if self.tls_connect is None:
+                raise OSError("no TLS transport")
+            return await self.tls_connect(host, port, server_name)
         return self.flow_to((host, port))
 
     def _start(self, actor: CallActor) -> None:

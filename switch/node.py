@@ -11,10 +11,11 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from redis.exceptions import RedisError
 
@@ -26,7 +27,9 @@ from control_api.keys import ApiKeys
 from control_api.metrics import NodeMetrics
 from sip.auth import DigestAuthenticator
 from sip.message import Message
+from sip.sdp import SrtpPolicy
 from sip.transport.tcp import TcpConnection, TcpServer
+from sip.transport.tls import client_context, server_context
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
 from switch.backbone.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.backbone.courier import Backbone, build_sinks
@@ -109,6 +112,7 @@ class Node:
         self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
         self._tcp: TcpServer | None = None
+        self._tls: TcpServer | None = None
         self._stop = asyncio.Event()
         self.admission: AdmissionControl | None = None
         self.sources: SourceGuard | None = None
@@ -195,7 +199,7 @@ class Node:
         s = self.settings
         loop = asyncio.get_running_loop()
         self._build_guard()
-        local = LocalAddress(s.public_host, s.sip_port)
+        local = LocalAddress(s.public_host, s.sip_port, s.tls_port if s.tls_cert else 0)
         self.media = MediaPlant(
             bind_host=s.sip_host,
             ports=s.rtp_ports,
@@ -275,7 +279,11 @@ class Node:
         udp = self._udp
         self.manager.queue_wait = lambda: udp.current_wait
         self.manager.inbound = self
-        self.dialer = Dialer(self.manager, self.book, loop.time, trunk_up=self.trunk_up)
+        srtp = cast(SrtpPolicy, s.srtp)
+        self.manager.srtp = srtp
+        self.dialer = Dialer(
+            self.manager, self.book, loop.time, trunk_up=self.trunk_up, srtp=srtp
+        )
         if s.transfer_fallback == "bridge":
             self.manager.bridge_dialer = self.dialer.dial_bridge
         journal = CampaignJournal(s.campaigns_file) if s.campaigns_file else None
@@ -291,6 +299,7 @@ class Node:
         except OSError as exc:
             raise StartupError(_cannot_listen("SIP (TCP)", s.sip_host, s.sip_port, exc)) from None
         self.manager.tcp_connect = self._tcp.connect
+        await self._start_tls()
         self._background = [
             loop.create_task(self._end_orphans(), name="end orphans"),
             loop.create_task(self.checkpointer.run(), name="checkpointer"),
@@ -301,15 +310,37 @@ class Node:
         ]
         if self.shared_guard is not None:
             self._background.append(loop.create_task(self.shared_guard.run(), name="guard"))
+        tls = f", TLS on {s.tls_port}" if local.tls_port else ""
         log.info(
-            "node %s: SIP on %s:%d (UDP, TCP), RTP %d-%d, advertising %s",
+            "node %s: SIP on %s:%d (UDP, TCP%s), RTP %d-%d, advertising %s",
             s.name,
             s.sip_host,
             s.sip_port,
+            tls,
             s.rtp_ports[0],
             s.rtp_ports[1],
             local.host,
         )
+
+    async def _start_tls(self) -> None:
+        """TLS to trunks always (their certificates checked against ``tls_ca`` or the
+        system's CAs); a TLS listener when we have a certificate."""
+        s = self.settings
+        assert self.manager is not None
+        try:
+            client = client_context(s.tls_cert, s.tls_key, s.tls_ca)
+            server = server_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
+        except (OSError, ssl.SSLError) as exc:  # a missing file, a key that does not match
+            raise StartupError(f"TLS: cannot load {s.tls_cert or s.tls_ca}: {exc}") from None
+        self._tls = TcpServer(self._receive_tcp, name="TLS", server_ssl=server, client_ssl=client)
+        if server is not None:
+            try:
+                await self._tls.start(s.sip_host, s.tls_port)
+            except OSError as exc:
+                raise StartupError(
+                    _cannot_listen("SIP (TLS)", s.sip_host, s.tls_port, exc)
+                ) from None
+        self.manager.tls_connect = self._tls.connect
 
     def _load_monitor(self) -> LoadMonitor:
         assert self.admission is not None and self.media is not None
@@ -402,6 +433,14 @@ class Node:
     def agent_for(self, number: str) -> str | None:
         return self.book.agent_for(number)
 
+    def srtp_for(self, trunk: str) -> SrtpPolicy:
+        found = self.book.trunks.get(trunk)
+        return found.srtp if found is not None else cast(SrtpPolicy, self.settings.srtp)
+
+    def certificate_for(self, trunk: str) -> str | None:
+        found = self.book.trunks.get(trunk)
+        return found.peer_name if found is not None and found.tls_client_cert else None
+
     def trunk_full(self, name: str) -> bool:
         return self.dialer is not None and self.dialer.trunk_full(name)
 
@@ -461,6 +500,8 @@ class Node:
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()
+        if self._tls is not None:
+            self._tls.close()
         if self.media is not None:
             self.media.close()
         closed: set[int] = set()  # agents share a synthesizer (and maybe a recogniser)

@@ -40,6 +40,7 @@ from media.g711 import codec_name, encode, silence_byte
 from media.rtcp import RtcpSession
 from media.rtp import HEADER, RTP_VERSION, looks_like_rtp, parse_rtp
 from media.session import MediaEvent, MediaSession, VadConfig
+from media.srtp import SrtpContext, SrtpError, SrtpKeys
 from media.tones import PcmArray, greeting_pcm
 from switch.mediaplant import MediaUnavailable
 from switch.mediaplant.remote import MediaWorker, RemoteLeg
@@ -95,6 +96,7 @@ class RtpLeg:
         "_session",
         "_silence",
         "_sock",
+        "_srtp",
         "_ssrc",
         "_telephone_event_pt",
         "_ts",
@@ -149,6 +151,7 @@ class RtpLeg:
         self._ready: list[bytes] = []  # the packets of the coming slot, made a tick ahead
         self._bridge: int | None = None  # the local port of the leg we relay to and from
         self._held_session: MediaSession | None = None  # set aside while bridged
+        self._srtp: SrtpContext | None = None  # SRTP: protects what we send, checks what we get
 
     # ---- MediaLeg ------------------------------------------------------------------
 
@@ -162,8 +165,16 @@ class RtpLeg:
         payload_type: int,
         codec: str,
         telephone_event_pt: int | None = None,
+        srtp: SrtpKeys | None = None,
     ) -> None:
-        """Set (or, on a re-INVITE, change) the SDP address, payload type and codec."""
+        """Set (or, on a re-INVITE, change) the SDP address, payload type, codec and
+        SRTP keys (None: plain RTP)."""
+        if srtp is None:
+            self._srtp = None
+        elif self._srtp is None:
+            self._srtp = SrtpContext(srtp)
+        else:
+            self._srtp = self._srtp.rekeyed(srtp)
         name = codec_name(codec)
         target = _ip_target(remote)
         if self._remote is not None and target != self._remote:
@@ -230,9 +241,14 @@ class RtpLeg:
     def packets_received(self) -> int:
         return self._received
 
-    def stats(self) -> dict[str, float | int | None]:
+    def stats(self) -> dict[str, float | int | str | None]:
         """Loss and jitter both ways (RTCP), packets and send errors, for the record."""
-        return {**self._rtcp.summary(), "send_errors": self._send_errors}
+        stats: dict[str, float | int | str | None] = {**self._rtcp.summary()}
+        stats["send_errors"] = self._send_errors
+        if self._srtp is not None:  # the record says the call was encrypted, and how
+            stats["srtp"] = self._srtp.keys.suite
+            stats["srtp_rejected"] = self._srtp.rejected
+        return stats
 
     def close(self) -> None:
         if self._closed:
@@ -370,13 +386,16 @@ class RtpLeg:
         return sent_any
 
     def _sendto(self, data: bytes, target: tuple[str, int]) -> None:
+        size = len(data)
         try:
+            if self._srtp is not None:
+                data = self._srtp.protect(data)
             self._sock.sendto(data, target)
-        except OSError:
+        except (OSError, SrtpError):
             self._send_errors += 1
         else:
             self._sent += 1
-            self._octets += len(data) - 12
+            self._octets += size - 12
 
     # ---- RTCP ------------------------------------------------------------------------
 
@@ -394,8 +413,10 @@ class RtpLeg:
                 return
             target = (rtp[0], rtp[1] + 1)  # RFC 3550 §11: the next port up
         try:
+            if self._srtp is not None:
+                data = self._srtp.protect_rtcp(data)
             self._rtcp_sock.sendto(data, target)
-        except OSError:
+        except (OSError, SrtpError):
             self._send_errors += 1
 
     def on_rtcp_readable(self) -> None:
@@ -403,6 +424,11 @@ class RtpLeg:
             data, address = self._rtcp_sock.recvfrom(RECV_SIZE)
         except OSError:
             return
+        if self._srtp is not None:
+            plain = self._srtp.unprotect_rtcp(data)
+            if plain is None:
+                return  # forged or replayed: it must not move where our reports go
+            data = plain
         self._rtcp_target = address if len(address) == 2 else (address[0], address[1])
         self._rtcp.on_rtcp(data, self._plant.loop.time())
 
@@ -416,6 +442,11 @@ class RtpLeg:
             return
         if not looks_like_rtp(data):
             return
+        if self._srtp is not None:
+            plain = self._srtp.unprotect(data)
+            if plain is None:
+                return  # forged or replayed: dropped before it can move the latch
+            data = plain
         now = self._plant.loop.time()
         self._received += 1
         self._last_rx = now

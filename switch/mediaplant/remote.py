@@ -28,6 +28,7 @@ from typing import Any
 from media.g711 import codec_name
 from media.session import MediaEvent, VadConfig
 from media.speech import Pcm
+from media.srtp import SrtpKeys
 from switch.mediaplant.channel import Channel, socket_pair
 
 log = logging.getLogger("voxswitch.media")
@@ -143,10 +144,12 @@ class RemoteLeg:
         payload_type: int,
         codec: str,
         telephone_event_pt: int | None = None,
+        srtp: SrtpKeys | None = None,
     ) -> None:
         self.codec = codec_name(codec)
-        self._setup["connect"] = (remote, payload_type, codec, telephone_event_pt)
-        self.send("connect", remote, payload_type, codec, telephone_event_pt)
+        args = (remote, payload_type, codec, telephone_event_pt, srtp)
+        self._setup["connect"] = args
+        self.send("connect", *args)
 
     def start_session(
         self, on_event: Callable[[MediaEvent, float], None], vad: VadConfig | None = None

@@ -17,6 +17,7 @@ from typing import Any
 from actors.call import CallActor
 from actors.outbound import DialTarget, Origination, OutboundCallActor
 from sip.errors import UriError
+from sip.sdp import SrtpPolicy
 from sip.uri import SipUri, parse_uri
 from switch.manager import CallManager, CallRefused
 from switch.trunking.trunks import Trunk, TrunkBook, valid_host
@@ -84,11 +85,13 @@ class Dialer:
         book: TrunkBook,
         clock: Callable[[], float],
         trunk_up: Callable[[str], bool] = lambda _name: True,
+        srtp: SrtpPolicy = "optional",
     ) -> None:
         self.manager = manager
         self.book = book
         self.clock = clock
         self.trunk_up = trunk_up
+        self.srtp = srtp  # for SIP URIs dialed without a trunk
         self._pacers: dict[str, Pacer] = {}
         manager.pace = self.reserve
 
@@ -107,10 +110,8 @@ class Dialer:
             if trunk is None:
                 raise NoRoute("trunk", f"no trunk named {request.trunk!r}")
             trunks = [trunk]
-        elif to.startswith("sips:"):
-            raise NoRoute("to", "sips: needs TLS, which voxswitch does not speak yet")
-        elif to.startswith("sip:"):
-            return [_direct(to)]
+        elif to.startswith(("sip:", "sips:")):
+            return [_direct(to, self.srtp)]
         else:
             trunks = self.book.trunks_for(to)
             if not trunks:
@@ -184,26 +185,50 @@ class Dialer:
 def _through(trunk: Trunk, to: str, from_number: str) -> DialTarget:
     user = trunk.dialed(to.removeprefix("tel:"))
     host = f"[{trunk.host}]" if ":" in trunk.host and not trunk.host.startswith("[") else trunk.host
-    port = "" if trunk.port == 5060 else f":{trunk.port}"
+    default_port = 5061 if trunk.transport == "tls" else 5060
+    port = "" if trunk.port == default_port else f":{trunk.port}"
+    suffix = ";transport=tls" if trunk.transport == "tls" else ""
     return DialTarget(
         trunk=trunk.name,
         host=trunk.host,
         port=trunk.port,
-        request_uri=f"sip:{user}@{host}{port}",
+        request_uri=f"sip:{user}@{host}{port}{suffix}",
         username=trunk.username,
         password=trunk.password,
         codecs=tuple(trunk.codecs),
         transport=trunk.transport,
+        srtp=_offered_srtp(trunk.srtp, trunk.transport),
+        server_name=trunk.peer_name,
         caller=trunk.calling(from_number),
     )
 
 
-def _direct(uri: str) -> DialTarget:
-    """A SIP URI dialed without a trunk (a test UA, a PBX on the LAN)."""
+def _offered_srtp(policy: SrtpPolicy, transport: str) -> SrtpPolicy:
+    """What our offer carries. SDES keys travel in the SDP, so 'optional' offers
+    them only over TLS (RFC 4568 §8.3: not over signalling anyone can read);
+    'required' offers them whatever the transport, as the trunk asks."""
+    if policy == "optional" and transport != "tls":
+        return "off"
+    return policy
+
+
+def _direct(uri: str, srtp: SrtpPolicy) -> DialTarget:
+    """A SIP URI dialed without a trunk (a test UA, a PBX on the LAN); a ``sips:``
+    URI or ``;transport=tls`` goes over TLS to port 5061 unless it names one."""
     try:
         parsed = parse_uri(uri)
     except UriError as exc:
         raise NoRoute("to", str(exc)) from exc
     if not isinstance(parsed, SipUri) or not valid_host(parsed.host):
         raise NoRoute("to", f"{uri!r} is not a SIP URI with a valid host")
-    return DialTarget(trunk="", host=parsed.host, port=parsed.port or 5060, request_uri=uri)
+    named = parsed.transport
+    transport = "tls" if parsed.secure or named == "tls" else "tcp" if named == "tcp" else "udp"
+    return DialTarget(
+        trunk="",
+        host=parsed.host,
+        port=parsed.port or (5061 if transport == "tls" else 5060),
+        request_uri=uri,
+        transport=transport,
+        srtp=_offered_srtp(srtp, transport),
+        server_name=parsed.host_bare.lower(),
+    )

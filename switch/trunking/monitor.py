@@ -96,8 +96,7 @@ def build_register(
     reg.cseq += 1
     h = _common_headers(trunk, local, f"{aor};tag={reg.from_tag}", aor, reg.call_id,
                         f"{reg.cseq} REGISTER")  # fmt: skip
-    suffix = ";transport=tcp" if trunk.transport == "tcp" else ""
-    h.add("Contact", f"<sip:{user}@{local.host}:{local.port}{suffix}>")
+    h.add("Contact", local.contact(trunk.transport, user=user))
     h.add("Expires", str(trunk.register_expires_s if expires is None else expires))
     if authorization is not None:
         h.add(*authorization)
@@ -113,7 +112,7 @@ def _common_headers(
 ) -> Headers:
     h = Headers()
     transport = trunk.transport.upper()
-    h.add("Via", f"SIP/2.0/{transport} {local.sent_by()};branch={new_branch()};rport")
+    h.add("Via", f"SIP/2.0/{transport} {local.sent_by(transport)};branch={new_branch()};rport")
     h.add("Max-Forwards", "70")
     h.add("From", from_)
     h.add("To", to)
@@ -140,7 +139,7 @@ class TrunkMonitor:
         book: TrunkBook,
         endpoint: SipEndpoint,
         local: LocalAddress,
-        connect: Callable[[str, int, str], Awaitable[Flow]],
+        connect: Callable[[str, int, str, str], Awaitable[Flow]],
         clock: Callable[[], float],
     ) -> None:
         self.book = book
@@ -202,7 +201,9 @@ class TrunkMonitor:
         state.next_at = now + trunk.options_interval_s
         state.pending_since = now
         try:
-            flow = await self.connect(trunk.host, trunk.port, trunk.transport)
+            flow = await self.connect(
+                trunk.host, trunk.port, trunk.transport, trunk.peer_name
+            )
         except OSError:
             self._options_failed(trunk.name, state, None)
             return
@@ -251,7 +252,9 @@ class TrunkMonitor:
         self, trunk: Trunk, reg: Registration, authorization: tuple[str, str] | None
     ) -> None:
         try:
-            flow = await self.connect(trunk.host, trunk.port, trunk.transport)
+            flow = await self.connect(
+                trunk.host, trunk.port, trunk.transport, trunk.peer_name
+            )
         except OSError:
             self._register_failed(trunk, reg, None)
             return
@@ -307,7 +310,9 @@ class TrunkMonitor:
         if trunk is None or reg.state != "registered":
             return
         try:
-            flow = await self.connect(trunk.host, trunk.port, trunk.transport)
+            flow = await self.connect(
+                trunk.host, trunk.port, trunk.transport, trunk.peer_name
+            )
         except OSError:
             return
         request = build_register(trunk, self.local, reg, None, expires=0)

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from sip.sdp import SrtpPolicy
 from switch.trunking.store import PostgresTrunkStore
 
 Codec = Literal["PCMU", "PCMA"]
@@ -40,8 +41,22 @@ class Trunk(BaseModel):
 
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     host: str = Field(max_length=253, description="carrier SIP address: IP or host name")
-    port: int = Field(default=5060, ge=1, le=65535)
-    transport: Literal["udp", "tcp"] = "udp"
+    port: int = Field(default=5060, ge=1, le=65535, description="default 5061 over TLS")
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    srtp: SrtpPolicy = Field(
+        default="optional",
+        description="required: RTP/SAVP only; optional: SRTP when offered (and offered "
+        "ourselves over TLS); off: plain RTP only",
+    )
+    tls_peer_name: str = Field(
+        default="", max_length=253,
+        description="the name the carrier's TLS certificate must carry (default: host)",
+    )  # fmt: skip
+    tls_client_cert: bool = Field(
+        default=False,
+        description="inbound INVITEs only over TLS with a verified client certificate "
+        "for tls_peer_name (or host)",
+    )
     inbound_ips: list[str] = Field(
         default_factory=list, max_length=64,
         description="addresses/CIDRs whose INVITEs are this trunk's (default: host)",
@@ -72,6 +87,19 @@ class Trunk(BaseModel):
     options_interval_s: float = Field(
         default=30.0, ge=0.0, le=3600.0, description="OPTIONS keepalive (0: off)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: Any) -> Any:
+        """SIP over TLS defaults to 5061 (RFC 3261 §19.1.2) when no port is given."""
+        if isinstance(data, dict) and data.get("transport") == "tls" and "port" not in data:
+            return {**data, "port": 5061}
+        return data
+
+    @property
+    def peer_name(self) -> str:
+        """What the carrier's certificate must name (outbound and client checks)."""
+        return (self.tls_peer_name or self.host).lower()
 
     @field_validator("host")
     @classmethod

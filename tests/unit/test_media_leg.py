@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pylibsrtp
 import pytest
 
 from media.dtmf import DtmfReceiver
@@ -22,6 +23,7 @@ from media.g711 import alaw_encode, ulaw_encode
 from media.playout import UtteranceInterrupted
 from media.rtcp import ReportBlock, Sdes, SenderReport, build_receiver_report, parse_rtcp
 from media.rtp import RtpPacket, pack_rtp, parse_rtp
+from media.srtp import SrtpKeys
 from media.tones import chime, greeting_pcm, load_greeting
 from switch.mediaplant import MediaUnavailable
 from switch.mediaplant.leg import MediaPlant, RtpLeg
@@ -784,3 +786,61 @@ async def test_conversation_controls_reach_the_session_and_its_state_comes_back(
         assert all(p.payload == silence for _, p in await receive(peer, 5))
     finally:
         plant.close()
+
+
+# ---- SRTP ---------------------------------------------------------------------------
+
+
+def libsrtp_peer(key: bytes, outbound: bool) -> pylibsrtp.Session:
+    kind = pylibsrtp.Policy.SSRC_ANY_OUTBOUND if outbound else pylibsrtp.Policy.SSRC_ANY_INBOUND
+    policy = pylibsrtp.Policy(
+        key=key, ssrc_type=kind, srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    )
+    return pylibsrtp.Session(policy)
+
+
+async def test_srtp_leg_encrypts_what_it_sends_and_checks_what_it_gets(
+    peer: socket.socket, make_plant: PlantFactory
+) -> None:
+    """With SDES keys the leg's RTP and RTCP go out encrypted (a libsrtp peer decrypts
+    them to the greeting), the peer's SRTP is decrypted and counted, and plain or
+    forged packets are dropped without being counted or moving the latch."""
+    plant = await make_plant(HOST, port_range(2), None)
+    ours, theirs = os.urandom(30), os.urandom(30)
+    decrypt, encrypt = libsrtp_peer(ours, False), libsrtp_peer(theirs, True)
+    events: list[Any] = []
+    intruder = other_socket()
+    try:
+        leg = plant.new_leg("call-1")
+        keys = SrtpKeys("AES_CM_128_HMAC_SHA1_80", ours, theirs)
+        leg.connect(address(peer), 0, "PCMU", None, keys)
+        leg.play()
+        wire = [await recv_datagram(peer, 2.0) for _ in range(5)]
+        frames = plant.greeting_frames("PCMU")
+        assert all(len(d) == 12 + 160 + 10 for d in wire)
+        assert all(d[12:172] not in frames for d in wire)  # not the greeting in the clear
+        plain = [parse_rtp(decrypt.unprotect(d)) for d in wire]
+        assert [p.payload for p in plain if p is not None] == frames[:5]
+        # The peer talks: SRTP in, each packet authenticated and counted.
+        leg.start_session(lambda event, at: events.append(event))
+        tone = (8000 * np.sin(np.arange(1600) * 2 * np.pi * 440 / 8000)).astype(np.int16)
+        for seq in range(40):
+            payload = ulaw_encode(tone[(seq % 10) * 160 : (seq % 10 + 1) * 160])
+            packet = encrypt.protect(pack_rtp(0, seq, seq * 160, 77, payload))
+            peer.sendto(packet, (HOST, leg.local_port))
+            await asyncio.sleep(0.002)
+        await wait_until_received(plant, leg, 40)
+        # Plain RTP and a forged packet from elsewhere: neither counted nor latched.
+        intruder.sendto(pack_rtp(0, 100, 16000, 77, b"\xff" * 160), (HOST, leg.local_port))
+        forged = bytearray(encrypt.protect(pack_rtp(0, 101, 16160, 77, b"\xff" * 160)))
+        forged[-1] ^= 0xFF
+        intruder.sendto(bytes(forged), (HOST, leg.local_port))
+        await asyncio.sleep(0.1)
+        await plant.sync()
+        assert leg.packets_received == 40
+        assert leg.target == address(peer)
+        stats = leg.stats()
+        assert stats["srtp"] == "AES_CM_128_HMAC_SHA1_80" and stats["srtp_rejected"] == 2
+    finally:
+        plant.close()
+        intruder.close()

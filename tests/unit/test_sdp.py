@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 
 from sip.sdp import (
     NoCommonCodec,
+    NoCommonSecurity,
     SdpAnswerer,
     SdpError,
     SessionDescription,
+    SrtpPolicy,
     make_offer,
 )
 
@@ -248,3 +250,102 @@ def test_structured_offers_answer_or_sdp_error(lines: list[str]) -> None:
         return
     assert len(answer.media) == len(offer.media)
     SessionDescription.parse(bytes(answer))
+
+
+# ---- SRTP by SDES (RFC 4568) ----------------------------------------------------------
+
+OFFERED_KEY = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk"  # 30 bytes, base64
+
+
+def srtp_offer(proto: str, *cryptos: str) -> SessionDescription:
+    lines = b"".join(f"a=crypto:{c}\r\n".encode() for c in cryptos)
+    return SessionDescription.parse(SIPP_OFFER.replace(b"RTP/AVP", proto.encode()) + lines)
+
+
+def crypto_lines(sdp: SessionDescription) -> list[str]:
+    return sdp.media[0].attributes_named("crypto")
+
+
+@pytest.mark.parametrize("proto", ["RTP/SAVP", "RTP/AVP"])  # mandatory and best-effort
+def test_an_offered_key_is_answered_with_ours_in_the_same_profile(proto: str) -> None:
+    a = SdpAnswerer(local_ip="198.51.100.7", local_port=20000, srtp="optional")
+    offer = srtp_offer(
+        proto,
+        f"1 AES_256_CM_HMAC_SHA1_80 inline:{OFFERED_KEY}{OFFERED_KEY}",  # not ours: skipped
+        f"2 AES_CM_128_HMAC_SHA1_80 inline:{OFFERED_KEY}",
+    )
+    answer = a.answer(offer)
+    assert answer.media[0].proto == proto
+    (line,) = crypto_lines(answer)
+    tag, suite, inline = line.split()
+    assert (tag, suite) == ("2", "AES_CM_128_HMAC_SHA1_80")
+    assert inline != f"inline:{OFFERED_KEY}"  # our own key, not the peer's echoed
+    assert a.negotiated is not None and a.negotiated.crypto is not None
+    ours, theirs = a.negotiated.crypto
+    assert theirs.key_salt == b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcd"
+    assert str(ours) == line
+    # A re-INVITE with the same offer: the same key, the same SDP version.
+    again = a.answer(offer)
+    assert crypto_lines(again) == [line] and again.origin.version == answer.origin.version
+
+
+def test_required_refuses_plain_rtp_and_off_refuses_savp() -> None:
+    required = SdpAnswerer(local_ip="198.51.100.7", local_port=20000, srtp="required")
+    with pytest.raises(NoCommonSecurity) as info:
+        required.answer(SessionDescription.parse(SIPP_OFFER))
+    assert info.value.warning.startswith("302 ")
+    off = SdpAnswerer(local_ip="198.51.100.7", local_port=20000, srtp="off")
+    with pytest.raises(NoCommonSecurity):
+        off.answer(srtp_offer("RTP/SAVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{OFFERED_KEY}"))
+    # Best-effort SRTP offered to 'off': answered plain, the crypto line ignored.
+    plain = off.answer(srtp_offer("RTP/AVP", f"1 AES_CM_128_HMAC_SHA1_80 inline:{OFFERED_KEY}"))
+    assert crypto_lines(plain) == [] and plain.media[0].proto == "RTP/AVP"
+    assert off.negotiated is not None and off.negotiated.crypto is None
+    # SAVP without a key we can use is not SRTP we can do, whatever the policy.
+    optional = SdpAnswerer(local_ip="198.51.100.7", local_port=20000, srtp="optional")
+    with pytest.raises(NoCommonSecurity):
+        with_mki = f"1 AES_CM_128_HMAC_SHA1_80 inline:{OFFERED_KEY}|1:4"
+        optional.answer(srtp_offer("RTP/SAVP", with_mki))
+
+
+def test_a_plain_stream_after_a_refused_secure_one_is_taken() -> None:
+    offer = SessionDescription.parse(
+        SIPP_OFFER.replace(b"RTP/AVP", b"RTP/SAVP") + b"m=audio 6002 RTP/AVP 0\r\n"
+    )
+    answer = SdpAnswerer(local_ip="198.51.100.7", local_port=20000, srtp="off").answer(offer)
+    assert [m.port for m in answer.media] == [0, 20000]
+
+
+@pytest.mark.parametrize(("policy", "proto"), [("required", "RTP/SAVP"), ("optional", "RTP/AVP")])
+def test_our_offer_and_the_answer_settle_the_keys(policy: SrtpPolicy, proto: str) -> None:
+    a = SdpAnswerer(local_ip="198.51.100.7", local_port=20000)
+    offer = a.offer(srtp=policy)
+    assert offer.media[0].proto == proto
+    lines = crypto_lines(offer)
+    assert [line.split()[:2] for line in lines] == [
+        ["1", "AES_CM_128_HMAC_SHA1_80"], ["2", "AES_CM_128_HMAC_SHA1_32"]]  # fmt: skip
+    # The peer (another answerer) takes the first line, with a key of its own.
+    peer = SdpAnswerer(local_ip="192.0.2.20", local_port=30000, srtp="optional")
+    answer = peer.answer(SessionDescription.parse(bytes(offer)))
+    result = a.accept_answer(SessionDescription.parse(bytes(answer)))
+    assert result.crypto is not None
+    ours, theirs = result.crypto
+    assert peer.negotiated is not None and peer.negotiated.crypto is not None
+    peer_ours, peer_theirs = peer.negotiated.crypto
+    # Each side decrypts with the key the other sends with.
+    assert (peer_ours.key_salt, peer_theirs.key_salt) == (theirs.key_salt, ours.key_salt)
+
+
+def test_an_answer_without_a_key() -> None:
+    required = SdpAnswerer(local_ip="198.51.100.7", local_port=20000)
+    required.offer(srtp="required")
+    with pytest.raises(NoCommonSecurity):
+        required.accept_answer(SessionDescription.parse(SIPP_OFFER))
+    optional = SdpAnswerer(local_ip="198.51.100.7", local_port=20000)
+    optional.offer(srtp="optional")
+    assert optional.accept_answer(SessionDescription.parse(SIPP_OFFER)).crypto is None
+    # A key for a tag we never offered is no key.
+    forged = srtp_offer("RTP/AVP", f"9 AES_CM_128_HMAC_SHA1_80 inline:{OFFERED_KEY}")
+    assert optional.accept_answer(forged).crypto is None
+    plain = SdpAnswerer(local_ip="198.51.100.7", local_port=20000)
+    assert crypto_lines(plain.offer()) == [] and plain.offer().media[0].proto == "RTP/AVP"
