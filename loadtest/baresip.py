@@ -5,6 +5,12 @@ stands in for a speaker (no sound card needed), and the ``sndfile`` filter recor
 both directions: ``dump-<time>-dec.wav`` is what the phone heard (the node's RTP,
 decoded), ``dump-<time>-enc.wav`` what it sent. Commands (``/dial``, ``/hangup``,
 ``/quit``) go through the ``stdio`` module on stdin; ``-s`` traces SIP on stdout.
+
+Over TLS (``transport="tls"``) it checks nothing of the peer's certificate (libre
+1.1 trusts any), presents ``certificate`` (certificate and key in one PEM) when
+given, and listens for TLS on ``sip_port + 1``; ``mediaenc="srtp-mand"`` makes it
+offer and answer RTP/SAVP with SDES keys only, ``"srtp"`` best-effort SRTP.
+``answer=True`` auto-answers calls to it (``start()`` instead of ``dial()``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ class Baresip:
         *,
         codec: str = "PCMU",
         microphone: npt.NDArray[np.int16] | None = None,
+        transport: str = "udp",
+        mediaenc: str = "",
+        certificate: Path | None = None,
+        answer: bool = False,
+        user: str = "baresip",
     ) -> None:
         self.binary = binary
         self.workdir = workdir
@@ -63,6 +74,7 @@ class Baresip:
         self.stderr_path = workdir / "baresip.stderr.log"
         # baresip also listens for SIP over TLS on the port above sip_listen's: both free.
         self.sip_port = free_port(udp=True, tcp=True, span=2)
+        self.tls_port = self.sip_port + 1
         rtp_start, rtp_end = free_port_range(20)
         self._ports = [self.sip_port, self.sip_port + 1, *range(rtp_start, rtp_end + 1)]
         self.config_dir.mkdir(parents=True)
@@ -71,6 +83,8 @@ class Baresip:
         if microphone is None:  # a quiet low tone: easy to tell from what the node sends
             microphone = tone(PHONE_TONE_HZ, seconds=20.0, level=0.05)
         write_wav(source, microphone)
+        srtp_module = "module\t\t\tsrtp.so" if mediaenc else ""
+        certificate_line = f"sip_certificate\t{certificate}" if certificate else ""
         # Only what the tests need: no alsa, no NAT helpers, no video.
         config = f"""\
 poll_method\t\tepoll
@@ -90,6 +104,8 @@ auplay_channels\t\t1
 audio_level\t\tno
 snd_path\t\t{self.record_dir}
 module_path\t\t/usr/lib/baresip/modules
+{srtp_module}
+{certificate_line}
 module\t\t\tstdio.so
 module\t\t\tg711.so
 module\t\t\taufile.so
@@ -101,17 +117,26 @@ module_app\t\tcontact.so
 module_app\t\tmenu.so
 """
         (self.config_dir / "config").write_text(config)
+        params = f";regint=0;audio_codecs={codec}/8000/1"
+        params += f";mediaenc={mediaenc}" if mediaenc else ""
+        params += ";answermode=auto" if answer else ""
+        uri_params = f";transport={transport}" if transport != "udp" else ""
         (self.config_dir / "accounts").write_text(
-            f"<sip:baresip@{LOOPBACK}>;regint=0;audio_codecs={codec}/8000/1\n"
+            f"<sip:{user}@{LOOPBACK}{uri_params}>{params}\n"
         )
         (self.config_dir / "contacts").write_text("")
         self.process: subprocess.Popen[bytes] | None = None
 
     def dial(self, uri: str) -> None:
+        self.start(f"/dial {uri}")
+
+    def start(self, command: str | None = None) -> None:
+        """Run baresip (waiting for calls, or running ``command`` first)."""
         # -s: SIP trace on stdout. stdbuf: line-buffered stdout, so the log can be
         # followed while the call runs.
         prefix = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
-        cmd = [*prefix, self.binary, "-s", "-f", str(self.config_dir), "-e", f"/dial {uri}"]
+        cmd = [*prefix, self.binary, "-s", "-f", str(self.config_dir)]
+        cmd += ["-e", command] if command else []
         (self.workdir / "baresip.command").write_text(" ".join(cmd) + "\n")
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
@@ -178,7 +203,7 @@ module_app\t\tmenu.so
 
     def sip_trace(self) -> list[SipMessage]:
         """The SIP messages of the ``-s`` trace, in order."""
-        found = re.finditer(r"^(?:UDP|TCP) (\S+) -> (\S+)\n(.+)$", self.log(), re.MULTILINE)
+        found = re.finditer(r"^(?:UDP|TCP|TLS) (\S+) -> (\S+)\n(.+)$", self.log(), re.MULTILINE)
         return [SipMessage(m[1], m[2], m[3].strip()) for m in found]
 
     def recording(self, direction: str) -> Path:

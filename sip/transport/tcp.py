@@ -148,7 +148,10 @@ class TcpServer:
             )  # fmt: skip
         try:
             _, conn = await asyncio.wait_for(connecting, timeout_s)
-        except ssl.SSLError as exc:  # the caller treats it as unreachable, and says why
+        except ssl.SSLCertVerificationError as exc:  # unreachable, and say why
+            why = exc.verify_message or exc.reason
+            raise OSError(f"TLS to {host}:{port}: certificate not accepted: {why}") from exc
+        except ssl.SSLError as exc:
             raise OSError(f"TLS to {host}:{port}: {exc.reason or exc}") from exc
         self._opened[(host, port)] = conn
         return conn

@@ -426,11 +426,19 @@ class RtpLeg:
             return
         if self._srtp is not None:
             plain = self._srtp.unprotect_rtcp(data)
-            if plain is None:
-                return  # forged or replayed: it must not move where our reports go
+            if plain is None:  # forged or replayed: it must not move where our reports go
+                self._srtp_rejected(data, address)
+                return
             data = plain
         self._rtcp_target = address if len(address) == 2 else (address[0], address[1])
         self._rtcp.on_rtcp(data, self._plant.loop.time())
+
+    def _srtp_rejected(self, data: bytes, source: tuple[str, int]) -> None:
+        """Say so once per call (a key mismatch shows at once; a stray packet, once)."""
+        assert self._srtp is not None
+        if self._srtp.rejected == 1:
+            log.info("call %s: dropped a packet that failed SRTP checks (%d bytes from %s, "
+                     "starting %s)", self.call_id, len(data), source, data[:8].hex())  # fmt: skip
 
     def on_readable(self) -> None:
         """One datagram per wake-up: the reader is level-triggered, so another queued
@@ -444,8 +452,9 @@ class RtpLeg:
             return
         if self._srtp is not None:
             plain = self._srtp.unprotect(data)
-            if plain is None:
-                return  # forged or replayed: dropped before it can move the latch
+            if plain is None:  # forged or replayed: dropped before it can move the latch
+                self._srtp_rejected(data, address)
+                return
             data = plain
         now = self._plant.loop.time()
         self._received += 1

@@ -119,12 +119,15 @@ PhoneFactory = Callable[..., Baresip]
 @pytest.fixture
 def phones(baresip_path: str, tmp_path: Path) -> Iterator[PhoneFactory]:
     """``phones(codec="PCMU", microphone=pcm)``: a new baresip phone (the microphone
-    plays ``pcm``, 8 kHz int16; default a quiet tone); every one quits at teardown."""
+    plays ``pcm``, 8 kHz int16; default a quiet tone; more keywords go to ``Baresip``:
+    TLS, SRTP, auto-answer); every one quits at teardown."""
     made: list[Baresip] = []
 
-    def make(codec: str = "PCMU", microphone: npt.NDArray[np.int16] | None = None) -> Baresip:
+    def make(
+        codec: str = "PCMU", microphone: npt.NDArray[np.int16] | None = None, **more: Any
+    ) -> Baresip:
         workdir = tmp_path / f"baresip-{len(made)}"
-        made.append(Baresip(baresip_path, workdir, codec=codec, microphone=microphone))
+        made.append(Baresip(baresip_path, workdir, codec=codec, microphone=microphone, **more))
         return made[-1]
 
     yield make

@@ -38,3 +38,13 @@ def test_a_port_in_use_is_a_one_line_error(voxswitch_nodes: NodeFactory, tmp_pat
     assert line.startswith("voxswitch: cannot listen for SIP (UDP) on 127.0.0.1:")
     assert line.endswith("Address already in use (another node on this port?)")
     clash.stop()
+
+
+def test_an_unreadable_tls_certificate_is_a_one_line_error(tmp_path: Path) -> None:
+    key = tmp_path / "node.key"
+    key.write_text("not a key\n")
+    args = ["--tls-cert", str(tmp_path / "missing.crt"), "--tls-key", str(key)]
+    node = NodeProcess(tmp_path / "tls", NodeOptions(media_timeout_s=0, extra_args=args))
+    line = _one_line_refusal(node)
+    assert line.startswith(f"voxswitch: TLS: cannot load {tmp_path / 'missing.crt'}: "), line
+    node.stop()

@@ -38,6 +38,10 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ({"rtp_ports": "30000"}, "rtp_ports"),
         ({"rtp_ports": "40000-30000"}, "rtp_ports"),
         ({"max_calls": "0"}, "max_calls"),
+        ({"srtp": "always"}, "srtp"),
+        ({"tls_port": "70000"}, "tls_port"),
+        ({"tls_cert": "node.crt"}, "tls_cert and tls_key"),
+        ({"tls_key": "node.key"}, "tls_cert and tls_key"),
     ],
 )
 def test_bad_values_name_the_setting(cli: dict[str, str], field: str) -> None:

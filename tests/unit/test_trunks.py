@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from actors.call import LocalAddress
 from actors.outbound import DialTarget, build_invite, disposition_for
 from sip.message import Response
 from sip.parser import parse_message
 from switch.trunking.campaigns import CampaignBody, RetryPolicy, Window
-from switch.trunking.dialer import Pacer
+from switch.trunking.dialer import Pacer, _direct, _through
 from switch.trunking.monitor import granted_expiry
 from switch.trunking.trunks import InboundRoute, OutboundRoute, Trunk, TrunkBook
 
@@ -162,3 +163,57 @@ def test_retry_policy_refuses_to_retry_refusals() -> None:
         RetryPolicy(retry_on=[486])
     with pytest.raises(ValidationError, match="each number once"):
         CampaignBody(numbers=[{"to": "+15551234567"}, {"to": "+15551234567"}])  # type: ignore[list-item]
+
+
+# ---- TLS and SRTP ---------------------------------------------------------------------
+
+
+def test_a_tls_trunk_defaults_to_5061_and_dials_with_its_transport() -> None:
+    trunk = Trunk(name="secure", host="sip.carrier.example", transport="tls")
+    assert trunk.port == 5061 and trunk.srtp == "optional"
+    assert Trunk(name="p", host="sip.carrier.example", transport="tls", port=5070).port == 5070
+    assert Trunk(name="plain", host="sip.carrier.example").port == 5060
+    target = _through(trunk, "+15551234567", "+15550001111")
+    assert target.request_uri == "sip:+15551234567@sip.carrier.example;transport=tls"
+    assert (target.transport, target.srtp) == ("tls", "optional")  # keys offered over TLS
+    assert target.server_name == "sip.carrier.example"
+    named = Trunk(name="n", host="192.0.2.9", transport="tls", tls_peer_name="SBC.example")
+    assert _through(named, "+15551234567", "").server_name == "sbc.example"
+    assert _through(named, "+15551234567", "").request_uri.endswith("@192.0.2.9;transport=tls")
+
+
+def test_srtp_keys_are_offered_in_the_clear_only_when_required() -> None:
+    udp = Trunk(name="u", host="192.0.2.9")
+    assert _through(udp, "+15551234567", "").srtp == "off"  # optional over UDP: no keys
+    required = Trunk(name="r", host="192.0.2.9", srtp="required")
+    assert _through(required, "+15551234567", "").srtp == "required"
+    with pytest.raises(ValidationError, match="srtp"):
+        Trunk(name="x", host="192.0.2.9", srtp="always")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="transport"):
+        Trunk(name="x", host="192.0.2.9", transport="sctp")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("uri", "transport", "port", "srtp"),
+    [
+        ("sips:alice@pbx.example", "tls", 5061, "optional"),
+        ("sips:alice@pbx.example:5071", "tls", 5071, "optional"),
+        ("sip:alice@pbx.example;transport=TLS", "tls", 5061, "optional"),
+        ("sip:alice@pbx.example;transport=tcp", "tcp", 5060, "off"),
+        ("sip:alice@192.0.2.4", "udp", 5060, "off"),
+    ],
+)
+def test_a_dialed_uri_picks_its_transport(uri: str, transport: str, port: int, srtp: str) -> None:
+    target = _direct(uri, "optional")
+    assert (target.transport, target.port, target.srtp) == (transport, port, srtp)
+    assert target.request_uri == uri
+
+
+def test_local_address_names_the_transport_and_its_port() -> None:
+    local = LocalAddress("198.51.100.7", 5060, 5061)
+    assert local.contact("UDP") == "<sip:voxswitch@198.51.100.7:5060>"
+    assert local.contact("TCP") == "<sip:voxswitch@198.51.100.7:5060;transport=tcp>"
+    assert local.contact("TLS") == "<sip:voxswitch@198.51.100.7:5061;transport=tls>"
+    assert local.contact("TLS", sips=True) == "<sips:voxswitch@198.51.100.7:5061>"
+    assert local.contact("udp", sips=True) == "<sip:voxswitch@198.51.100.7:5060>"
+    assert local.sent_by("TLS") == "198.51.100.7:5061" and local.sent_by() == "198.51.100.7:5060"
