@@ -11,6 +11,14 @@ pace is measured where it matters, at the callee: the INVITE arrival times in SI
 message log. A step passes when every call completed and the measured rate is within
 ±10% of the asked one (the campaign contract). Node on CPU 1, SIPp on CPU 0 when
 there are two cores.
+
+Past capacity (a rate above what the node can carry, e.g. ``--rates 1500 --agent
+demo``) the node's overload control refuses the campaign's excess attempts (503
+inside the node: nothing is sent) and the campaign puts each refused number back for
+the refusal's Retry-After. What to look for then: every number completed in the end
+(none ``failed``), ``goodput_cps`` (completed calls over the campaign's duration)
+near the node's capacity, ``refused`` (the node's attempts refused for overload) and
+no INVITE retransmission at the callee (``invite_retransmissions``).
 """
 
 from __future__ import annotations
@@ -81,6 +89,8 @@ def step(
             if view["state"] in ("completed", "canceled"):
                 break
             time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        refused = refused_for_overload(node)
         result = uas.wait(timeout_s=60)
     finally:
         uas.stop()
@@ -100,8 +110,27 @@ def step(
         "rate": rate, "calls": calls, "invites_at_callee": len(invites),
         "measured_cps": round(measured, 2), "dispositions": view["dispositions"],
         "sipp_successful": result.successful_calls, "sipp_failed": result.failed_calls,
-        "max_concurrent_seen": view["max_concurrent_seen"], "ok": ok,
+        "max_concurrent_seen": view["max_concurrent_seen"],
+        "campaign_s": round(elapsed, 1), "goodput_cps": round(completed / elapsed, 1),
+        # One attempt per number: INVITEs beyond one per number are our retransmissions;
+        # SIPp's own are its 200 OKs resent while our ACK was late.
+        "refused": refused, "invite_retransmissions": max(0, len(invites) - calls),
+        "uas_retransmissions": result.retransmissions,
+        "ok": ok,
     }  # fmt: skip
+
+
+def refused_for_overload(node: NodeProcess) -> int:
+    """The node's attempts refused by its admission control (overload or max_cps)."""
+    with urllib.request.urlopen(node.health_url.replace("/health", "/metrics"), timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("voxswitch_calls_refused_total{") and (
+            'reason="overload"' in line or 'reason="max_cps"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
 
 
 def main(argv: list[str] | None = None) -> int:

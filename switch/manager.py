@@ -309,7 +309,7 @@ class CallManager:
         self, request: Request, txn: ServerTransaction, flow: Flow, trunk: str
     ) -> bool:
         """A trunk that asks for a client certificate calls only over TLS with a
-        verified certificate naming it; else 403 (RFC 5922 §7.4's check)."""
+        verified certificate that names it (RFC 5922 domain certificates); else 403."""
         name = self.inbound.certificate_for(trunk) if self.inbound and trunk else None
         if name is None:
             return True

@@ -6,6 +6,10 @@ takes what every node decided:
 - ``voxswitch:guard:rate:<ip>:<second>``: requests per source, ``INCRBY`` by each
   node for the second it synced in (expire 10 s). A source over ``max_rps`` across
   the cluster is banned, though no one node saw enough of it.
+- ``voxswitch:guard:auth:<ip>``: sorted set of the source's failed digest
+  authentications (member node/time/n, score the time), trimmed to the last
+  ``auth_window_s``: more than ``max_auth_failures`` across the cluster bans it, so a
+  brute force spread over the nodes behind a balancer gets no more guesses.
 - ``voxswitch:guard:bans``: sorted set, member the address, score the ban's end
   (wall clock); ``voxswitch:guard:ban-info``: hash, address → the ban as JSON.
   Bans made here are added, lifted ones removed, expired ones trimmed, and the rest
@@ -42,6 +46,8 @@ class SharedGuardStore:
         self.bans_key = prefix + "bans"
         self.info_key = prefix + "ban-info"
         self.rate_prefix = prefix + "rate:"
+        self.auth_prefix = prefix + "auth:"
+        self._member = 0  # makes each failure's member unique
         self.redis: Redis = Redis.from_url(redis_url, socket_timeout=2.0,
                                            socket_connect_timeout=2.0)  # fmt: skip
         self.up = False
@@ -70,7 +76,9 @@ class SharedGuardStore:
         new, guard.new_bans = guard.new_bans, []
         lifted, guard.lifted = guard.lifted, []
         counts, guard.unsynced_requests = guard.unsynced_requests, Counter()
+        failures, guard.unsynced_auth_failures = guard.unsynced_auth_failures, []
         second = int(now)
+        window = guard.limits.auth_window_s
         try:
             pipe = self.redis.pipeline(transaction=False)
             for ip in lifted:
@@ -79,11 +87,23 @@ class SharedGuardStore:
             for ban in new:
                 pipe.zadd(self.bans_key, {ban.ip: ban.until})
                 pipe.hset(self.info_key, ban.ip, json.dumps(ban.view()))
-            ips = list(counts)
-            for ip in ips:
+            # Each read's place in the results, so they can be picked out after.
+            rate_at: dict[str, int] = {}
+            for ip in counts:
                 key = f"{self.rate_prefix}{ip}:{second}"
+                rate_at[ip] = len(pipe)
                 pipe.incrby(key, counts[ip])
                 pipe.expire(key, RATE_TTL_S)
+            for ip, when in failures:
+                self._member += 1
+                pipe.zadd(self.auth_prefix + ip, {f"{guard.node}:{when}:{self._member}": when})
+            auth_at: dict[str, int] = {}
+            for ip in dict.fromkeys(ip for ip, _ in failures):
+                key = self.auth_prefix + ip
+                pipe.zremrangebyscore(key, "-inf", now - window)
+                auth_at[ip] = len(pipe)
+                pipe.zcard(key)
+                pipe.expire(key, int(window) + 1)
             pipe.zrangebyscore(self.bans_key, "-inf", now)
             pipe.zremrangebyscore(self.bans_key, "-inf", now)
             pipe.zrangebyscore(self.bans_key, now, "+inf", withscores=True)
@@ -94,19 +114,26 @@ class SharedGuardStore:
             guard.new_bans[:0] = new
             guard.lifted[:0] = lifted
             guard.unsynced_requests.update(counts)
+            guard.unsynced_auth_failures[:0] = failures
             raise
         expired, active, info = results[-4], results[-2], results[-1]
         if expired:
             await self.redis.hdel(self.info_key, *expired)
-        totals = results[len(results) - 4 - 2 * len(ips) : len(results) - 4 : 2]
         shared = [_ban(member, until, info) for member, until in active]
         guard.adopt_bans(shared)
         max_rps = guard.limits.max_rps
-        for ip, total in zip(ips, totals, strict=True):
-            if max_rps > 0 and int(total) > max_rps * SYNC_S and ip not in guard.bans:
+        for ip, at in rate_at.items():
+            total = int(results[at])
+            if max_rps > 0 and total > max_rps * SYNC_S and ip not in guard.bans:
                 log.info("guard: %s sent %s requests in a second across the cluster: banned",
                          ip, total)  # fmt: skip
                 guard.ban(ip, "rate")
+        for ip, at in auth_at.items():
+            total = int(results[at])
+            if total > guard.limits.max_auth_failures and ip not in guard.bans:
+                log.info("guard: %s failed %d digest authentications across the cluster: "
+                         "banned", ip, total)  # fmt: skip
+                guard.ban(ip, "auth")
 
     def status(self) -> dict[str, Any]:
         return {"shared": True, "up": self.up, "failures": self.failures,

@@ -109,6 +109,7 @@ class SourceGuard:
         self.new_bans: list[Ban] = []
         self.lifted: list[str] = []
         self.unsynced_requests: Counter[str] = Counter()
+        self.unsynced_auth_failures: list[tuple[str, float]] = []  # (source, when)
 
     # ---- per packet / per request ---------------------------------------------------
 
@@ -158,6 +159,8 @@ class SourceGuard:
         window = self.limits.auth_window_s
         times = [t for t in self._auth_failures.get(ip, ()) if now - t < window]
         times.append(now)
+        if self.shared:
+            self.unsynced_auth_failures.append((ip, now))
         failures = self._auth_failures
         failures[ip] = times
         if len(failures) > MAX_TRACKED:  # many sources: forget those quiet for a window

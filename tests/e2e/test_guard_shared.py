@@ -16,6 +16,7 @@ from tests.e2e.tcp_proxy import TcpProxy
 
 SCANNER = "192.0.2.66"
 FLOODER = "192.0.2.77"
+GUESSER = "192.0.2.88"
 
 
 def _pair(url: str, **limits: object) -> tuple[SharedGuardStore, SharedGuardStore]:
@@ -62,6 +63,42 @@ async def test_a_flood_spread_over_two_nodes_is_banned_by_the_clusters_count(
         await b.sync()
         await a.sync()
         assert a.guard.banned(FLOODER)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_failed_logins_spread_over_two_nodes_add_up_within_the_window(
+    services: dict[str, str],
+) -> None:
+    """6 wrong passwords on each node: under 10 on each, 12 across the cluster."""
+    a, b = _pair(services["VOXSWITCH_REDIS_URL"], max_auth_failures=10, auth_window_s=60.0)
+    try:
+        for _ in range(6):
+            assert not a.guard.auth_failed(GUESSER)
+            assert not b.guard.auth_failed(GUESSER)
+        await a.sync()
+        assert not a.guard.banned(GUESSER)  # 6 so far in Redis
+        await b.sync()
+        assert b.guard.banned(GUESSER)
+        assert [ban.reason for ban in b.guard.active_bans()] == ["auth"]
+        await b.sync()
+        await a.sync()
+        assert a.guard.banned(GUESSER)
+    finally:
+        await a.close()
+        await b.close()
+    # Failures older than the window no longer count, across the cluster too.
+    a, b = _pair(services["VOXSWITCH_REDIS_URL"], max_auth_failures=10, auth_window_s=1.0)
+    try:
+        for _ in range(6):
+            a.guard.auth_failed(GUESSER)
+        await a.sync()
+        time.sleep(1.2)
+        for _ in range(6):
+            b.guard.auth_failed(GUESSER)
+        await b.sync()
+        assert not b.guard.banned(GUESSER)
     finally:
         await a.close()
         await b.close()

@@ -18,8 +18,8 @@ import pytest
 from loadtest.baresip import RATE, Baresip, read_wav
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.ports import LOOPBACK, free_port
+from tests.certs import Issued, TestCa
 from tests.e2e.api_client import ADMIN, api
-from tests.e2e.certs import Issued, TestCa
 from tests.e2e.conftest import PhoneFactory
 from tests.e2e.phone_call import ESTABLISHED, PhoneCall, loud_regions
 from tests.e2e.polling import wait_for
