@@ -52,7 +52,8 @@ def call_api(node: NodeProcess, method: str, path: str, body: Any = None) -> Any
 
 
 def step(
-    rate: int, step_s: float, hold_s: float, run_dir: Path, pinned: bool, agent: str
+    rate: int, step_s: float, hold_s: float, run_dir: Path, pinned: bool, agent: str,
+    node_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     calls = int(rate * step_s)
     work = run_dir / f"rate-{rate}"
@@ -67,7 +68,7 @@ def step(
             max_calls=100_000, media_timeout_s=0, max_call_duration_s=hold_s,
             log_level="warning", rtp_port_count=min(4000, rate * int(hold_s + 2) * 2 + 400),
             env={"VOXSWITCH_API_KEY": KEY, "VOXSWITCH_AGENT": agent,
-                 "VOXSWITCH_TRUNKS_FILE": str(work / "trunks.json")},
+                 "VOXSWITCH_TRUNKS_FILE": str(work / "trunks.json"), **(node_env or {})},
         ),
         name="outbound-node",
         cpu=1 if pinned else None,
@@ -91,6 +92,8 @@ def step(
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         refused = refused_for_overload(node)
+        media = node.health(timeout_s=5)["media"]  # the 20 ms schedule over the last minute
+        assert isinstance(media, dict)
         result = uas.wait(timeout_s=60)
     finally:
         uas.stop()
@@ -116,18 +119,21 @@ def step(
         # SIPp's own are its 200 OKs resent while our ACK was late.
         "refused": refused, "invite_retransmissions": max(0, len(invites) - calls),
         "uas_retransmissions": result.retransmissions,
+        "media_p99_ms": media["tick_lateness_p99_ms"],
+        "media_max_ms": media["tick_lateness_max_ms"],
         "ok": ok,
     }  # fmt: skip
 
 
 def refused_for_overload(node: NodeProcess) -> int:
-    """The node's attempts refused by its admission control (overload or max_cps)."""
+    """Attempts the node's admission control refused (ours while overloaded; any
+    inbound ones for overload or max_cps)."""
     with urllib.request.urlopen(node.health_url.replace("/health", "/metrics"), timeout=5) as r:
         text = r.read().decode()
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("voxswitch_calls_refused_total{") and (
-            'reason="overload"' in line or 'reason="max_cps"' in line
+        if line.startswith("voxswitch_calls_refused_total{") and any(
+            f'reason="{reason}"' in line for reason in ("outbound_overload", "overload", "max_cps")
         ):
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
@@ -139,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-s", type=float, default=10.0)
     parser.add_argument("--hold-s", type=float, default=2.0)
     parser.add_argument("--agent", default="none", help="the node's agent: none or demo")
+    parser.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a node setting, e.g. VOXSWITCH_OVERLOAD_BUSY=0")  # fmt: skip
     args = parser.parse_args(argv)
+    node_env = dict(item.split("=", 1) for item in args.node_env)
     sipp_binary()
     run_dir = OUT_DIR / f"outbound-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: python -m loadtest.outbound {' '.join(sys.argv[1:])}".rstrip())
     rows = []
     for rate in (int(r) for r in args.rates.split(",")):
-        row = step(rate, args.step_s, args.hold_s, run_dir, pinned, args.agent)
+        row = step(rate, args.step_s, args.hold_s, run_dir, pinned, args.agent, node_env)
         rows.append(row)
         print(json.dumps(row))
         if not row["ok"]:

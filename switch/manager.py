@@ -419,9 +419,9 @@ class CallManager:
             raise CallRefused(503, "the node is draining", 30)
         if len(self._tasks) >= self.max_calls:
             raise CallRefused(503, f"the node is at its {self.max_calls} calls", RETRY_AFTER_BUSY_S)
-        if self.admission is not None and self.admission.overloaded:
-            # A campaign's pacer puts the number back for Retry-After: it backs off
-            # while the node sheds inbound load, and goes on when the load is gone.
+        if self.admission is not None and not self.admission.admit(self.loop.time(), outbound=True):
+            # Past the node's measured limit: a campaign puts the number back for
+            # Retry-After, so it slows to what the node carries beside its inbound calls.
             self.stats.refused["outbound_overload"] += 1
             raise CallRefused(503, "the node is overloaded", self.admission.config.retry_after_s)
         if self.outbox_full is not None and self.outbox_full():

@@ -95,15 +95,27 @@ class AdmissionControl:
         ceiling = self.config.max_cps or math.inf
         return min(ceiling, self.adaptive_cps)
 
-    def admit(self, now: float, waited_s: float = 0.0) -> bool:
-        """May a new INVITE (that waited ``waited_s`` in the socket's queue) be a call?"""
+    def admit(self, now: float, waited_s: float = 0.0, *, outbound: bool = False) -> bool:
+        """May a new INVITE (that waited ``waited_s`` in the socket's queue) be a call?
+        ``outbound``: a call of ours (API, campaign) takes a token at the measured limit
+        too, so campaigns share the node's budget with inbound calls instead of
+        starving them; ``max_cps`` (a ceiling on what callers send us) is not applied."""
+        if outbound:
+            return self._take(now, self.adaptive_cps)
         if waited_s > self.config.sojourn_max_s and self.overloaded:
             # A queue has formed: taking more work now would only lengthen it. Refusing
             # is cheap, so the queue drains at once (CoDel's idea: judge by sojourn).
             self.refused += 1
             self.last_reason = "sojourn"
             return False
-        rate = self.rate_cps
+        if self._take(now, self.rate_cps):
+            return True
+        ceiling = self.config.max_cps or math.inf
+        self.last_reason = "max_cps" if ceiling <= self.adaptive_cps else "overload"
+        return False
+
+    def _take(self, now: float, rate: float) -> bool:
+        """A token from the bucket refilled at ``rate`` (inf: always one)."""
         if rate == math.inf:
             self._admit()
             return True
@@ -114,8 +126,7 @@ class AdmissionControl:
             self._admit()
             return True
         self.refused += 1
-        ceiling = self.config.max_cps or math.inf
-        self.last_reason = "max_cps" if ceiling <= self.adaptive_cps else "overload"
+        self.last_reason = "overload"
         return False
 
     def status(self) -> dict[str, object]:

@@ -126,3 +126,18 @@ def test_a_refusal_says_why() -> None:
     loaded = AdmissionControl(AdmissionConfig(), 0.0)
     offer(loaded, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
     assert loaded.last_reason == "overload"
+
+
+def test_our_own_calls_take_tokens_at_the_measured_limit_but_not_max_cps() -> None:
+    """Outbound calls (a campaign) share the measured budget: none refused on an idle
+    node whatever ``max_cps`` says, about the limit's worth once the node is loaded,
+    and never refused for the socket's queue (they never waited in it)."""
+    capped = AdmissionControl(AdmissionConfig(max_cps=10), 0.0)
+    assert all(capped.admit(i / 1000, outbound=True) for i in range(500))  # 500 in 0.5 s
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    _, now = offer(control, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
+    limit = control.adaptive_cps
+    assert 100 < limit < 900 and control.overloaded
+    taken = sum(control.admit(now + i / 1000, 5.0, outbound=True) for i in range(1000))
+    assert 0.9 * limit < taken <= limit + control._burst(limit) + 1
+    assert control.last_reason == "overload"
