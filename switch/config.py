@@ -192,7 +192,7 @@ class Settings:
         metadata={"help": "new INVITEs per second beyond which they get 503 (0: no ceiling)"},
     )
     overload_busy: float = field(
-        default=0.9,
+        default=0.85,
         metadata={"help": "event-loop CPU share past which new INVITEs are paced down by "
                   "measured load (503 + Retry-After); 0 turns this off"},
     )

@@ -47,7 +47,7 @@ SEVERE = 4.0  # a period this many times past a congestion threshold counts at o
 @dataclass(frozen=True)
 class AdmissionConfig:
     max_cps: float = 0.0  # 0: no configured ceiling
-    busy_high: float = 0.90  # the loop thread's CPU share past which the node is overloaded
+    busy_high: float = 0.85  # the loop thread's CPU share past which the node is overloaded
     lag_high_s: float = 0.050
     queue_high_s: float = 0.030  # a datagram waited this long in the socket's queue
     sojourn_max_s: float = 0.020  # an INVITE that waited longer is refused at once

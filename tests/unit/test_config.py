@@ -93,7 +93,7 @@ def test_bad_auth_settings_name_the_setting(users: str, algorithms: str, named: 
 
 
 def test_overload_and_guard_settings_are_checked() -> None:
-    assert load_settings(env={}).overload_busy == 0.9
+    assert load_settings(env={}).overload_busy == 0.85
     settings = load_settings(env={"VOXSWITCH_MAX_CPS": "150", "VOXSWITCH_TRUSTED_SOURCES": ""})
     assert settings.max_cps == 150 and settings.trusted_sources == ""
     for name, value in (("VOXSWITCH_OVERLOAD_BUSY", "1.5"), ("VOXSWITCH_MAX_CPS", "-1"),
