@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from itertools import pairwise
 from pathlib import Path
 
 import jsonschema
@@ -124,4 +125,35 @@ async def test_courier_retries_a_failing_sink_and_delivers_in_order(
         assert [e["call_id"] for e in lines] == [f"c{n}" for n in range(20)]
         assert bb.status()["sinks"]["file"]["up"] is True
     finally:
+        await bb.close()
+
+
+async def test_a_file_courier_catching_up_lets_the_loop_turn_between_batches(
+    tmp_path: Path,
+) -> None:
+    """A backlog of 2,000 events: the file sink's writes never await, so without a
+    turn between batches the whole catch-up would run as one step and every other
+    task (SIP reads among them) would wait behind it."""
+    target = tmp_path / "events.jsonl"
+    bb = Backbone(tmp_path / "spool", [FileSink(target)], max_bytes=8 << 20)
+    for n in range(2000):
+        bb.publish(events.event("call.dtmf", f"c{n}", "n1", digits=str(n % 10)))
+    seen: list[int] = []  # lines written each time another task got the loop
+
+    async def watcher() -> None:
+        while len(seen) < 1000:
+            seen.append(target.read_text().count("\n") if target.exists() else 0)
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(watcher())
+    bb.start()
+    try:
+        assert await bb.flush(10.0)
+        task.cancel()
+        partial = sorted({n for n in seen if 0 < n < 2000})
+        assert len(partial) >= 10, partial  # many turns happened mid catch-up
+        assert max(b - a for a, b in pairwise([0, *partial, 2000])) <= 100
+        assert target.read_text().count("\n") == 2000
+    finally:
+        task.cancel()
         await bb.close()
