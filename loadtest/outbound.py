@@ -19,6 +19,11 @@ the refusal's Retry-After. What to look for then: every number completed in the 
 (none ``failed``), ``goodput_cps`` (completed calls over the campaign's duration)
 near the node's capacity, ``refused`` (the node's attempts refused for overload) and
 no INVITE retransmission at the callee (``invite_retransmissions``).
+
+``--inbound-cps N`` also sends the node N inbound calls per second for ``--step-s``
+while the campaign runs (SIPp ``overload_uac.xml``: a short call, or a 503 ACKed):
+does the campaign leave inbound callers their share? Reported under ``inbound``:
+completed, refused (503), failed and INVITE retransmissions.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -35,7 +41,15 @@ from typing import Any
 
 from loadtest.cps import OUT_DIR, SIPP_BUFFER_BYTES, machine_summary
 from loadtest.node import NodeOptions, NodeProcess
-from loadtest.sipp import SippServer, received_times, sipp_binary, sipp_version
+from loadtest.overload import COUNTERS, SIPP_ARGS
+from loadtest.sipp import (
+    SippResult,
+    SippServer,
+    received_times,
+    run_sipp,
+    sipp_binary,
+    sipp_version,
+)
 
 KEY = "bench-admin-key-0123456789"
 
@@ -53,7 +67,7 @@ def call_api(node: NodeProcess, method: str, path: str, body: Any = None) -> Any
 
 def step(
     rate: int, step_s: float, hold_s: float, run_dir: Path, pinned: bool, agent: str,
-    node_env: dict[str, str] | None = None,
+    node_env: dict[str, str] | None = None, inbound_cps: float = 0.0,
 ) -> dict[str, Any]:
     calls = int(rate * step_s)
     work = run_dir / f"rate-{rate}"
@@ -78,7 +92,14 @@ def step(
         call_api(node, "PUT", "/v1/trunks/bench", {"host": "127.0.0.1", "port": uas.port,
                                                     "options_interval_s": 0})  # fmt: skip
         numbers = [{"to": f"+1555{i:07d}"} for i in range(calls)]
+        callers: list[SippResult] = []
+        inbound = threading.Thread(target=lambda: callers.append(run_sipp(
+            node.sip_address, "overload_uac.xml", workdir=work / "callers",
+            calls=max(1, round(inbound_cps * step_s)), rate=inbound_cps,
+            timeout_s=step_s + 60, cpu=0 if pinned else None, extra_args=SIPP_ARGS)))  # fmt: skip
         started = time.monotonic()
+        if inbound_cps:
+            inbound.start()
         campaign = call_api(node, "POST", "/v1/campaigns", {
             "numbers": numbers, "trunk": "bench", "cps": rate,
             "max_concurrent": 10_000, "retry": {"max_attempts": 1}})  # fmt: skip
@@ -95,6 +116,8 @@ def step(
         media = node.health(timeout_s=5)["media"]  # the 20 ms schedule over the last minute
         assert isinstance(media, dict)
         result = uas.wait(timeout_s=60)
+        if inbound_cps:
+            inbound.join(timeout=step_s + 90)
     finally:
         uas.stop()
         node.stop(timeout_s=20)
@@ -122,7 +145,15 @@ def step(
         "media_p99_ms": media["tick_lateness_p99_ms"],
         "media_max_ms": media["tick_lateness_max_ms"],
         "ok": ok,
+        **({"inbound": _callers(callers[0])} if callers else {}),
     }  # fmt: skip
+
+
+def _callers(result: SippResult) -> dict[str, int]:
+    sent, retrans, refused, through = COUNTERS["overload_uac.xml"]
+    return {"invites": result.count(sent), "completed": result.count(through),
+            "refused": result.count(refused), "failed": result.failed_calls,
+            "invite_retransmissions": result.count(retrans)}  # fmt: skip
 
 
 def refused_for_overload(node: NodeProcess) -> int:
@@ -147,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent", default="none", help="the node's agent: none or demo")
     parser.add_argument("--node-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a node setting, e.g. VOXSWITCH_OVERLOAD_BUSY=0")  # fmt: skip
+    parser.add_argument("--inbound-cps", type=float, default=0.0,
+                        help="inbound calls per second alongside the campaign")  # fmt: skip
     args = parser.parse_args(argv)
     node_env = dict(item.split("=", 1) for item in args.node_env)
     sipp_binary()
@@ -157,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: python -m loadtest.outbound {' '.join(sys.argv[1:])}".rstrip())
     rows = []
     for rate in (int(r) for r in args.rates.split(",")):
-        row = step(rate, args.step_s, args.hold_s, run_dir, pinned, args.agent, node_env)
+        row = step(rate, args.step_s, args.hold_s, run_dir, pinned, args.agent, node_env,
+                   args.inbound_cps)  # fmt: skip
         rows.append(row)
         print(json.dumps(row))
         if not row["ok"]:

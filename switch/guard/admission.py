@@ -98,10 +98,12 @@ class AdmissionControl:
     def admit(self, now: float, waited_s: float = 0.0, *, outbound: bool = False) -> bool:
         """May a new INVITE (that waited ``waited_s`` in the socket's queue) be a call?
         ``outbound``: a call of ours (API, campaign) takes a token at the measured limit
-        too, so campaigns share the node's budget with inbound calls instead of
-        starving them; ``max_cps`` (a ceiling on what callers send us) is not applied."""
+        too, but only while the bucket holds more than half a burst: callers, who
+        cannot be paced, come first, and a campaign gets what they leave. ``max_cps``
+        (a ceiling on what callers send us) is not applied to our own calls."""
         if outbound:
-            return self._take(now, self.adaptive_cps)
+            rate = self.adaptive_cps
+            return self._take(now, rate, reserve=0.0 if rate == math.inf else self._burst(rate) / 2)
         if waited_s > self.config.sojourn_max_s and self.overloaded:
             # A queue has formed: taking more work now would only lengthen it. Refusing
             # is cheap, so the queue drains at once (CoDel's idea: judge by sojourn).
@@ -114,14 +116,15 @@ class AdmissionControl:
         self.last_reason = "max_cps" if ceiling <= self.adaptive_cps else "overload"
         return False
 
-    def _take(self, now: float, rate: float) -> bool:
-        """A token from the bucket refilled at ``rate`` (inf: always one)."""
+    def _take(self, now: float, rate: float, reserve: float = 0.0) -> bool:
+        """A token from the bucket refilled at ``rate`` (inf: always one), leaving at
+        least ``reserve`` in it."""
         if rate == math.inf:
             self._admit()
             return True
         self._tokens = min(self._burst(rate), self._tokens + (now - self._filled_at) * rate)
         self._filled_at = now
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 + reserve:
             self._tokens -= 1.0
             self._admit()
             return True

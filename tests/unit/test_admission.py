@@ -141,3 +141,15 @@ def test_our_own_calls_take_tokens_at_the_measured_limit_but_not_max_cps() -> No
     taken = sum(control.admit(now + i / 1000, 5.0, outbound=True) for i in range(1000))
     assert 0.9 * limit < taken <= limit + control._burst(limit) + 1
     assert control.last_reason == "overload"
+
+
+def test_callers_come_before_our_own_calls() -> None:
+    """Once our calls have taken what they may, a caller arriving at the same moment
+    still gets in: half a burst is kept for inbound INVITEs."""
+    control = AdmissionControl(AdmissionConfig(), 0.0)
+    _, now = offer(control, 0.0, 1000, 3, LoadSample(busy=0.99, lag_s=0.0))
+    now += 1.0  # the bucket refills to a full burst
+    while control.admit(now, outbound=True):
+        pass
+    assert control.admit(now) and control.admit(now)  # inbound: from the reserve
+    assert not control.admit(now, outbound=True)
