@@ -402,8 +402,9 @@ class SdpAnswerer:
         theirs = None if self.srtp == "off" else first_supported(m.attributes_named("crypto"))
         if theirs is None:
             return m.proto not in SECURE_PROFILES and self.srtp != "required", None
-        key = self._keys.setdefault(theirs.suite, new_crypto(0, theirs.suite).key_salt)
-        return True, (Crypto(theirs.tag, theirs.suite, key), theirs)
+        if theirs.suite not in self._keys:
+            self._keys[theirs.suite] = new_crypto(0, theirs.suite).key_salt
+        return True, (Crypto(theirs.tag, theirs.suite, self._keys[theirs.suite]), theirs)
 
     def _accept(
         self,

@@ -235,7 +235,7 @@ class CallManager:
             return self._refusal("backlog", 60, "Backlog Full")
         admission = self.admission
         # The kernel's queue delay is the UDP socket's (a TCP request brings none).
-        udp = flow.transport == "UDP" and self.queue_wait is not None
+        udp = flow.transport == "UDP"
         waited = self.queue_wait() if udp and self.queue_wait is not None else 0.0
         if admission is not None and not admission.admit(self.loop.time(), waited):
             reason = "Overloaded" if admission.last_reason != "max_cps" else None

@@ -97,6 +97,7 @@ def _cannot_listen(what: str, host: str, port: int, exc: OSError) -> str:
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.srtp = cast(SrtpPolicy, settings.srtp)  # validated by load_settings
         self.started_at = time.time()
         self.manager: CallManager | None = None
         self.media: MediaPlant | None = None
@@ -281,10 +282,9 @@ class Node:
         udp = self._udp
         self.manager.queue_wait = lambda: udp.current_wait
         self.manager.inbound = self
-        srtp = cast(SrtpPolicy, s.srtp)
-        self.manager.srtp = srtp
+        self.manager.srtp = self.srtp
         self.dialer = Dialer(
-            self.manager, self.book, loop.time, trunk_up=self.trunk_up, srtp=srtp
+            self.manager, self.book, loop.time, trunk_up=self.trunk_up, srtp=self.srtp
         )
         if s.transfer_fallback == "bridge":
             self.manager.bridge_dialer = self.dialer.dial_bridge
@@ -437,7 +437,7 @@ class Node:
 
     def srtp_for(self, trunk: str) -> SrtpPolicy:
         found = self.book.trunks.get(trunk)
-        return found.srtp if found is not None else cast(SrtpPolicy, self.settings.srtp)
+        return found.srtp if found is not None else self.srtp
 
     def certificate_for(self, trunk: str) -> str | None:
         found = self.book.trunks.get(trunk)

@@ -21,11 +21,6 @@ from switch.backbone.webhooks import WebhookSink
 
 log = logging.getLogger("voxswitch.backbone")
 
-BATCH = 500  # one round trip to a service
-# A file sink's write does not await: its whole batch (decode, encode, write) runs in
-# one step of the loop, which SIP datagrams wait behind. Smaller batches, and a turn
-# of the loop between them, keep that step to a millisecond or two.
-FILE_BATCH = 50
 LINGER_S = 0.02
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -38,7 +33,6 @@ class Courier:
         self.spool = spool
         self.sink = sink
         self.reader = spool.reader(sink.name)
-        self.batch = FILE_BATCH if isinstance(sink, FileSink) else BATCH
         self.wake = asyncio.Event()
         self.up = True  # the last delivery worked (or none was tried yet)
         self.failures = 0
@@ -48,7 +42,7 @@ class Courier:
     async def run(self) -> None:
         backoff = BACKOFF_START_S
         while True:
-            batch = self.reader.read(self.batch)
+            batch = self.reader.read(self.sink.batch)
             if not batch:
                 self.wake.clear()
                 await self.wake.wait()

@@ -23,6 +23,9 @@ Event = dict[str, Any]
 
 class Sink(Protocol):
     name: str
+    # Events per delivery: a round trip to a service carries many; a sink whose write
+    # does not await runs its whole batch in one step of the loop, so it takes few.
+    batch: int
 
     async def deliver(self, events: list[Event]) -> None: ...
 
@@ -36,6 +39,7 @@ class FileSink:
     """Events as JSON lines in a file: ``make run`` needs no services."""
 
     name = "file"
+    batch = 50  # decode, encode and write stay a millisecond or two of the loop
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -56,6 +60,7 @@ class KafkaSink:
     """One topic for the call lifecycle, keyed by call id; idempotent producer, acks=all."""
 
     name = "kafka"
+    batch = 500
 
     def __init__(self, bootstrap: str, topic: str, client_id: str) -> None:
         self.bootstrap = bootstrap
@@ -187,6 +192,7 @@ class PostgresSink:
     in ``call_events`` is skipped, so a redelivered batch changes nothing."""
 
     name = "postgres"
+    batch = 500
 
     def __init__(self, dsn: str) -> None:
         self.link = PgLink(dsn, timeout_s=10)

@@ -53,6 +53,7 @@ def verify(secret: str, header: str, body: bytes, *, now: float, tolerance_s: fl
 
 class WebhookSink:
     name = "webhook"
+    batch = 500
 
     def __init__(self, url: str, secret: str, dead_letters: str | Path) -> None:
         self.url = url

@@ -103,7 +103,7 @@ class AdmissionControl:
         (a ceiling on what callers send us) is not applied to our own calls."""
         if outbound:
             rate = self.adaptive_cps
-            return self._take(now, rate, reserve=0.0 if rate == math.inf else self._burst(rate) / 2)
+            return self._take(now, rate, reserve=self._burst(rate) / 2)
         if waited_s > self.config.sojourn_max_s and self.overloaded:
             # A queue has formed: taking more work now would only lengthen it. Refusing
             # is cheap, so the queue drains at once (CoDel's idea: judge by sojourn).
