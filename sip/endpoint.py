@@ -73,6 +73,7 @@ ClientTransaction = InviteClientTransaction | NonInviteClientTransaction
 REFUSED_KEEP_S = 32.0
 # ... and at most this many of them (a few hundred bytes each).
 REFUSED_MAX = 100_000
+SCREENED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +97,7 @@ QuickScreen = Callable[[QuickRequest, "Flow"], Refusal | None]
 class EndpointHandler(Protocol):
     """The transaction user: the call manager."""
 
-    def request_received(
-        self, request: Request, txn: ServerTransaction | None, flow: Flow
-    ) -> None:
+    def request_received(self, request: Request, txn: ServerTransaction | None, flow: Flow) -> None:
         """A new request. ``txn`` is None for an ACK to a 2xx (it has no transaction)."""
 
     def cancel_received(self, invite_txn: InviteServerTransaction, cancel: Request) -> None:
@@ -155,7 +154,8 @@ class SipEndpoint:
         self.quick_screen: QuickScreen | None = None
         # Is the node refusing new INVITEs now? Only then is the quick look worth it.
         self.shedding: Callable[[], bool] = lambda: False
-        self._screened: object = None  # the key of an INVITE the quick screen admitted
+        # INVITEs the quick screen admitted, waiting their turn to be processed.
+        self._screened: dict[object, bool] = {}
         self.drop_source: Callable[[str], bool] | None = None  # source IP -> drop unread
         # Stateless refusals of INVITEs: server key -> (response bytes, sent at).
         self._refused: OrderedDict[object, tuple[bytes, float]] = OrderedDict()
@@ -163,21 +163,38 @@ class SipEndpoint:
     # ---- inbound -------------------------------------------------------------
 
     def receive(self, data: bytes, flow: Flow) -> None:
-        """Entry point for transports. Never raises: bad input is answered or dropped."""
+        """Entry point for stream transports. Never raises: bad input is answered or
+        dropped."""
+        if not self.triage(data, flow):
+            self.process(data, flow)
+
+    def triage(self, data: bytes, flow: Flow) -> bool:
+        """The cheap first look at a datagram, as soon as it is read: True if that
+        settled it (a dropped source, a refused INVITE, a refusal's retransmission or
+        ACK); False: it is work, to be given to ``process`` in its turn. A datagram
+        transport triages all it reads before it processes any, so the excess of a
+        flood is refused at once and not after the work in front of it."""
         self.stats.received += 1
         if self.drop_source is not None and self.drop_source(flow.remote[0]):
             self.stats.dropped += 1
-            return
+            return True
         start = data[:4]
-        if self.quick_screen is not None and (
-            (start == b"INVI" and self.shedding()) or (start == b"ACK " and self._refused)
+        # The quick look pays only while refusals come thick: then most INVITEs are
+        # refused and most ACKs are for refusals. Otherwise the full path does both.
+        if (
+            self.quick_screen is not None
+            and (start == b"INVI" or (start == b"ACK " and self._refused))
+            and self.shedding()
         ):
             try:
-                if self._receive_quick(data, flow):
-                    return
+                return self._receive_quick(data, flow)
             except Exception:
                 self.stats.handler_errors += 1
                 log.exception("error in the quick look at a request from %s", flow.remote)
+        return False
+
+    def process(self, data: bytes, flow: Flow) -> None:
+        """Parse a triaged datagram and hand it to its transaction or the core."""
         try:
             message = parse_message(data)
         except RemoteProtocolError as exc:
@@ -202,8 +219,8 @@ class SipEndpoint:
     def _receive_quick(self, data: bytes, flow: Flow) -> bool:
         """Refuse (or absorb the ACK of a refusal) without parsing; False: parse it."""
         quick = quick_request(data)
-        if quick is None or quick.key in self._server:
-            return False
+        if quick is None or quick.key in self._server or quick.key in self._screened:
+            return False  # a transaction's, or admitted and waiting its turn
         refused = self._refused.get(quick.key)
         if refused is not None:
             if quick.method == "INVITE":
@@ -215,7 +232,7 @@ class SipEndpoint:
         assert self.quick_screen is not None
         refusal = self.quick_screen(quick, flow)
         if refusal is None:
-            self._screened = quick.key  # admitted: the full path must not ask again
+            self._admitted(quick.key)  # the full path must not ask again
             return False
         if refusal.status == 0:
             self.stats.dropped += 1
@@ -271,7 +288,7 @@ class SipEndpoint:
                     self.stats.refusals_repeated += 1
                     self._send_bytes(refused[0], flow)
                 return  # the ACK of our refusal: nothing more to do
-        screened, self._screened = self._screened == key, None
+        screened = self._screened.pop(key, False)
         if self.screen is not None and method != "ACK" and not screened:
             refusal = self.screen(request, flow)
             if refusal is not None:
@@ -309,6 +326,14 @@ class SipEndpoint:
         self.send_stateless(response, flow)
         if request.method == "INVITE":
             self._remember_refusal(key, bytes(response))
+
+    def _admitted(self, key: object) -> None:
+        screened = self._screened
+        screened[key] = True
+        if len(screened) > SCREENED_MAX:
+            # Only an admitted INVITE that then failed to parse stays here; let go of
+            # the oldest rather than grow.
+            del screened[next(iter(screened))]
 
     def _remember_refusal(self, key: object, response: bytes) -> None:
         now = self.loop.time()

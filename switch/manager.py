@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import math
 import socket
 import time
 import uuid
@@ -198,12 +197,13 @@ class CallManager:
         )
 
     def shedding(self) -> bool:
-        """New INVITEs may be refused now (the endpoint then looks at them quickly)."""
+        """New INVITEs are being refused now (the endpoint then looks at them quickly;
+        the first refusal of a burst comes from the full path)."""
         admission = self.admission
         return (
             self.draining
             or len(self._tasks) >= self.max_calls
-            or (admission is not None and admission.rate_cps != math.inf)
+            or (admission is not None and admission.refusing(self.loop.time()))
         )
 
     def quick_screen(self, request: QuickRequest, flow: Flow) -> Refusal | None:
@@ -305,9 +305,7 @@ class CallManager:
         else:
             actor.mailbox.put(RequestArrived(request, txn))
 
-    def _certified(
-        self, request: Request, txn: ServerTransaction, flow: Flow, trunk: str
-    ) -> bool:
+    def _certified(self, request: Request, txn: ServerTransaction, flow: Flow, trunk: str) -> bool:
         """A trunk that asks for a client certificate calls only over TLS with a
         verified certificate that names it (RFC 5922 domain certificates); else 403."""
         name = self.inbound.certificate_for(trunk) if self.inbound and trunk else None
@@ -338,9 +336,7 @@ class CallManager:
             self.inbound is None or self.inbound.auth_required()
         )
 
-    def _authenticated(
-        self, request: Request, txn: ServerTransaction, flow: Flow
-    ) -> str | None:
+    def _authenticated(self, request: Request, txn: ServerTransaction, flow: Flow) -> str | None:
         """Digest auth when on (RFC 3261 §22.2): the call's trunk ('' for a plain user)
         when the credentials hold; else 401 is answered and None returned."""
         auth = self.authenticator

@@ -76,6 +76,7 @@ class DigestUsers(Mapping[str, str]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+
 # gen 0; gen 1 after every second gen-0 pass (at 10 it held 20-30k objects and took
 # 20-50 ms under load: measured with a gc callback); in effect no automatic gen 2.
 GC_THRESHOLDS = (1000, 1, 1_000_000)
@@ -275,7 +276,7 @@ class Node:
             # that answered /health first showed none for a moment: a CI-clone run).
             await self._load_trunks()
         try:
-            self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.receive)
+            self._udp = await start_udp(s.sip_host, s.sip_port, endpoint.process, endpoint.triage)
         except OSError as exc:
             raise StartupError(_cannot_listen("SIP (UDP)", s.sip_host, s.sip_port, exc)) from None
         self.manager.flow_to = self._udp.flow_to

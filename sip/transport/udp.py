@@ -1,10 +1,18 @@
 """UDP transport: datagrams in, datagrams out, nothing else (RFC 3261 §18).
 
 The socket is read with ``recvmsg`` and the kernel's receive timestamp
-(``SO_TIMESTAMP``, Linux): how long each datagram waited in the socket's queue is
+(``SO_TIMESTAMP``, Linux): how long each datagram waited before it was processed is
 the delay a caller sees before we even parse its INVITE, and the one overload signal
-no timer of the loop shows (a backlog waits in the kernel while the loop's timers
-run on time). ``take_queue_delay`` gives the largest wait since the last call.
+no timer of the loop shows (a backlog waits while the loop's timers run on time).
+``take_queue_delay`` gives the largest wait since the last call.
+
+Two steps per datagram. Everything the socket holds is read at once and *triaged*
+(a cheap look that may settle it: under overload, the refusal of a new INVITE); what
+is left waits in our own queue and is *processed* in order, a bounded time's worth
+per turn of the loop. So the loop comes back to the socket every few milliseconds
+however much work is queued, and a refusal goes out one turn after its INVITE
+arrived, not after the work of every datagram in front of it (measured: the 503s'
+p99 under a 3× flood was the length of the loop's long turns, 40-80 ms).
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # the kernel caps it at net.core.rmem_max
 SO_TIMESTAMP = 29
 _TIMEVAL = struct.Struct("@ll")
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMEVAL.size)
-READS_PER_WAKEUP = 64  # then let timers and other sockets have the loop
+READS_PER_WAKEUP = 256  # then let timers and other sockets have the loop
+PROCESS_BUDGET_S = 0.004  # processing per turn of the loop, then read the socket again
+QUEUE_MAX = 50_000  # datagrams read but not yet processed; past it, new ones are dropped
 MAX_DATAGRAM = 65535
 
 
@@ -50,20 +60,27 @@ class UdpFlow:
 
 
 class UdpTransport:
-    """One UDP socket: read in batches with the kernel's receive times; sends go out at
-    once, or wait in order while the socket's send buffer is full."""
+    """One UDP socket: read in batches with the kernel's receive times, each datagram
+    triaged as read and the rest processed in turn; sends go out at once, or wait in
+    order while the socket's send buffer is full."""
 
     def __init__(
         self,
         receive: Callable[[bytes, UdpFlow], None],
         sock: socket.socket,
         loop: asyncio.AbstractEventLoop,
+        triage: Callable[[bytes, UdpFlow], bool] | None = None,
     ) -> None:
-        self._receive = receive
+        self._receive = receive  # process one datagram
+        self._triage = triage  # True: that settled it
         self._sock = sock
         self._loop = loop
         self._closed = False
         self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
+        # Triaged, waiting to be processed: (datagram, flow, kernel receive time).
+        self._queue: deque[tuple[bytes, UdpFlow, float]] = deque()
+        self._processing = False  # a turn of processing is scheduled
+        self.queue_dropped = 0
         self._queue_delay = 0.0  # the longest wait in the socket's queue since taken
         self.current_wait = 0.0  # how long the datagram being handled waited
         self.timestamps = False
@@ -91,27 +108,55 @@ class UdpTransport:
     def _readable(self) -> None:
         sock = self._sock
         space = _CMSG_SPACE if self.timestamps else 0
-        now = 0.0
+        triage, queue = self._triage, self._queue
         for _ in range(READS_PER_WAKEUP):
             try:
                 data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, space)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # ICMP unreachable from a peer that went away
                 log.debug("UDP error: %s", exc)
                 continue
+            now = received = time.time()
             for level, kind, value in ancdata:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP:
                     seconds, micros = _TIMEVAL.unpack_from(value)
-                    now = now or time.time()
-                    waited = now - (seconds + micros / 1e6)
-                    self.current_wait = waited
-                    if waited > self._queue_delay:
-                        self._queue_delay = waited
+                    received = seconds + micros / 1e6
+            self._waited(now - received)
             # addr is (host, port) for IPv4 and (host, port, flow, scope) for IPv6.
-            self._receive(data, UdpFlow(self._sendto, (addr[0], addr[1])))
-            if self._closed:
-                return
+            flow = UdpFlow(self._sendto, (addr[0], addr[1]))
+            if triage is not None and triage(data, flow):
+                if self._closed:
+                    return
+                continue
+            if len(queue) >= QUEUE_MAX:
+                self.queue_dropped += 1  # as a full socket buffer would
+                continue
+            queue.append((data, flow, received))
+        if queue and not self._processing:
+            self._processing = True
+            self._loop.call_soon(self._process)
+
+    def _process(self) -> None:
+        """Process queued datagrams in order for up to PROCESS_BUDGET_S, then give the
+        loop back (and come again on its next turn if some are left)."""
+        self._processing = False
+        queue, receive = self._queue, self._receive
+        deadline = time.perf_counter() + PROCESS_BUDGET_S
+        while queue and not self._closed:
+            data, flow, received = queue.popleft()
+            self._waited(time.time() - received)
+            receive(data, flow)
+            if time.perf_counter() >= deadline:
+                break
+        if queue and not self._closed:
+            self._processing = True
+            self._loop.call_soon(self._process)
+
+    def _waited(self, waited: float) -> None:
+        self.current_wait = waited
+        if waited > self._queue_delay:
+            self._queue_delay = waited
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed:
@@ -153,7 +198,10 @@ class UdpTransport:
 
 
 async def start_udp(
-    host: str, port: int, receive: Callable[[bytes, UdpFlow], None]
+    host: str,
+    port: int,
+    receive: Callable[[bytes, UdpFlow], None],
+    triage: Callable[[bytes, UdpFlow], bool] | None = None,
 ) -> UdpTransport:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -165,4 +213,4 @@ async def start_udp(
     except OSError:
         sock.close()
         raise
-    return UdpTransport(receive, sock, loop)
+    return UdpTransport(receive, sock, loop, triage)

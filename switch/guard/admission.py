@@ -42,6 +42,7 @@ import math
 from dataclasses import dataclass
 
 SEVERE = 4.0  # a period this many times past a congestion threshold counts at once
+REFUSING_S = 1.0  # a node that refused a call this recently is still shedding
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class AdmissionControl:
         self.admitted = 0
         self.refused = 0
         self.last_reason = ""  # why the last refusal: sojourn, max_cps or overload
+        self._refused_at = -math.inf
         self._tokens = self._burst(self.rate_cps)
         self._filled_at = now
         self._admitted_in_period = 0
@@ -107,8 +109,7 @@ class AdmissionControl:
         if waited_s > self.config.sojourn_max_s and self.overloaded:
             # A queue has formed: taking more work now would only lengthen it. Refusing
             # is cheap, so the queue drains at once (CoDel's idea: judge by sojourn).
-            self.refused += 1
-            self.last_reason = "sojourn"
+            self._refuse(now, "sojourn")
             return False
         if self._take(now, self.rate_cps):
             return True
@@ -128,9 +129,19 @@ class AdmissionControl:
             self._tokens -= 1.0
             self._admit()
             return True
-        self.refused += 1
-        self.last_reason = "overload"
+        self._refuse(now, "overload")
         return False
+
+    def refusing(self, now: float) -> bool:
+        """Has a call been refused in the last second? Then more refusals are likely,
+        and a quick look at each INVITE (sip.quick) is worth its cost; otherwise it is
+        only a second look at calls that are all admitted."""
+        return now - self._refused_at < REFUSING_S
+
+    def _refuse(self, now: float, why: str) -> None:
+        self.refused += 1
+        self.last_reason = why
+        self._refused_at = now
 
     def status(self) -> dict[str, object]:
         """The control's view for /health and /metrics."""

@@ -153,3 +153,12 @@ def test_callers_come_before_our_own_calls() -> None:
         pass
     assert control.admit(now) and control.admit(now)  # inbound: from the reserve
     assert not control.admit(now, outbound=True)
+
+
+def test_the_node_is_refusing_for_a_second_after_each_refusal() -> None:
+    control = AdmissionControl(AdmissionConfig(max_cps=1), 0.0)
+    assert not control.refusing(0.0)  # a limit alone refuses nothing yet
+    while control.admit(0.0):
+        pass
+    assert control.refusing(0.5)
+    assert not control.refusing(1.5)

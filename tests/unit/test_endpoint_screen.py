@@ -144,3 +144,29 @@ def test_the_refusal_cache_forgets_after_timer_h() -> None:
     assert len(ep._refused) == 1
     ep.receive(INVITE, wire)  # now a new request: screened again
     assert asked.count("quick:INVITE") == 3
+
+
+def test_an_admitted_invite_waiting_its_turn_is_not_screened_again() -> None:
+    """A datagram transport triages all it reads, then processes in turn: the
+    retransmission of an INVITE admitted but not yet processed must not be refused."""
+    ep, core, asked = endpoint(None, quick=True)
+    wire = Wire()
+    assert ep.triage(INVITE, wire) is False  # admitted: work to do
+    ep.screen = ep.quick_screen = lambda request, flow: BUSY  # the node is now full
+    assert ep.triage(INVITE, wire) is False  # its retransmission, still not processed
+    ep.process(INVITE, wire)
+    ep.process(INVITE, wire)
+    assert core.requests == ["INVITE"] and ep.transaction_count == 1
+    assert [r.status for r in wire.responses()] == []  # no 503 to a call we took
+    assert asked == ["quick:INVITE"]
+
+
+def test_once_refusals_stop_the_ack_of_an_old_refusal_is_absorbed_by_the_full_path() -> None:
+    ep, core, asked = endpoint(BUSY, quick=True)
+    wire = Wire()
+    ep.receive(INVITE, wire)
+    ep.shedding = lambda: False  # no refusal in the last second
+    ep.receive(ACK, wire)
+    ep.receive(INVITE, wire)  # a late retransmission: the same bytes, still no new work
+    assert core.requests == [] and wire.sent[1] == wire.sent[0]
+    assert asked == ["quick:INVITE"]
