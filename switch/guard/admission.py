@@ -28,11 +28,12 @@ node's overload: it refuses nothing.)
 A refused INVITE gets ``503`` with ``Retry-After`` statelessly in the SIP endpoint,
 before a transaction, a call actor, an RTP port or any greeting work exists.
 
-Why the socket's queue and the thread's CPU share and not only the loop's lag: a UDP
-backlog waits in the kernel, where a timer never sees it (the transport reads a
-bounded batch per wake-up, so timers stay on time while the queue in front of them
-grows). The transport reads the kernel's receive time of every datagram; the
-longest wait of the period is the queue signal. The CPU share tells how close the
+Why the SIP queue and the thread's CPU share and not only the loop's lag: a UDP
+backlog waits in the kernel and in the transport's own queue, where a timer never
+sees it (the transport processes a bounded amount per turn of the loop, so timers
+stay on time while the queue in front of them grows). The transport keeps the
+kernel's receive time of every datagram; the longest wait until processing in the
+period is the queue signal ("the socket's queue" below means both). The CPU share tells how close the
 node is to that point before any queue forms.
 """
 
