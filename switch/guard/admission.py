@@ -33,8 +33,8 @@ backlog waits in the kernel and in the transport's own queue, where a timer neve
 sees it (the transport processes a bounded amount per turn of the loop, so timers
 stay on time while the queue in front of them grows). The transport keeps the
 kernel's receive time of every datagram; the longest wait until processing in the
-period is the queue signal ("the socket's queue" below means both). The CPU share tells how close the
-node is to that point before any queue forms.
+period is the queue signal ("the socket's queue" below means both). The CPU share
+tells how close the node is to that point before any queue forms.
 """
 
 from __future__ import annotations
