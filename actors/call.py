@@ -37,6 +37,7 @@ from actors.messages import (
 )
 from actors.runtime import Mailbox, MailboxClosed
 from media.dtmf import parse_dtmf_info, parse_dtmf_relay
+from media.recording import summarize
 from media.session import MediaEvent, SessionControl, VadConfig
 from media.srtp import SrtpKeys
 from sip.dialog import Dialog
@@ -63,6 +64,7 @@ log = logging.getLogger("voxswitch.call")
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, NOTIFY"
 TRANSFER_NOTIFY_WAIT_S = 5.0  # after a 202 to our REFER, wait this long for the outcome
 TRANSFER_FAILED_LINE = "Sorry, I could not put you through. I am still here with you."
+RECORDING_CLOSE_S = 5.0  # how long a media worker may take to finish a recording
 
 
 class CallState(Enum):
@@ -101,6 +103,7 @@ class CallRecord:
     metadata: dict[str, Any] = field(default_factory=dict)  # the API's, for outbound calls
     campaign_id: str = ""
     webhook_url: str = ""  # this call's lifecycle events go here too
+    recording: dict[str, Any] = field(default_factory=dict)  # where, how long, sha256
 
     @property
     def duration_s(self) -> float:
@@ -135,10 +138,18 @@ class MediaLeg(Protocol):
     def play(self) -> None: ...
 
     def start_session(
-        self, on_event: Callable[[MediaEvent, float], None], vad: VadConfig | None = None
+        self,
+        on_event: Callable[[MediaEvent, float], None],
+        vad: VadConfig | None = None,
+        record: str | None = None,
     ) -> SessionControl:
-        """Switch from the fixed greeting to a conversation: audio in, speech out."""
+        """Switch from the fixed greeting to a conversation: audio in, speech out;
+        ``record``: where to write the call's stereo WAV."""
         ...
+
+    async def wait_closed(self) -> None:
+        """After ``close``: until the media is closed where it runs (its recording
+        finished)."""
 
     def send_dtmf(self, digits: str) -> None:
         """RFC 4733 telephone-events to the peer (needs a negotiated event payload type)."""
@@ -224,6 +235,7 @@ class CallActor:
     voice: Voice | None = None  # None: answer with the greeting chime only
     vad: VadConfig | None = None
     srtp: SrtpPolicy = "off"  # what the trunk (or the node) says about SRTP offers
+    record_to: str | None = None  # the path of this call's recording (None: not recorded)
     conversation: Conversation | None = None
     # Told "answered" and "transferred" as they happen (the manager publishes them).
     on_milestone: Callable[[str, CallRecord], None] | None = None
@@ -267,6 +279,7 @@ class CallActor:
             self.mailbox.close()
             await self._close_conversation()
             self._close_media()
+            await self._finish_recording()
         return self.record
 
     async def _run(self) -> None:
@@ -285,7 +298,7 @@ class CallActor:
     def _start_conversation(self) -> None:
         """Media flows both ways: the agent starts (or the greeting plays)."""
         if self.voice is not None:
-            session = self.media.start_session(self._media_event, self.vad)
+            session = self.media.start_session(self._media_event, self.vad, self.record_to)
             context = {**self.record.sip_headers, **{
                 k: str(v) for k, v in self.record.metadata.items()}}  # fmt: skip
             self.conversation = Conversation(
@@ -823,6 +836,20 @@ class CallActor:
         if self._retransmitter is not None:
             self._retransmitter.ack_received()
             self._retransmitter = None
+
+    async def _finish_recording(self) -> None:
+        """The recording's size, duration and checksum for the record (and the
+        ``call.recorded`` event), once the media is closed where it ran."""
+        path = self.record_to
+        if path is None or self.conversation is None:
+            return  # never recorded: the call ended before its conversation started
+        try:
+            await asyncio.wait_for(self.media.wait_closed(), RECORDING_CLOSE_S)
+            summary = await asyncio.to_thread(summarize, path)
+        except (OSError, TimeoutError) as exc:
+            log.warning("call %s: recording %s not summarized: %r", self.call_id, path, exc)
+            return
+        self.record.recording = summary.as_dict()
 
     def _close_media(self) -> None:
         self.record.packets_sent = self.media.packets_sent

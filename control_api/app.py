@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from control_api.campaigns import campaign_router
@@ -169,6 +170,25 @@ def create_app(
         if ended is None:
             raise HTTPException(404, f"no call {call_id!r}")
         return ended
+
+    @app.get("/v1/calls/{call_id}/recording", dependencies=[require("recordings:read")])
+    async def get_recording(call_id: str) -> FileResponse:
+        """The call's recording (stereo WAV: caller left, agent right), once it ended."""
+        if calls.live_call(call_id) is not None:
+            raise HTTPException(409, f"call {call_id!r} is still going on")
+        ended = calls.ended_call(call_id)
+        if ended is None:
+            raise HTTPException(404, f"no call {call_id!r}")
+        recording = ended.get("recording")
+        if not recording:
+            raise HTTPException(404, f"call {call_id!r} was not recorded")
+        location = Path(recording["location"])
+        if not location.is_file():
+            raise HTTPException(410, f"the recording of {call_id!r} is no longer here")
+        return FileResponse(
+            location, media_type="audio/wav", filename=f"{call_id}.wav",
+            headers={"X-Recording-SHA256": recording["sha256"]},
+        )  # fmt: skip
 
     @app.delete("/v1/calls/{call_id}", status_code=202, dependencies=[require("calls:write")])
     async def hang_up(call_id: str) -> Accepted:

@@ -6,7 +6,8 @@ name, scopes and the hash of the whole token, never the token. ``VOXSWITCH_API_K
 kept in memory only. Tokens are 32 random bytes, so a plain hash is the right store
 (nothing to brute-force); comparison is constant-time.
 
-Scopes: ``calls:read``, ``calls:write``, ``admin`` (everything).
+Scopes: ``calls:read``, ``calls:write``, ``recordings:read`` (a call's audio is
+more sensitive than its record), ``admin`` (everything).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-SCOPES = ("calls:read", "calls:write", "admin")
+SCOPES = ("calls:read", "calls:write", "recordings:read", "admin")
 PREFIX = "vsk_"
 
 

@@ -60,6 +60,9 @@ class CallBody(BaseModel):
         description="this call's lifecycle events are POSTed here too (signed)",
     )  # fmt: skip
     ring_timeout_s: float = Field(default=45.0, ge=1.0, le=300.0)
+    record: bool | None = Field(
+        default=None, description="record the call (default: the trunk's, else the node's)"
+    )
 
     @field_validator("headers")
     @classmethod
@@ -89,6 +92,7 @@ class CallBody(BaseModel):
             headers=dict(self.headers),
             metadata=dict(self.metadata),
             webhook_url=self.webhook_url or "",
+            record=self.record,
         )
 
 
@@ -209,9 +213,7 @@ def trunk_router(
         return route.model_dump()
 
     @router.delete("/v1/routes/{kind}/{name}", status_code=204)
-    async def delete_route(
-        kind: Literal["outbound", "inbound"], name: str = name_param
-    ) -> None:
+    async def delete_route(kind: Literal["outbound", "inbound"], name: str = name_param) -> None:
         if not await stored(book.delete_route(kind, name)):
             raise missing(f"{kind} route", name)
 

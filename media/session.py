@@ -21,6 +21,7 @@ from media.dtmf import DtmfDigit, DtmfReceiver
 from media.g711 import tables
 from media.jitter import JitterBuffer
 from media.playout import PlayoutEvent, PlayoutQueue
+from media.recording import CallRecorder
 from media.speech import Pcm
 from media.vad import SpeechEnded, SpeechStarted, VadState, VoiceActivityDetector
 
@@ -99,8 +100,10 @@ class MediaSession:
         payload_type: int,
         telephone_event_pt: int | None = None,
         vad: VadConfig | None = None,
+        recorder: CallRecorder | None = None,
     ) -> None:
         self.codec = codec
+        self.recorder = recorder  # both directions, a frame each per tick
         self.payload_type = payload_type
         self._encode_table, self._decode_table = tables(codec)
         self.telephone_event_pt = telephone_event_pt
@@ -161,11 +164,7 @@ class MediaSession:
                 events.append(self._captured(vad_event, now))
         if self.vad.state in _VOICE_STATES:
             self._voice_frames += 1
-            if (
-                self._voice_frames == HOLD_AFTER_FRAMES
-                and self.playout.playing
-                and not self.paused
-            ):
+            if self._voice_frames == HOLD_AFTER_FRAMES and self.playout.playing and not self.paused:
                 # Voice over our playout: hold it now, before the actor hears of it
                 # (the caller must stop hearing us within 100 ms of their onset; the
                 # VAD confirms speech later). The actor then decides: barge-in (flush)
@@ -203,6 +202,7 @@ class MediaSession:
             self._recent.append(frame)
         events += self.dtmf.tick(now)
         out: bytes | None = None
+        pcm: Pcm | None = None
         if self.paused:
             if self._hold_onset is not None:
                 events.append(PlayoutHeld(self._hold_onset, now))
@@ -213,6 +213,8 @@ class MediaSession:
                 events += playout_events
             if pcm is not None:
                 out = self._encode_table[pcm.view(np.uint16)].tobytes()
+        if self.recorder is not None:
+            self.recorder.add(frame, pcm)
         return out, events
 
     def _captured(self, ended: SpeechEnded, now: float) -> UtteranceCaptured:

@@ -99,8 +99,10 @@ class Settings:
     )
     agents_dir: str = field(
         default="",
-        metadata={"help": "more agents: each <name>.yaml here is a scripted agent that "
-                  "calls and inbound routes can name"},
+        metadata={
+            "help": "more agents: each <name>.yaml here is a scripted agent that "
+            "calls and inbound routes can name"
+        },
     )
     llm_base_url: str = field(
         default="https://api.openai.com", metadata={"help": "OpenAI-compatible LLM base URL"}
@@ -175,13 +177,17 @@ class Settings:
     )
     transfer_fallback: str = field(
         default="bridge",
-        metadata={"help": "when the peer refuses REFER: bridge (a second leg through "
-                  "voxswitch) or hangup (end the call transfer_failed)"},
+        metadata={
+            "help": "when the peer refuses REFER: bridge (a second leg through "
+            "voxswitch) or hangup (end the call transfer_failed)"
+        },
     )
     campaigns_file: str = field(
         default="voxswitch-campaigns.jsonl",
-        metadata={"help": "campaign journal: a restarted node goes on with its campaigns "
-                  "('' keeps them in memory)"},
+        metadata={
+            "help": "campaign journal: a restarted node goes on with its campaigns "
+            "('' keeps them in memory)"
+        },
     )
     trunks_reload_s: float = field(
         default=10.0,
@@ -193,8 +199,10 @@ class Settings:
     )
     overload_busy: float = field(
         default=0.85,
-        metadata={"help": "event-loop CPU share past which new INVITEs are paced down by "
-                  "measured load (503 + Retry-After); 0 turns this off"},
+        metadata={
+            "help": "event-loop CPU share past which new INVITEs are paced down by "
+            "measured load (503 + Retry-After); 0 turns this off"
+        },
     )
     overload_lag_ms: float = field(
         default=50.0, metadata={"help": "event-loop lag that counts as overload"}
@@ -207,13 +215,17 @@ class Settings:
     )
     source_max_rps: int = field(
         default=200,
-        metadata={"help": "requests per second one source IP may send before it is banned "
-                  "(0: no limit; trunks and trusted_sources are exempt)"},
+        metadata={
+            "help": "requests per second one source IP may send before it is banned "
+            "(0: no limit; trunks and trusted_sources are exempt)"
+        },
     )
     auth_max_failures: int = field(
         default=10,
-        metadata={"help": "failed digest authentications per source within "
-                  "auth_failure_window_s before it is banned"},
+        metadata={
+            "help": "failed digest authentications per source within "
+            "auth_failure_window_s before it is banned"
+        },
     )
     auth_failure_window_s: float = field(
         default=60.0, metadata={"help": "window of auth_max_failures"}
@@ -227,26 +239,40 @@ class Settings:
     )
     scanner_user_agents: str = field(
         default=",".join(SCANNER_AGENTS),
-        metadata={"help": "User-Agent substrings of SIP scanners: their source is banned at "
-                  "once ('' turns this off)"},
+        metadata={
+            "help": "User-Agent substrings of SIP scanners: their source is banned at "
+            "once ('' turns this off)"
+        },
     )
     tls_port: int = field(
         default=5061,
         metadata={"help": "SIP over TLS port (listens only with tls_cert and tls_key)"},
     )
-    tls_cert: str = field(
-        default="", metadata={"help": "PEM certificate (chain) for SIP over TLS"}
-    )
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate (chain) for SIP over TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key of tls_cert"})
     tls_ca: str = field(
         default="",
-        metadata={"help": "PEM CAs peers' certificates must chain to: trunks' servers, and "
-                  "client certificates (asked for only when set; default: system CAs)"},
+        metadata={
+            "help": "PEM CAs peers' certificates must chain to: trunks' servers, and "
+            "client certificates (asked for only when set; default: system CAs)"
+        },
     )
     srtp: str = field(
         default="optional",
-        metadata={"help": "SRTP for calls no trunk names: required, optional (when "
-                  "offered; offered over TLS) or off"},
+        metadata={
+            "help": "SRTP for calls no trunk names: required, optional (when "
+            "offered; offered over TLS) or off"
+        },
+    )
+    record: str = field(
+        default="off",
+        metadata={
+            "help": "record calls (stereo WAV, caller left, agent right): all or off; "
+            "a trunk's or an API call's own record setting wins"
+        },
+    )
+    recordings_dir: str = field(
+        default="voxswitch-recordings", metadata={"help": "where recordings are written"}
     )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
@@ -344,6 +370,8 @@ def load_settings(
         raise ConfigError("trunks_reload_s: must be above 0")
     if settings.spool_max_mb < 1:
         raise ConfigError("spool_max_mb: must be at least 1")
+    if settings.record not in ("all", "off"):
+        raise ConfigError(f"record: expected all or off, got {settings.record!r}")
     if settings.srtp not in SRTP_POLICIES:
         raise ConfigError(f"srtp: expected required, optional or off, got {settings.srtp!r}")
     if bool(settings.tls_cert) != bool(settings.tls_key):

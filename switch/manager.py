@@ -9,14 +9,17 @@ a crashed actor is ended cleanly on the wire and nothing else is touched.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
+import re
 import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from actors.call import (
@@ -60,6 +63,7 @@ log = logging.getLogger("voxswitch.manager")
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 ACCEPTED_BODIES = ("application/sdp", "multipart/mixed")
 RETRY_AFTER_BUSY_S = 5
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 RECENT_CALLS = 5000  # ended calls the API can still show
@@ -91,6 +95,9 @@ class InboundPolicy(Protocol):
 
     def certificate_for(self, trunk: str) -> str | None:
         """The name the trunk's TLS client certificate must carry; None: no check."""
+
+    def record_for(self, trunk: str) -> bool | None:
+        """Does the trunk say to record its calls? None: the node's setting decides."""
 
 
 class CallRefused(Exception):
@@ -178,6 +185,8 @@ class CallManager:
         self.tcp_connect: Callable[[str, int], Awaitable[Flow]] | None = None
         self.tls_connect: Callable[[str, int, str], Awaitable[Flow]] | None = None
         self.srtp: SrtpPolicy = "optional"  # for INVITEs no trunk's (a trunk says its own)
+        self.record_all = False  # record calls no trunk or API request decides for
+        self.recordings_dir = ""
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
         # The trunks and routes (the node's): None admits every INVITE (digest aside).
         self.inbound: InboundPolicy | None = None
@@ -398,7 +407,21 @@ class CallManager:
             srtp=self.inbound.srtp_for(trunk) if self.inbound and trunk else self.srtp,
         )
         actor.record.trunk = trunk
+        trunk_says = self.inbound.record_for(trunk) if self.inbound and trunk else None
+        actor.record_to = self.recording_path(call_id, trunk_says)
         self._start(actor)
+
+    def recording_path(self, call_id: str, record: bool | None) -> str | None:
+        """Where the call's recording goes (None: not recorded). ``record`` is the
+        call's own or its trunk's word; None leaves it to the node's setting. A day's
+        recordings share a folder; the name is the Call-ID made safe for a file
+        system, with a digest of the original so two Call-IDs never share a file."""
+        if not (self.record_all if record is None else record) or not self.recordings_dir:
+            return None
+        safe = _UNSAFE_FILE_CHARS.sub("_", call_id)[:80]
+        digest = hashlib.sha256(call_id.encode()).hexdigest()[:12]
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        return str(Path(self.recordings_dir) / day / f"{safe}-{digest}.wav")
 
     # ---- outbound ------------------------------------------------------------------
 
@@ -409,8 +432,10 @@ class CallManager:
         agent: str = "default",
         near: int | None = None,
         on_answered: Callable[[OutboundCallActor], None] | None = None,
+        record: bool | None = None,
     ) -> CallActor:
-        """Start an outbound call actor (it is ``queued`` until its trunk's pace)."""
+        """Start an outbound call actor (it is ``queued`` until its trunk's pace);
+        ``record``: the call's or its trunk's word (None: the node's setting)."""
         if self.draining:
             raise CallRefused(503, "the node is draining", 30)
         if len(self._tasks) >= self.max_calls:
@@ -455,6 +480,7 @@ class CallManager:
             pace=self.pace,
             on_answered=on_answered,
         )
+        actor.record_to = self.recording_path(call_id, record)
         self._start(actor)
         return actor
 
@@ -587,6 +613,7 @@ class CallManager:
             ended_at=record.ended_at,
             duration_s=round(record.duration_s, 3),
             turns=len(record.turns),
+            recording=record.recording or None,
         )
         self.recent[record.call_id] = view
         while len(self.recent) > RECENT_CALLS:

@@ -284,6 +284,8 @@ class Node:
         self.manager.queue_wait = lambda: udp.current_wait
         self.manager.inbound = self
         self.manager.srtp = self.srtp
+        self.manager.record_all = s.record == "all"
+        self.manager.recordings_dir = s.recordings_dir
         self.dialer = Dialer(
             self.manager, self.book, loop.time, trunk_up=self.trunk_up, srtp=self.srtp
         )
@@ -443,6 +445,10 @@ class Node:
     def certificate_for(self, trunk: str) -> str | None:
         found = self.book.trunks.get(trunk)
         return found.peer_name if found is not None and found.tls_client_cert else None
+
+    def record_for(self, trunk: str) -> bool | None:
+        found = self.book.trunks.get(trunk)
+        return found.record if found is not None else None
 
     def trunk_full(self, name: str) -> bool:
         return self.dialer is not None and self.dialer.trunk_full(name)

@@ -23,6 +23,7 @@ TYPES = (
     "call.dtmf",
     "call.transferred",
     "call.ended",
+    "call.recorded",
 )
 
 
@@ -69,7 +70,8 @@ def transferred(record: CallRecord, target: str) -> dict[str, Any]:
 
 
 def ended(record: CallRecord) -> list[dict[str, Any]]:
-    """The call's turns and DTMF (as the conversation kept them), then ``call.ended``."""
+    """The call's turns and DTMF (as the conversation kept them), then ``call.ended``
+    (and ``call.recorded`` when it was recorded)."""
     node, call = record.node_id, record.call_id
     events = [
         event(
@@ -117,4 +119,6 @@ def ended(record: CallRecord) -> list[dict[str, Any]]:
             campaign_id=record.campaign_id,
         )
     )
+    if record.recording:
+        events.append(event("call.recorded", call, node, record.ended_at, **record.recording))
     return events

@@ -249,6 +249,14 @@ class PostgresSink:
                 "UPDATE calls SET transfer_target = $2 WHERE call_id = $1",
                 e["call_id"], e["target"],
             )  # fmt: skip
+        elif kind == "call.recorded":
+            # call.ended comes first (one call's events are in order): the row exists.
+            fields = {k: e[k] for k in ("location", "format", "channels", "bytes",
+                                        "duration_s", "sha256") if k in e}  # fmt: skip
+            await db.execute(
+                "UPDATE calls SET recording = $2::jsonb WHERE call_id = $1",
+                e["call_id"], json.dumps(fields),
+            )  # fmt: skip
         elif kind == "call.ended":
             await db.execute(
                 "INSERT INTO calls (call_id, direction, from_uri, to_uri, trunk, node_id,"

@@ -37,6 +37,7 @@ import numpy as np
 
 from media.dtmf import DtmfSender, OutgoingEvent
 from media.g711 import codec_name, encode, silence_byte
+from media.recording import CallRecorder
 from media.rtcp import RtcpSession
 from media.rtp import HEADER, RTP_VERSION, looks_like_rtp, parse_rtp
 from media.session import MediaEvent, MediaSession, VadConfig
@@ -191,25 +192,40 @@ class RtpLeg:
             self._frames = self._plant.greeting_frames(name)
 
     def start_session(
-        self, on_event: Callable[[MediaEvent, float], None], vad: VadConfig | None = None
+        self,
+        on_event: Callable[[MediaEvent, float], None],
+        vad: VadConfig | None = None,
+        record: str | None = None,
     ) -> MediaSession:
-        """From the fixed greeting to a conversation: decode, VAD, DTMF in; playout out."""
+        """From the fixed greeting to a conversation: decode, VAD, DTMF in; playout out.
+        ``record``: the path of the call's stereo WAV."""
+        recorder = None
+        if record is not None:
+            try:
+                recorder = CallRecorder(record)
+            except OSError as exc:  # the call goes on unrecorded, and says so
+                log.warning("call %s: cannot record to %s: %s", self.call_id, record, exc)
         session = MediaSession(
             codec=self.codec or "PCMU",
             payload_type=self._payload_type,
             telephone_event_pt=self._telephone_event_pt,
             vad=vad,
+            recorder=recorder,
         )
         self._session = session
         self._on_event = on_event
         self._frames = []
         return session
 
+    async def wait_closed(self) -> None:
+        """Closed here means closed (its recording finished): nothing to wait for."""
+
     def send_dtmf(self, digits: str) -> None:
         """Queue RFC 4733 events; they replace audio frames while they last."""
         if self._telephone_event_pt is None:
-            log.info("call %s: no telephone-event negotiated; DTMF %r not sent",
-                     self.call_id, digits)
+            log.info(
+                "call %s: no telephone-event negotiated; DTMF %r not sent", self.call_id, digits
+            )
             return
         sender = DtmfSender(self._telephone_event_pt)
         self._dtmf_out.extend(sender.events(digits, start_timestamp=0))
@@ -258,6 +274,11 @@ class RtpLeg:
         self._closed = True
         self._playing = False
         self._on_event = None  # the call actor's method: no cycle outlives the call
+        if self._session is not None and self._session.recorder is not None:
+            try:
+                self._session.recorder.close()
+            except OSError as exc:
+                log.warning("call %s: recording not finished: %s", self.call_id, exc)
         self._plant.release(self)
         self._sock.close()
         self._rtcp_sock.close()

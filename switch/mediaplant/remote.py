@@ -152,13 +152,21 @@ class RemoteLeg:
         self.send("connect", *args)
 
     def start_session(
-        self, on_event: Callable[[MediaEvent, float], None], vad: VadConfig | None = None
+        self,
+        on_event: Callable[[MediaEvent, float], None],
+        vad: VadConfig | None = None,
+        record: str | None = None,
     ) -> RemoteSession:
         self._session = RemoteSession(self)
         self._on_event = on_event
-        self._setup["session"] = (vad,)
-        self.send("session", vad)
+        # A new worker taking the leg over appends to the same recording.
+        self._setup["session"] = (vad, record)
+        self.send("session", vad, record)
         return self._session
+
+    async def wait_closed(self) -> None:
+        """Until the worker has closed its side (and so finished the recording)."""
+        await self.worker.leg_closed(self._port)
 
     def play(self) -> None:
         if self._play_started is not None or self.closed:
@@ -287,6 +295,7 @@ class MediaWorker:
         self.late_ticks = 0
         self.ready: asyncio.Future[None] = loop.create_future()
         self._syncs: dict[int, asyncio.Future[None]] = {}
+        self._closed_waiters: dict[int, asyncio.Future[None]] = {}
         self._tokens = itertools.count()
         ours, theirs = socket_pair()
         fd = theirs.fileno()
@@ -307,6 +316,20 @@ class MediaWorker:
         """Its port is free once the worker has closed its copy of the sockets."""
         if self.legs.pop(leg.local_port, None) is leg:
             self.closing.add(leg.local_port)
+
+    async def leg_closed(self, port: int) -> None:
+        """Until the worker reports the leg on ``port`` closed (or itself exits)."""
+        if port not in self.closing:
+            return
+        future = self._closed_waiters.get(port)
+        if future is None:
+            future = self._closed_waiters[port] = self.loop.create_future()
+        await asyncio.shield(future)
+
+    def _closed(self, port: int) -> None:
+        future = self._closed_waiters.pop(port, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def _on_message(self, message: Any, fds: list[int]) -> None:
         kind, port, *args = message
@@ -332,6 +355,7 @@ class MediaWorker:
             if port in self.closing:
                 self.closing.discard(port)
                 self._on_port_free(port)
+            self._closed(port)
         elif kind == "synced":
             future = self._syncs.pop(args[0], None)
             if future is not None and not future.done():
@@ -349,6 +373,7 @@ class MediaWorker:
     def _on_close(self) -> None:
         for port in self.closing:  # its copies of the sockets died with it
             self._on_port_free(port)
+            self._closed(port)
         self.closing.clear()
         for future in self._syncs.values():
             if not future.done():

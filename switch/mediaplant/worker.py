@@ -87,7 +87,8 @@ class WorkerHost:
         if kind == "connect":
             leg.connect(*args)
         elif kind == "session":
-            call.session = leg.start_session(functools.partial(self.on_event, port), args[0])
+            on_event = functools.partial(self.on_event, port)
+            call.session = leg.start_session(on_event, *args)
         elif kind == "play":
             leg.play()
         elif kind == "dtmf":

@@ -67,6 +67,7 @@ class CallRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     webhook_url: str = ""
     campaign_id: str = ""
+    record: bool | None = None  # None: the trunk's, else the node's record setting
 
 
 class NoRoute(ValueError):
@@ -167,9 +168,13 @@ class Dialer:
             campaign_id=request.campaign_id,
             webhook_url=request.webhook_url,
         )
+        record = request.record
+        if record is None and first in self.book.trunks:
+            record = self.book.trunks[first].record
         return self.manager.originate(
-            origination, agent=request.agent, near=near, on_answered=on_answered
-        )
+            origination, agent=request.agent, near=near, on_answered=on_answered,
+            record=record,
+        )  # fmt: skip
 
     def trunk_calls(self, name: str) -> int:
         return sum(1 for a in self.manager.live() if a.record.trunk == name)
@@ -177,8 +182,10 @@ class Dialer:
     def trunk_full(self, name: str) -> bool:
         """The trunk is at its ``max_calls`` (inbound and outbound calls count)."""
         trunk = self.book.trunks.get(name)
-        return trunk is not None and bool(trunk.max_calls) and (
-            self.trunk_calls(name) >= trunk.max_calls
+        return (
+            trunk is not None
+            and bool(trunk.max_calls)
+            and (self.trunk_calls(name) >= trunk.max_calls)
         )
 
 

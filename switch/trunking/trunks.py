@@ -52,6 +52,9 @@ class Trunk(BaseModel):
         default="", max_length=253,
         description="the name the carrier's TLS certificate must carry (default: host)",
     )  # fmt: skip
+    record: bool | None = Field(
+        default=None, description="record its calls (default: the node's record setting)"
+    )
     tls_client_cert: bool = Field(
         default=False,
         description="inbound INVITEs only over TLS with a verified client certificate "

@@ -4,6 +4,7 @@ checkpoints, and nothing lost through an outage or a SIGKILL."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -159,6 +160,37 @@ def test_a_call_in_kafka_postgres_and_redis(
     health = node.health()["backbone"]
     assert isinstance(health, dict)
     assert health["sinks"]["kafka"]["depth"] == 0 and health["sinks"]["postgres"]["depth"] == 0
+
+
+def test_a_recorded_call_says_so_in_kafka_and_postgres(
+    services: dict[str, str], names: dict[str, str], voxswitch_nodes: NodeFactory,
+    sipp: SippRunner, tmp_path: Path,
+) -> None:
+    """``call.recorded`` follows ``call.ended`` on the call's key (valid by the schema),
+    and the PostgreSQL row's ``recording`` names the file, with its SHA-256."""
+    env = {**services, **names, "VOXSWITCH_RECORD": "all",
+           "VOXSWITCH_RECORDINGS_DIR": str(tmp_path / "recordings")}  # fmt: skip
+    node = voxswitch_nodes.start("recorded", NodeOptions(media_timeout_s=0, env=env))
+    result = sipp(node, "uac", pause_ms=2000, timeout_s=30)
+    assert result.successful_calls == 1, node.log_tail()
+    got = kafka_events(services["VOXSWITCH_KAFKA_BOOTSTRAP"], names["VOXSWITCH_KAFKA_TOPIC"], 4)
+    kinds = [e["type"] for _, e in got]
+    assert kinds == ["call.offered", "call.answered", "call.ended", "call.recorded"], kinds
+    recorded = got[-1][1]
+    jsonschema.validate(recorded, SCHEMA)
+    path = Path(recorded["location"])
+    assert path.is_relative_to(tmp_path / "recordings")
+    assert recorded["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert 1.5 <= recorded["duration_s"] <= 4.0
+    call_id = got[0][0]
+    row = wait_for(
+        "the row's recording",
+        lambda: (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
+        and r["recording"] and r,
+    )
+    stored = json.loads(row["recording"])
+    assert stored["sha256"] == recorded["sha256"] and stored["location"] == str(path)
+    assert row["disposition"] == "completed"
 
 
 def test_sigkill_mid_call_then_restart_sends_bye_and_records_node_restart(

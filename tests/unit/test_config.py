@@ -39,6 +39,7 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ({"rtp_ports": "40000-30000"}, "rtp_ports"),
         ({"max_calls": "0"}, "max_calls"),
         ({"srtp": "always"}, "srtp"),
+        ({"record": "yes"}, "record"),
         ({"tls_port": "70000"}, "tls_port"),
         ({"tls_cert": "node.crt"}, "tls_cert and tls_key"),
         ({"tls_key": "node.key"}, "tls_cert and tls_key"),

@@ -21,6 +21,7 @@ import pytest
 from media.dtmf import DtmfReceiver
 from media.g711 import alaw_encode, ulaw_encode
 from media.playout import UtteranceInterrupted
+from media.recording import summarize
 from media.rtcp import ReportBlock, Sdes, SenderReport, build_receiver_report, parse_rtcp
 from media.rtp import RtpPacket, pack_rtp, parse_rtp
 from media.srtp import SrtpKeys
@@ -844,3 +845,51 @@ async def test_srtp_leg_encrypts_what_it_sends_and_checks_what_it_gets(
     finally:
         plant.close()
         intruder.close()
+
+
+# ---- recording ------------------------------------------------------------------------
+
+
+async def test_a_recorded_session_writes_both_directions_in_step(
+    peer: socket.socket, make_plant: PlantFactory, tmp_path: Path
+) -> None:
+    """Caller left, agent right, in the same process or in a media worker: the WAV is
+    whole once ``wait_closed`` returns, and its channels hold what each side sent."""
+    plant = await make_plant(HOST, port_range(2), None)
+    path = tmp_path / "day" / "call-1.wav"
+    try:
+        leg = plant.new_leg("call-1")
+        leg.connect(address(peer), 0, "PCMU")
+        session = leg.start_session(lambda event, at: None, None, str(path))
+        leg.play()
+        caller = (6000 * np.sin(np.arange(160 * 25) * 2 * np.pi * 300 / 8000)).astype(np.int16)
+        for seq in range(25):  # half a second of the caller, then quiet
+            chunk = caller[seq * 160 : (seq + 1) * 160]
+            peer.sendto(pack_rtp(0, seq, seq * 160, 42, ulaw_encode(chunk)), (HOST, leg.local_port))
+            await asyncio.sleep(0.02)
+        agent = (6000 * np.sin(np.arange(8000) * 2 * np.pi * 800 / 8000)).astype(np.int16)
+        session.say(agent, "t1-0")
+        await asyncio.sleep(1.3)  # the reply plays out (a second), then silence
+        leg.close()
+        await asyncio.wait_for(leg.wait_closed(), 5)
+    finally:
+        plant.close()
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, 8000)
+        frames = wav.getnframes()
+        stereo = np.frombuffer(wav.readframes(frames), dtype="<i2").reshape(-1, 2)
+    assert 1.6 <= frames / 8000 <= 3.0  # every tick from play to close (1.8 s)
+    left, right = stereo[:, 0].astype(float), stereo[:, 1].astype(float)
+
+    def tone_energy(channel: np.ndarray, hz: float) -> float:
+        spectrum = np.abs(np.fft.rfft(channel)) ** 2  # power: a gated tone leaks little
+        freqs = np.fft.rfftfreq(len(channel), 1 / 8000)
+        return float(spectrum[np.abs(freqs - hz) < 20].sum() / (spectrum.sum() + 1e-9))
+
+    assert tone_energy(left, 300) > 0.5 and tone_energy(left, 800) < 0.05  # the caller
+    assert tone_energy(right, 800) > 0.5 and tone_energy(right, 300) < 0.05  # the agent
+    # The caller spoke first, the agent after: their loud stretches do not overlap much.
+    loud_left = np.flatnonzero(np.abs(left) > 2000)
+    loud_right = np.flatnonzero(np.abs(right) > 2000)
+    assert loud_left[0] < loud_right[0]
+    assert summarize(path).bytes == path.stat().st_size
