@@ -13,6 +13,9 @@ left, over the last minute), its RSS (from /proc) against its RSS idle, and the
 number of calls it holds. N passes when no call failed and the schedule's p99
 lateness stayed under ``--max-p99-ms`` (10 ms).
 
+``--record`` records every call (``record = all``): the verdict then also needs one
+whole WAV per call; the files are counted, measured and deleted after each level.
+
 ``--workers`` (default 2) is the node's ``media_workers``: its calls' media runs in
 that many worker processes (0: on the node's own loop). The node is pinned to CPU 1,
 SIPp to CPU 0, and media worker i to CPU i mod 2 when there are two cores. The
@@ -54,6 +57,8 @@ class Level:
     rss_idle_mb: float
     rss_peak_mb: float
     verdict: str
+    recordings: int = 0  # WAV files written (with --record)
+    recorded_s: float = 0.0  # their total duration
 
     @property
     def mb_per_call(self) -> float:
@@ -76,6 +81,11 @@ def rss_mb(pid: int) -> float:
 
 
 def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool) -> Level:
+    recordings = run_dir / f"recordings-{calls}"
+    record_env = (
+        {"VOXSWITCH_RECORD": "all", "VOXSWITCH_RECORDINGS_DIR": str(recordings)}
+        if args.record else {}
+    )  # fmt: skip
     node = NodeProcess(
         run_dir / f"node-{calls}",
         NodeOptions(
@@ -87,6 +97,7 @@ def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool)
                 "VOXSWITCH_DRAIN_GRACE_S": "2",
                 "VOXSWITCH_AGENT": args.agent,
                 "VOXSWITCH_MEDIA_WORKERS": str(args.workers),
+                **record_env,
             },
         ),
         name=f"media-node-{calls}",
@@ -162,6 +173,11 @@ def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool)
         verdict = f"p99 {p99:.1f} ms"
     elif node.tracebacks():
         verdict = "node traceback"
+    files = sorted(recordings.rglob("*.wav")) if args.record else []
+    recorded_s = sum(max(0, f.stat().st_size - 44) / 32000 for f in files)
+    if args.record and len(files) != calls and verdict == "ok":
+        verdict = f"{len(files)} recordings of {calls}"
+    shutil.rmtree(recordings, ignore_errors=True)  # hundreds of MB: measured, not kept
     return Level(
         calls=calls,
         successful=ok,
@@ -174,20 +190,23 @@ def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool)
         rss_idle_mb=rss_idle,
         rss_peak_mb=rss_peak,
         verdict=verdict,
+        recordings=len(files),
+        recorded_s=recorded_s,
     )
 
 
 def table(levels: list[Level]) -> str:
     lines = [
         "| calls | ok | failed | peak held | tick p50 ms | p99 ms | max ms | late ticks "
-        "| RSS idle MB | RSS peak MB | MB/call | verdict |",
-        "|" + "---|" * 12,
+        "| RSS idle MB | RSS peak MB | MB/call | recordings (hours) | verdict |",
+        "|" + "---|" * 13,
     ]
     for lv in levels:
         lines.append(
             f"| {lv.calls} | {lv.successful} | {lv.failed} | {lv.peak_calls} | {lv.p50_ms:.2f} "
             f"| {lv.p99_ms:.2f} | {lv.max_ms:.2f} | {lv.late_ticks} | {lv.rss_idle_mb:.0f} "
-            f"| {lv.rss_peak_mb:.0f} | {lv.mb_per_call:.2f} | {lv.verdict} |"
+            f"| {lv.rss_peak_mb:.0f} | {lv.mb_per_call:.2f} "
+            f"| {lv.recordings} ({lv.recorded_s / 3600:.1f}) | {lv.verdict} |"
         )
     return "\n".join(lines)
 
@@ -203,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-p99-ms", type=float, default=10.0, help="schedule budget (10)")
     parser.add_argument("--agent", default="demo", help="the node's agent setting (demo)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--record", action="store_true", help="record every call")
     parser.add_argument(
         "--workers", type=int, default=2, help="the node's media_workers setting (2)"
     )
