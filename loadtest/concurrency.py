@@ -80,6 +80,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _wav_whole(path: Path) -> bool:
+    """The header's data size is the file's length past the header (the node closed it)."""
+    with path.open("rb") as file:
+        header = file.read(44)
+    return len(header) == 44 and int.from_bytes(header[40:44], "little") == (
+        path.stat().st_size - 44
+    )
+
+
 def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool) -> Level:
     recordings = run_dir / f"recordings-{calls}"
     record_env = (
@@ -175,8 +184,9 @@ def run_level(calls: int, args: argparse.Namespace, run_dir: Path, pinned: bool)
         verdict = "node traceback"
     files = sorted(recordings.rglob("*.wav")) if args.record else []
     recorded_s = sum(max(0, f.stat().st_size - 44) / 32000 for f in files)
-    if args.record and len(files) != calls and verdict == "ok":
-        verdict = f"{len(files)} recordings of {calls}"
+    whole = sum(1 for f in files if _wav_whole(f))
+    if args.record and whole != calls and verdict == "ok":
+        verdict = f"{whole} whole recordings of {calls}"
     shutil.rmtree(recordings, ignore_errors=True)  # hundreds of MB: measured, not kept
     return Level(
         calls=calls,

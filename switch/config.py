@@ -274,6 +274,14 @@ class Settings:
     recordings_dir: str = field(
         default="voxswitch-recordings", metadata={"help": "where recordings are written"}
     )
+    s3_url: str = field(
+        default="",
+        metadata={
+            "help": "archive recordings here: http(s)://KEY:SECRET@host[:port]/bucket"
+            "[/prefix]; each local file is deleted once the store holds it"
+        },
+    )
+    s3_region: str = field(default="us-east-1", metadata={"help": "the S3 region to sign for"})
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 

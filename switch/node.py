@@ -15,7 +15,8 @@ import ssl
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, TextIO, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from redis.exceptions import RedisError
 
@@ -48,6 +49,9 @@ from switch.trunking.monitor import TrunkMonitor
 from switch.trunking.store import PostgresTrunkStore, TrunkStoreError
 from switch.trunking.trunks import TrunkBook
 from switch.voice import build_voices, vad_config
+
+if TYPE_CHECKING:
+    from switch.recording.archive import RecordingArchive
 
 log = logging.getLogger("voxswitch.node")
 DEFAULT_REALM = "voxswitch"
@@ -115,6 +119,7 @@ class Node:
         self._background: list[asyncio.Task[None]] = []
         self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
+        self.archive: RecordingArchive | None = None  # with s3_url
         self._tcp: TcpServer | None = None
         self._tls: TcpServer | None = None
         self._stop = asyncio.Event()
@@ -147,6 +152,7 @@ class Node:
             "trunks": {name: self.trunk_status(name) for name in self.book.trunks},
             "backbone": self.backbone.status() if self.backbone else {},
             "checkpoints": self.checkpointer.status() if self.checkpointer else {},
+            "archive": self.archive.status() if self.archive else {},
             "media": {
                 "legs": self.media.active_legs if self.media else 0,
                 "playing": self.media.playing_legs if self.media else 0,
@@ -234,6 +240,18 @@ class Node:
         except SpoolInUse as exc:
             raise StartupError(str(exc)) from None
         self.backbone.start()
+        if s.s3_url:
+            # Imported only here: boto3 costs a node without an archive ~0.3 s to start.
+            from switch.recording.archive import ArchiveConfigError, RecordingArchive, S3Target
+
+            try:
+                target = S3Target.from_url(s.s3_url, s.s3_region)
+            except ArchiveConfigError as exc:
+                raise StartupError(str(exc)) from None
+            self.archive = RecordingArchive(
+                target, Path(s.recordings_dir), self.backbone.publish, s.name
+            )
+            self.archive.start()
         self.checkpoints = build_store(s.redis_url)
         # A checkpoint outlives the longest call it can describe, not much more.
         ttl_s = int(s.max_call_duration_s) + CHECKPOINT_TTL_MARGIN_S
@@ -474,6 +492,16 @@ class Node:
             line["duration_s"] = round(record.duration_s, 3)
             self._records.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._records.flush()
+        if record.recording and self.archive is not None:
+            from switch.recording.archive import write_manifest
+
+            try:
+                write_manifest(Path(record.recording["location"]), record.call_id, record.recording)
+            except OSError as exc:
+                log.warning("call %s: recording not queued for the archive: %s",
+                            record.call_id, exc)  # fmt: skip
+            else:
+                self.archive.submitted()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -524,6 +552,8 @@ class Node:
                     await close()
         if self._records is not None:
             self._records.close()
+        if self.archive is not None:
+            await self.archive.stop()  # what waits is uploaded by the next start
         if self.backbone is not None:
             # What the calls just published: give the sinks a moment; the rest stays
             # in the spool for the next start.

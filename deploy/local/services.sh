@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local backing services for voxswitch on loopback, without Docker or systemd:
 # Redis and PostgreSQL from Debian's packages, a single-node KRaft Kafka broker
-# from jars on Maven Central. See deploy/local/SERVICES.md.
+# from jars on Maven Central, and an S3-compatible store (Versity's S3 gateway,
+# versitygw, built once from its Go module). See deploy/local/SERVICES.md.
 #
 #   deploy/local/services.sh up            install what is missing, start, wait until ready
 #   deploy/local/services.sh down [--purge] stop all (--purge: also delete their data)
@@ -15,6 +16,7 @@
 #   VOXSWITCH_KAFKA_PORT            default 19092 (client listener)
 #   VOXSWITCH_KAFKA_CONTROLLER_PORT default 19093 (KRaft controller listener)
 #   VOXSWITCH_KAFKA_VERSION         default: the kafka.version in kafka-pom.xml
+#   VOXSWITCH_S3_PORT               default 17070 (versitygw, bucket voxswitch-recordings)
 #   VOXSWITCH_SERVICES_TIMEOUT      seconds to wait for Redis/PostgreSQL (default 60);
 #                                   Kafka gets max(this, 120)
 # Progress goes to stderr; stdout is kept for `env` and `status`.
@@ -27,6 +29,11 @@ REDIS_PORT="${VOXSWITCH_REDIS_PORT:-16379}"
 PG_PORT="${VOXSWITCH_POSTGRES_PORT:-15432}"
 KAFKA_PORT="${VOXSWITCH_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${VOXSWITCH_KAFKA_CONTROLLER_PORT:-19093}"
+S3_PORT="${VOXSWITCH_S3_PORT:-17070}"
+S3_KEY=voxswitch
+S3_SECRET=voxswitch-secret
+S3_BUCKET=voxswitch-recordings
+VERSITYGW_VERSION=v1.8.0
 TIMEOUT="${VOXSWITCH_SERVICES_TIMEOUT:-60}"
 KAFKA_TIMEOUT=$(( TIMEOUT > 120 ? TIMEOUT : 120 ))
 
@@ -45,6 +52,8 @@ pg_dir="$state_dir/postgres"
 pg_data="$pg_dir/data"
 pg_sock="$pg_dir/run"
 kafka_dir="$state_dir/kafka"
+s3_dir="$state_dir/s3"
+tools_bin="$repo/.tools/bin"   # built tools, kept across down --purge
 kafka_pom="$here/kafka-pom.xml"
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -575,6 +584,61 @@ kafka_status() {
     fi
 }
 
+# ---------------------------------------------------------------- s3 (versitygw)
+
+s3_pidfile="$s3_dir/versitygw.pid"
+
+s3_build() {
+    [[ -x "$tools_bin/versitygw" ]] && return 0
+    command -v go >/dev/null || die "s3: Go is needed to build versitygw (go install)"
+    log "s3: building versitygw $VERSITYGW_VERSION with go install (first time only, ~1-3 min)"
+    mkdir -p "$tools_bin"
+    GOBIN="$tools_bin" GOFLAGS=-mod=mod CGO_ENABLED=0 \
+        go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" \
+        > "$state_dir/versitygw-build.log" 2>&1 \
+        || { tail_log "$state_dir/versitygw-build.log"; die "s3: versitygw did not build"; }
+}
+
+s3_up() {
+    s3_build
+    mkdir -p "$s3_dir/data/$S3_BUCKET"   # a top-level folder is a bucket (posix backend)
+    if live_pid "$s3_pidfile" versitygw >/dev/null; then
+        log "s3: already running (pid $(live_pid "$s3_pidfile" versitygw))"
+    else
+        ensure_port_free s3 "$S3_PORT"
+        log "s3: starting versitygw on 127.0.0.1:$S3_PORT (bucket $S3_BUCKET)"
+        ROOT_ACCESS_KEY="$S3_KEY" ROOT_SECRET_KEY="$S3_SECRET" \
+            setsid "$tools_bin/versitygw" --port "127.0.0.1:$S3_PORT" --region us-east-1 \
+            posix "$s3_dir/data" > "$s3_dir/versitygw.log" 2>&1 < /dev/null 9>&- &
+        echo $! > "$s3_pidfile"
+    fi
+    local i
+    for (( i = 0; i < TIMEOUT * 5; i++ )); do
+        port_open "$S3_PORT" && { log "s3: ready"; return 0; }
+        sleep 0.2
+    done
+    tail_log "$s3_dir/versitygw.log"
+    die "s3: versitygw not listening on 127.0.0.1:$S3_PORT after ${TIMEOUT}s"
+}
+
+s3_down() {
+    local pid
+    if pid=$(live_pid "$s3_pidfile" versitygw); then
+        log "s3: stopping (pid $pid)"
+        stop_pid s3 "$pid" 10
+    fi
+    rm -f "$s3_pidfile"
+}
+
+s3_status() {
+    if live_pid "$s3_pidfile" versitygw >/dev/null && port_open "$S3_PORT"; then
+        echo "s3        running  127.0.0.1:$S3_PORT"
+    else
+        echo "s3        stopped  127.0.0.1:$S3_PORT"
+        return 1
+    fi
+}
+
 # ---------------------------------------------------------------- commands
 
 cmd_up() {
@@ -585,6 +649,7 @@ cmd_up() {
     redis_up
     pg_up
     kafka_up
+    s3_up
     log "all services ready (state dir $state_dir); eval \"\$($0 env)\" to use them"
 }
 
@@ -598,6 +663,7 @@ cmd_down() {
     if [[ -d "$state_dir" ]]; then
         exec 9>"$state_dir/.lock"
         flock -w 600 9 || die "another services.sh holds $state_dir/.lock"
+        s3_down
         kafka_down
         pg_down
         redis_down
@@ -606,7 +672,7 @@ cmd_down() {
         # Only what this script creates, in case the state dir was pointed at a
         # shared directory; the dir itself goes when that leaves it empty.
         log "removing the data in $state_dir"
-        rm -rf "$redis_dir" "$pg_dir" "$kafka_dir" "$state_dir/.lock"
+        rm -rf "$redis_dir" "$pg_dir" "$kafka_dir" "$s3_dir" "$state_dir/.lock"
         rmdir "$state_dir" 2>/dev/null || true
     fi
     log "all services stopped"
@@ -617,6 +683,7 @@ cmd_status() {
     redis_status || rc=1
     pg_status || rc=1
     kafka_status || rc=1
+    s3_status || rc=1
     return $rc
 }
 
@@ -624,6 +691,7 @@ cmd_env() {
     echo "export VOXSWITCH_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
     echo "export VOXSWITCH_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
     echo "export VOXSWITCH_POSTGRES_DSN=postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
+    echo "export VOXSWITCH_S3_URL=http://$S3_KEY:$S3_SECRET@127.0.0.1:$S3_PORT/$S3_BUCKET"
 }
 
 usage() {

@@ -24,6 +24,7 @@ TYPES = (
     "call.transferred",
     "call.ended",
     "call.recorded",
+    "call.archived",
 )
 
 

@@ -257,6 +257,13 @@ class PostgresSink:
                 "UPDATE calls SET recording = $2::jsonb WHERE call_id = $1",
                 e["call_id"], json.dumps(fields),
             )  # fmt: skip
+        elif kind == "call.archived":
+            archived = {"location": e["location"], "archived_at": e["ts"]}
+            await db.execute(
+                "UPDATE calls SET recording = coalesce(recording, '{}'::jsonb) || $2::jsonb"
+                " WHERE call_id = $1",
+                e["call_id"], json.dumps(archived),
+            )  # fmt: skip
         elif kind == "call.ended":
             await db.execute(
                 "INSERT INTO calls (call_id, direction, from_uri, to_uri, trunk, node_id,"

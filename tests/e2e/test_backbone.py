@@ -22,6 +22,7 @@ import redis
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippResult, SippRunner
+from switch.recording.archive import S3Target
 from tests.e2e.polling import wait_for
 from tests.e2e.tcp_proxy import TcpProxy
 
@@ -162,35 +163,45 @@ def test_a_call_in_kafka_postgres_and_redis(
     assert health["sinks"]["kafka"]["depth"] == 0 and health["sinks"]["postgres"]["depth"] == 0
 
 
-def test_a_recorded_call_says_so_in_kafka_and_postgres(
+def test_a_recorded_call_is_archived_and_says_so_in_kafka_and_postgres(
     services: dict[str, str], names: dict[str, str], voxswitch_nodes: NodeFactory,
     sipp: SippRunner, tmp_path: Path,
 ) -> None:
-    """``call.recorded`` follows ``call.ended`` on the call's key (valid by the schema),
-    and the PostgreSQL row's ``recording`` names the file, with its SHA-256."""
+    """With ``s3_url`` (the services' versitygw): ``call.recorded`` follows
+    ``call.ended``, then ``call.archived`` once the store holds the file (checked by
+    SHA-256), the local copy is gone, and the PostgreSQL row's ``recording`` says
+    where it is now."""
+    prefix = f"bb-{uuid.uuid4().hex[:8]}"
     env = {**services, **names, "VOXSWITCH_RECORD": "all",
-           "VOXSWITCH_RECORDINGS_DIR": str(tmp_path / "recordings")}  # fmt: skip
+           "VOXSWITCH_RECORDINGS_DIR": str(tmp_path / "recordings"),
+           "VOXSWITCH_S3_URL": f"{services['VOXSWITCH_S3_URL']}/{prefix}"}  # fmt: skip
     node = voxswitch_nodes.start("recorded", NodeOptions(media_timeout_s=0, env=env))
     result = sipp(node, "uac", pause_ms=2000, timeout_s=30)
     assert result.successful_calls == 1, node.log_tail()
-    got = kafka_events(services["VOXSWITCH_KAFKA_BOOTSTRAP"], names["VOXSWITCH_KAFKA_TOPIC"], 4)
+    got = kafka_events(services["VOXSWITCH_KAFKA_BOOTSTRAP"], names["VOXSWITCH_KAFKA_TOPIC"], 5)
     kinds = [e["type"] for _, e in got]
-    assert kinds == ["call.offered", "call.answered", "call.ended", "call.recorded"], kinds
-    recorded = got[-1][1]
-    jsonschema.validate(recorded, SCHEMA)
-    path = Path(recorded["location"])
-    assert path.is_relative_to(tmp_path / "recordings")
-    assert recorded["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert kinds == [
+        "call.offered", "call.answered", "call.ended", "call.recorded", "call.archived"
+    ], kinds  # fmt: skip
+    recorded, archived = got[-2][1], got[-1][1]
+    for event in (recorded, archived):
+        jsonschema.validate(event, SCHEMA)
+    assert Path(recorded["location"]).is_relative_to(tmp_path / "recordings")
+    assert not Path(recorded["location"]).exists()  # deleted once the store held it
     assert 1.5 <= recorded["duration_s"] <= 4.0
+    s3 = S3Target.from_url(env["VOXSWITCH_S3_URL"])
+    bucket, _, key = archived["location"].removeprefix("s3://").partition("/")
+    body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == recorded["sha256"] == archived["sha256"]
     call_id = got[0][0]
     row = wait_for(
-        "the row's recording",
+        "the row's archived recording",
         lambda: (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
-        and r["recording"] and r,
+        and r["recording"] and "archived_at" in json.loads(r["recording"]) and r,
     )
     stored = json.loads(row["recording"])
-    assert stored["sha256"] == recorded["sha256"] and stored["location"] == str(path)
-    assert row["disposition"] == "completed"
+    assert stored["sha256"] == recorded["sha256"] and stored["location"] == archived["location"]
+    assert node.health()["archive"]["uploaded"] == 1
 
 
 def test_sigkill_mid_call_then_restart_sends_bye_and_records_node_restart(

@@ -1,0 +1,1 @@
+"""Call recordings past the call: their archive in S3-compatible storage."""
