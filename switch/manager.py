@@ -9,17 +9,14 @@ a crashed actor is ended cleanly on the wire and nothing else is touched.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
-import re
 import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from actors.call import (
@@ -57,13 +54,13 @@ from switch.backbone.checkpoints import Checkpointer, CheckpointStore
 from switch.guard.admission import AdmissionControl
 from switch.guard.sources import SourceGuard
 from switch.mediaplant import MediaUnavailable
+from switch.recording import recording_path
 
 log = logging.getLogger("voxswitch.manager")
 
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 ACCEPTED_BODIES = ("application/sdp", "multipart/mixed")
 RETRY_AFTER_BUSY_S = 5
-_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 RECENT_CALLS = 5000  # ended calls the API can still show
@@ -413,15 +410,10 @@ class CallManager:
 
     def recording_path(self, call_id: str, record: bool | None) -> str | None:
         """Where the call's recording goes (None: not recorded). ``record`` is the
-        call's own or its trunk's word; None leaves it to the node's setting. A day's
-        recordings share a folder; the name is the Call-ID made safe for a file
-        system, with a digest of the original so two Call-IDs never share a file."""
+        call's own or its trunk's word; None leaves it to the node's setting."""
         if not (self.record_all if record is None else record) or not self.recordings_dir:
             return None
-        safe = _UNSAFE_FILE_CHARS.sub("_", call_id)[:80]
-        digest = hashlib.sha256(call_id.encode()).hexdigest()[:12]
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        return str(Path(self.recordings_dir) / day / f"{safe}-{digest}.wav")
+        return recording_path(self.recordings_dir, call_id)
 
     # ---- outbound ------------------------------------------------------------------
 

@@ -87,3 +87,13 @@ def test_the_session_records_what_the_recogniser_hears_and_what_it_sends(
     assert stereo.shape == (10 * FRAME, 2)
     assert set(stereo[: 3 * FRAME, 1]) == {1000} and set(stereo[3 * FRAME :, 1]) == {0}
     assert np.abs(stereo[:, 0]).max() < 10  # µ-law silence from the caller
+
+
+def test_a_recording_is_named_by_its_call_id_made_safe_and_unique() -> None:
+    from switch.recording import recording_path
+
+    a = recording_path("/rec", "abc@10.0.0.1/../x", now=0.0)
+    b = recording_path("/rec", "abc@10.0.0.1/../y", now=0.0)
+    assert a.startswith("/rec/1970-01-01/abc_10.0.0.1_.._x-") and a.endswith(".wav")
+    assert "/" not in a.removeprefix("/rec/1970-01-01/")  # no way out of its folder
+    assert a != b
