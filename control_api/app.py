@@ -6,14 +6,15 @@ calls, trunks and routes (``control_api/outbound.py``), all behind API keys.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from control_api.campaigns import campaign_router
@@ -55,6 +56,9 @@ class CallControl(Protocol):
 
     def ended_call(self, call_id: str) -> dict[str, Any] | None:
         """A call that ended a short while ago, as it ended (state ``ended``)."""
+
+    def archived_recording(self, location: str) -> Iterator[bytes] | None:
+        """An archived recording's bytes, in chunks (blocking); None: no archive."""
 
 
 class SayBody(BaseModel):
@@ -172,7 +176,7 @@ def create_app(
         return ended
 
     @app.get("/v1/calls/{call_id}/recording", dependencies=[require("recordings:read")])
-    async def get_recording(call_id: str) -> FileResponse:
+    async def get_recording(call_id: str) -> Response:
         """The call's recording (stereo WAV: caller left, agent right), once it ended."""
         if calls.live_call(call_id) is not None:
             raise HTTPException(409, f"call {call_id!r} is still going on")
@@ -182,13 +186,26 @@ def create_app(
         recording = ended.get("recording")
         if not recording:
             raise HTTPException(404, f"call {call_id!r} was not recorded")
-        location = Path(recording["location"])
-        if not location.is_file():
+        headers = {
+            "X-Recording-SHA256": recording["sha256"],
+            "Content-Disposition": f'attachment; filename="{call_id}.wav"',
+        }
+        location = str(recording["location"])
+        if location.startswith("s3://"):
+            try:
+                chunks = await asyncio.to_thread(calls.archived_recording, location)
+            except Exception as exc:  # the store is down, or the object gone: say so
+                raise HTTPException(
+                    503, f"the archive did not give {location}: {exc}",
+                    headers={"Retry-After": "30"},
+                ) from exc  # fmt: skip
+            if chunks is None:
+                raise HTTPException(410, f"the recording of {call_id!r} is in {location}")
+            headers["Content-Length"] = str(recording["bytes"])
+            return StreamingResponse(chunks, media_type="audio/wav", headers=headers)
+        if not Path(location).is_file():
             raise HTTPException(410, f"the recording of {call_id!r} is no longer here")
-        return FileResponse(
-            location, media_type="audio/wav", filename=f"{call_id}.wav",
-            headers={"X-Recording-SHA256": recording["sha256"]},
-        )  # fmt: skip
+        return FileResponse(location, media_type="audio/wav", headers=headers)
 
     @app.delete("/v1/calls/{call_id}", status_code=202, dependencies=[require("calls:write")])
     async def hang_up(call_id: str) -> Accepted:

@@ -624,6 +624,12 @@ class CallManager:
         elif name == "transferred":
             self._publish(events.transferred(record, record.transfer_target), record)
 
+    def recording_archived(self, call_id: str, location: str) -> None:
+        """The archive holds the call's recording now (its local copy is gone)."""
+        view = self.recent.get(call_id)
+        if view is not None and view.get("recording"):
+            view["recording"] = {**view["recording"], "location": location, "archived": True}
+
     def when_ended(self, call_id: str, callback: Callable[[CallRecord], None]) -> None:
         """Call ``callback`` with the record when this live call ends (a campaign)."""
         self._watchers[call_id] = callback

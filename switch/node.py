@@ -249,8 +249,9 @@ class Node:
             except ArchiveConfigError as exc:
                 raise StartupError(str(exc)) from None
             self.archive = RecordingArchive(
-                target, Path(s.recordings_dir), self.backbone.publish, s.name
-            )
+                target, Path(s.recordings_dir), self.backbone.publish, s.name,
+                on_archived=self._recording_archived,
+            )  # fmt: skip
             self.archive.start()
         self.checkpoints = build_store(s.redis_url)
         # A checkpoint outlives the longest call it can describe, not much more.
@@ -417,6 +418,14 @@ class Node:
 
     def ended_call(self, call_id: str) -> dict[str, Any] | None:
         return self.manager.recent.get(call_id) if self.manager is not None else None
+
+    def archived_recording(self, location: str) -> Iterator[bytes] | None:
+        """An archived recording's bytes (blocking iterator); None without an archive."""
+        return self.archive.open(location) if self.archive is not None else None
+
+    def _recording_archived(self, call_id: str, location: str) -> None:
+        if self.manager is not None:
+            self.manager.recording_archived(call_id, location)
 
     # ---- trunks ------------------------------------------------------------------------
 

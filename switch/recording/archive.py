@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ log = logging.getLogger("voxswitch.recording")
 MANIFEST_SUFFIX = ".json"
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 60.0
+CHUNK_BYTES = 64 * 1024
 
 
 class ArchiveConfigError(ValueError):
@@ -112,11 +113,13 @@ class RecordingArchive:
         root: Path,
         publish: Callable[[dict[str, Any]], None] | None = None,
         node_id: str = "",
+        on_archived: Callable[[str, str], None] | None = None,
     ) -> None:
         self.target = target
         self.root = root
         self.publish = publish
         self.node_id = node_id
+        self.on_archived = on_archived  # (call id, s3:// location): the node's views follow
         self.uploaded = 0
         self.failures = 0
         self.last_error = ""
@@ -183,12 +186,25 @@ class RecordingArchive:
         recording.unlink(missing_ok=True)
         manifest.unlink(missing_ok=True)
         log.info("call %s: recording archived to %s", entry["call_id"], location)
+        if self.on_archived is not None:
+            self.on_archived(entry["call_id"], location)
         if self.publish is not None:
             self.publish(events.event(
                 "call.archived", entry["call_id"], self.node_id, time.time(),
                 location=location, sha256=entry["sha256"], bytes=entry["bytes"],
             ))  # fmt: skip
         return True
+
+    def open(self, location: str) -> Iterator[bytes]:
+        """The bytes of an archived recording (``s3://bucket/key``), in chunks (blocking:
+        iterate it in a thread)."""
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        if bucket != self.target.bucket:
+            raise ArchiveError(f"{location} is not in this node's archive")
+        if self._client is None:
+            self._client = self.target.client()
+        body = self._client.get_object(Bucket=bucket, Key=key)["Body"]
+        return iter(body.iter_chunks(CHUNK_BYTES))
 
     def _upload(self, recording: Path, key: str, sha256_hex: str) -> None:
         """Put, then confirm with the store's own checksum and size (blocking)."""

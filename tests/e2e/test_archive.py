@@ -60,7 +60,10 @@ async def test_an_upload_is_confirmed_before_the_local_copy_goes(
     data = path.read_bytes()
     published: list[dict[str, Any]] = []
     s3 = target(services)
-    archive = RecordingArchive(s3, tmp_path, published.append, "node-1")
+    moved: list[tuple[str, str]] = []
+    archive = RecordingArchive(
+        s3, tmp_path, published.append, "node-1", on_archived=lambda *a: moved.append(a)
+    )
     archive.start()
     try:
         await until(lambda: archive.uploaded == 1)
@@ -73,6 +76,10 @@ async def test_an_upload_is_confirmed_before_the_local_copy_goes(
     assert event["type"] == "call.archived" and event["call_id"] == "call-a"
     assert event["location"] == f"s3://{s3.bucket}/{key}"
     assert event["sha256"] == hashlib.sha256(data).hexdigest()
+    assert moved == [("call-a", event["location"])]
+    # What the API streams for an archived call: the same bytes, from the store.
+    chunks = await asyncio.to_thread(lambda: b"".join(archive.open(event["location"])))
+    assert chunks == data
 
 
 async def test_while_the_store_is_down_recordings_wait_and_go_when_it_is_back(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import redis
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippResult, SippRunner
 from switch.recording.archive import S3Target
+from tests.e2e.api_client import ADMIN, api
 from tests.e2e.polling import wait_for
 from tests.e2e.tcp_proxy import TcpProxy
 
@@ -151,8 +153,9 @@ def test_a_call_in_kafka_postgres_and_redis(
     row = wait_for("the call row", lambda: call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
     row = wait_for(
         "the call row completed",
-        lambda: (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
-        and r["disposition"] and r,
+        lambda: (
+            (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id)) and r["disposition"] and r
+        ),
     )
     assert row["disposition"] == "completed" and row["sip_code"] == 200
     assert row["direction"] == "inbound" and row["node_id"] == node_id
@@ -164,8 +167,11 @@ def test_a_call_in_kafka_postgres_and_redis(
 
 
 def test_a_recorded_call_is_archived_and_says_so_in_kafka_and_postgres(
-    services: dict[str, str], names: dict[str, str], voxswitch_nodes: NodeFactory,
-    sipp: SippRunner, tmp_path: Path,
+    services: dict[str, str],
+    names: dict[str, str],
+    voxswitch_nodes: NodeFactory,
+    sipp: SippRunner,
+    tmp_path: Path,
 ) -> None:
     """With ``s3_url`` (the services' versitygw): ``call.recorded`` follows
     ``call.ended``, then ``call.archived`` once the store holds the file (checked by
@@ -174,7 +180,8 @@ def test_a_recorded_call_is_archived_and_says_so_in_kafka_and_postgres(
     prefix = f"bb-{uuid.uuid4().hex[:8]}"
     env = {**services, **names, "VOXSWITCH_RECORD": "all",
            "VOXSWITCH_RECORDINGS_DIR": str(tmp_path / "recordings"),
-           "VOXSWITCH_S3_URL": f"{services['VOXSWITCH_S3_URL']}/{prefix}"}  # fmt: skip
+           "VOXSWITCH_S3_URL": f"{services['VOXSWITCH_S3_URL']}/{prefix}",
+           "VOXSWITCH_API_KEY": ADMIN}  # fmt: skip
     node = voxswitch_nodes.start("recorded", NodeOptions(media_timeout_s=0, env=env))
     result = sipp(node, "uac", pause_ms=2000, timeout_s=30)
     assert result.successful_calls == 1, node.log_tail()
@@ -196,12 +203,24 @@ def test_a_recorded_call_is_archived_and_says_so_in_kafka_and_postgres(
     call_id = got[0][0]
     row = wait_for(
         "the row's archived recording",
-        lambda: (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
-        and r["recording"] and "archived_at" in json.loads(r["recording"]) and r,
+        lambda: (
+            (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
+            and r["recording"]
+            and "archived_at" in json.loads(r["recording"])
+            and r
+        ),
     )
     stored = json.loads(row["recording"])
     assert stored["sha256"] == recorded["sha256"] and stored["location"] == archived["location"]
     assert node.health()["archive"]["uploaded"] == 1
+    # The API now serves it from the store, the same bytes.
+    status, view = api(node, "GET", f"/v1/calls/{call_id}")
+    assert status == 200 and view["recording"]["location"] == archived["location"]
+    url = node.health_url.replace("/health", f"/v1/calls/{call_id}/recording")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.read() == body
+        assert response.headers["X-Recording-SHA256"] == recorded["sha256"]
 
 
 def test_sigkill_mid_call_then_restart_sends_bye_and_records_node_restart(
@@ -234,8 +253,11 @@ def test_sigkill_mid_call_then_restart_sends_bye_and_records_node_restart(
     assert not checkpointed(redis_client, node_id)
     row = wait_for(
         "the row to say node_restart",
-        lambda: (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
-        and r["disposition"] == "node_restart" and r,
+        lambda: (
+            (r := call_row(services["VOXSWITCH_POSTGRES_DSN"], call_id))
+            and r["disposition"] == "node_restart"
+            and r
+        ),
     )
     assert row["answered_at"] is not None
     got = kafka_events(services["VOXSWITCH_KAFKA_BOOTSTRAP"], names["VOXSWITCH_KAFKA_TOPIC"], 3)
