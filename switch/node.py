@@ -502,15 +502,11 @@ class Node:
             self._records.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._records.flush()
         if record.recording and self.archive is not None:
-            from switch.recording.archive import write_manifest
-
             try:
-                write_manifest(Path(record.recording["location"]), record.call_id, record.recording)
+                self.archive.submit(record.call_id, record.recording)
             except OSError as exc:
                 log.warning("call %s: recording not queued for the archive: %s",
                             record.call_id, exc)  # fmt: skip
-            else:
-                self.archive.submitted()
 
     def request_stop(self) -> None:
         self._stop.set()

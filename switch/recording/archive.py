@@ -138,8 +138,10 @@ class RecordingArchive:
                 await self._task
             self._task = None
 
-    def submitted(self) -> None:
-        """A manifest was written: look again now."""
+    def submit(self, call_id: str, summary: dict[str, Any]) -> None:
+        """Queue a call's finished recording (its summary names the file) and look now.
+        Raises OSError when the manifest cannot be written."""
+        write_manifest(Path(summary["location"]), call_id, summary)
         self._wake.set()
 
     def pending(self) -> list[Path]:
