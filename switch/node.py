@@ -172,6 +172,8 @@ class Node:
                 "dropped": stats.dropped if stats else 0,
                 "responses_by_code": dict(stats.by_status_sent) if stats else {},
                 "transactions": manager.endpoint.transaction_count if manager else 0,
+                # Read from the UDP socket but dropped: the transport's queue was full.
+                "udp_queue_dropped": self._udp.queue_dropped if self._udp else 0,
             },
         }
 
