@@ -84,6 +84,7 @@ class CallRecord:
     to_uri: str
     node_id: str
     trunk: str = ""  # the carrier trunk it came through ('' when none matched)
+    agent: str = ""  # the voice agent that talked (its name on the node: default, demo...)
     offered_at: float = 0.0  # wall clock (epoch seconds)
     answered_at: float | None = None
     ended_at: float | None = None

@@ -22,6 +22,7 @@ from control_api.guard import guard_router
 from control_api.keys import ApiKeys
 from control_api.metrics import CONTENT_TYPE, NodeMetrics
 from control_api.outbound import CallBody, CallPlaced, place_call, trunk_router
+from control_api.reports import FetchDaily, report_router
 from switch.guard.sources import SourceGuard
 from switch.trunking.campaigns import Campaigns
 from switch.trunking.dialer import Dialer
@@ -94,6 +95,7 @@ def create_app(
     can_sign: bool = False,
     campaigns: Campaigns | None = None,
     guard: SourceGuard | None = None,
+    reports: FetchDaily | None = None,
 ) -> FastAPI:
     # Every endpoint is ``async def``: it runs on the node's loop, where the calls live
     # (a plain ``def`` would run in a worker thread and race the actors).
@@ -255,6 +257,7 @@ def create_app(
         app.include_router(campaign_router(campaigns, require, can_sign=can_sign))
     if guard is not None:
         app.include_router(guard_router(guard, require))
+    app.include_router(report_router(reports, require))
 
     return app
 

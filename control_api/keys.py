@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-SCOPES = ("calls:read", "calls:write", "recordings:read", "admin")
+SCOPES = ("calls:read", "calls:write", "recordings:read", "reports:read", "admin")
 PREFIX = "vsk_"
 
 

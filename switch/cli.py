@@ -36,33 +36,66 @@ def _build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--api-keys-file", dest="api_keys_file", default=None, help="env VOXSWITCH_API_KEYS_FILE"
     )
-    serve.add_argument("--config", help="TOML config file (env VOXSWITCH_CONFIG)")
+    worker = sub.add_parser("worker", help="run a Celery worker for the batch jobs")
+    worker.add_argument("--concurrency", type=int, default=1, help="pool processes (default 1)")
+    worker.add_argument("--beat", action="store_true", help="also run the jobs' schedule")
+    jobs = sub.add_parser("jobs", help="the batch jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    jobs_sub.add_parser("list", help="the jobs there are")
+    for verb, text in (("run", "run a job once, here (what a CronJob calls)"),
+                       ("enqueue", "hand a job to the workers; prints its task id")):  # fmt: skip
+        job = jobs_sub.add_parser(verb, help=text)
+        job.add_argument("name", help="archive, transcribe, retention or daily_report")
+        job.add_argument("--call-id", dest="job_call_id", help="transcribe: this call")
+        job.add_argument("--limit", dest="job_limit", type=int, help="transcribe: N calls")
+        job.add_argument("--days", dest="job_days", type=int, help="retention: days kept")
+        job.add_argument("--day", dest="job_day", help="daily_report: YYYY-MM-DD (yesterday)")
+        _add_settings(job)
+    for command in (serve, worker):
+        _add_settings(command)
+    return parser
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (env VOXSWITCH_CONFIG)")
     for f in settings_fields():
         help_text = f.metadata.get("help", "")
         default = f.default if f.name != "rtp_ports" else "20000-29999"
-        serve.add_argument(
+        parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
             help=f"{help_text} (default {default!s}; env VOXSWITCH_{f.name.upper()})",
         )
-    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    names = {f.name for f in settings_fields()}
+    cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
+    return load_settings(cli, config_file=args.config)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    if args.command == "serve":
-        skip = ("command", "config")
-        cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in skip}
+    needs_settings = getattr(args, "jobs_command", "") in ("run", "enqueue")
+    if args.command in ("serve", "worker") or needs_settings:
         try:
-            settings = load_settings(cli, config_file=args.config)
+            settings = _settings(args)
         except ConfigError as exc:
             print(f"voxswitch: {exc}", file=sys.stderr)
             return 2
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
+    if args.command == "worker":
+        return _worker(settings, args.concurrency, args.beat)
+    if args.command == "jobs":
+        return _jobs(args, settings if args.jobs_command != "list" else None)
+    if args.command == "serve":
+        _logging(settings.log_level)
         from switch.node import run_node
 
         try:
@@ -75,6 +108,52 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "apikey":
         return _apikey_create(args.name, tuple(args.scopes or ["admin"]), args.api_keys_file)
     return 2
+
+
+def _worker(settings: Any, concurrency: int, beat: bool) -> int:
+    from switch.jobs import JobError
+    from switch.jobs.worker import run_worker
+
+    _logging(settings.log_level)
+    try:
+        run_worker(settings, concurrency, beat)
+    except JobError as exc:
+        print(f"voxswitch worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _jobs(args: argparse.Namespace, settings: Any) -> int:
+    import json
+
+    from switch.jobs import JOBS, JobError
+
+    if args.jobs_command == "list":
+        for job in JOBS.values():
+            print(f"{job.name:14} {job.summary}")
+        return 0
+    given = {"call_id": args.job_call_id, "limit": args.job_limit, "days": args.job_days,
+             "day": args.job_day}  # fmt: skip
+    options = {name: value for name, value in given.items() if value is not None}
+    what = f"voxswitch jobs {args.jobs_command} {args.name}"
+    try:
+        if args.jobs_command == "enqueue":
+            from switch.jobs.worker import enqueue
+
+            print(enqueue(settings, args.name, options))
+            return 0
+        from switch.jobs.context import run_in_context
+
+        _logging(settings.log_level)
+        result = asyncio.run(run_in_context(settings, args.name, **options))
+    except JobError as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a service down: one line, and a CronJob tries again
+        print(f"{what}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1, default=str))
+    return 0
 
 
 def _apikey_create(name: str, scopes: tuple[str, ...], path: str | None) -> int:

@@ -282,6 +282,24 @@ class Settings:
         },
     )
     s3_region: str = field(default="us-east-1", metadata={"help": "the S3 region to sign for"})
+    retention_days: int = field(
+        default=0,
+        metadata={
+            "help": "the retention job deletes calls, their turns, events, transcripts and "
+            "recordings older than this many days (0: keep everything)"
+        },
+    )
+    jobs_broker_url: str = field(
+        default="",
+        metadata={"help": "Redis for the batch jobs' queue and results ('': redis_url)"},
+    )
+    jobs_visibility_s: int = field(
+        default=1800,
+        metadata={
+            "help": "a job a worker took and did not finish is given to another worker "
+            "after this long (a killed worker's jobs run again); above the longest job"
+        },
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -378,6 +396,10 @@ def load_settings(
         raise ConfigError("trunks_reload_s: must be above 0")
     if settings.spool_max_mb < 1:
         raise ConfigError("spool_max_mb: must be at least 1")
+    if settings.retention_days < 0:
+        raise ConfigError("retention_days: must be 0 (keep everything) or more")
+    if settings.jobs_visibility_s < 1:
+        raise ConfigError("jobs_visibility_s: must be at least 1")
     if settings.record not in ("all", "off"):
         raise ConfigError(f"record: expected all or off, got {settings.record!r}")
     if settings.srtp not in SRTP_POLICIES:

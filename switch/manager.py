@@ -389,6 +389,7 @@ class CallManager:
             log.warning("call %s: no media port: %s", call_id, exc)
             self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
             return
+        agent = self._inbound_agent(request)
         actor = CallActor(
             invite=request,
             invite_txn=txn,
@@ -399,11 +400,12 @@ class CallManager:
             local=self.local,
             config=self.call_config,
             clock=self.loop.time,
-            voice=self._inbound_voice(request),
+            voice=self.voices.get(agent, self.voice),
             vad=self.vad,
             srtp=self.inbound.srtp_for(trunk) if self.inbound and trunk else self.srtp,
         )
         actor.record.trunk = trunk
+        actor.record.agent = agent
         trunk_says = self.inbound.record_for(trunk) if self.inbound and trunk else None
         actor.record_to = self.recording_path(call_id, trunk_says)
         self._start(actor)
@@ -473,6 +475,7 @@ class CallManager:
             on_answered=on_answered,
         )
         actor.record_to = self.recording_path(call_id, record)
+        actor.record.agent = agent if agent in self.voices else "default"
         self._start(actor)
         return actor
 
@@ -544,14 +547,15 @@ class CallManager:
             event["webhook_url"] = record.webhook_url  # the webhook sink posts it there too
         self.publish(event)
 
-    def _inbound_voice(self, request: Request) -> Voice | None:
+    def _inbound_agent(self, request: Request) -> str:
         """The agent the dialed number's inbound route names ('none': greeting only;
         a name the node does not have: its default)."""
         if self.inbound is None:
-            return self.voice
+            return "default"
         uri = request.parsed_uri
         number = uri.user if isinstance(uri, SipUri) and uri.user else ""
-        return self.voices.get(self.inbound.agent_for(number) or "default", self.voice)
+        agent = self.inbound.agent_for(number) or "default"
+        return agent if agent in self.voices else "default"
 
     def _call_done(self, actor: CallActor, task: asyncio.Task[CallRecord]) -> None:
         """One-for-one supervision: whatever happened, end the call cleanly."""

@@ -40,6 +40,7 @@ from switch.guard.admission import AdmissionConfig, AdmissionControl
 from switch.guard.load import LoadMonitor
 from switch.guard.shared import SharedGuardStore
 from switch.guard.sources import SourceGuard, SourceLimits
+from switch.jobs.analytics import DailyReports
 from switch.manager import CallManager
 from switch.mediaplant.leg import MediaPlant
 from switch.trunking.campaign_journal import CampaignJournal
@@ -113,6 +114,8 @@ class Node:
         self.checkpointer: Checkpointer | None = None
         store = PostgresTrunkStore(settings.postgres_dsn) if settings.postgres_dsn else None
         self.book = TrunkBook.load(settings.trunks_file or None, store)
+        # What the daily_report job computed, for GET /v1/reports/daily.
+        self.reports = DailyReports(settings.postgres_dsn) if settings.postgres_dsn else None
         self.dialer: Dialer | None = None
         self.campaigns: Campaigns | None = None
         self.trunk_monitor: TrunkMonitor | None = None
@@ -561,6 +564,8 @@ class Node:
             self._records.close()
         if self.archive is not None:
             await self.archive.stop()  # what waits is uploaded by the next start
+        if self.reports is not None:
+            await self.reports.close()
         if self.backbone is not None:
             # What the calls just published: give the sinks a moment; the rest stays
             # in the spool for the next start.
@@ -650,7 +655,7 @@ async def run_node(settings: Settings) -> int:
             node, node.metrics, keys=keys, calls=node, commands=API_COMMANDS,
             dialer=node.dialer, trunk_status=node.trunk_status,
             can_sign=bool(settings.webhook_secret), campaigns=node.campaigns,
-            guard=node.sources,
+            guard=node.sources, reports=node.reports.fetch if node.reports else None,
         )  # fmt: skip
         server = make_server(app, settings.api_host, settings.api_port)
         api_task = loop.create_task(server.serve(sockets=[api_sock] if api_sock else None))

@@ -25,17 +25,31 @@ TYPES = (
     "call.ended",
     "call.recorded",
     "call.archived",
+    "call.transcribed",
 )
+# Events a batch job makes get ids derived from what they say (``stable_id``): a job
+# that runs twice (a worker killed before it acknowledged) publishes the same event.
+_JOB_NAMESPACE = uuid.UUID("6f1c3a52-8d2e-4b71-9a0c-5e7d1b2f4c90")
+
+
+def stable_id(*parts: str) -> str:
+    return str(uuid.uuid5(_JOB_NAMESPACE, "/".join(parts)))
 
 
 def event(
-    kind: str, call_id: str, node_id: str, ts: float | None = None, **fields: Any
+    kind: str,
+    call_id: str,
+    node_id: str,
+    ts: float | None = None,
+    *,
+    event_id: str | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     if kind not in TYPES:
         raise ValueError(f"unknown event type {kind!r}")
     return {
         "type": kind,
-        "event_id": str(uuid.uuid4()),
+        "event_id": event_id or str(uuid.uuid4()),
         "call_id": call_id,
         "ts": time.time() if ts is None else ts,
         "schema_version": SCHEMA_VERSION,
@@ -105,6 +119,7 @@ def ended(record: CallRecord) -> list[dict[str, Any]]:
             from_uri=record.from_uri,
             to_uri=record.to_uri,
             trunk=record.trunk,
+            agent=record.agent,
             offered_at=record.offered_at,
             answered_at=record.answered_at,
             ended_at=record.ended_at,

@@ -264,24 +264,36 @@ class PostgresSink:
                 " WHERE call_id = $1",
                 e["call_id"], json.dumps(archived),
             )  # fmt: skip
+        elif kind == "call.transcribed":
+            await db.execute(
+                "INSERT INTO call_transcripts (call_id, engine, event_id, caller_text,"
+                " agent_text, segments, sha256, created_at) VALUES ($1, $2, $3, $4, $5,"
+                " $6::jsonb, $7, $8) ON CONFLICT (call_id, engine) DO UPDATE SET"
+                " event_id = EXCLUDED.event_id, caller_text = EXCLUDED.caller_text,"
+                " agent_text = EXCLUDED.agent_text, segments = EXCLUDED.segments,"
+                " sha256 = EXCLUDED.sha256, created_at = EXCLUDED.created_at",
+                e["call_id"], e["engine"], e["event_id"], e["caller_text"], e["agent_text"],
+                json.dumps(e["segments"]), e["sha256"], _time(e["ts"]),
+            )  # fmt: skip
         elif kind == "call.ended":
             await db.execute(
                 "INSERT INTO calls (call_id, direction, from_uri, to_uri, trunk, node_id,"
                 " offered_at, answered_at, ended_at, duration_s, disposition, sip_code,"
-                " reason, codec, packets_sent, packets_received, media) VALUES ($1, $2, $3,"
-                " $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb)"
+                " reason, codec, packets_sent, packets_received, media, agent) VALUES ($1,"
+                " $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
+                " $17::jsonb, $18)"
                 " ON CONFLICT (call_id) DO UPDATE SET answered_at = EXCLUDED.answered_at,"
                 " ended_at = EXCLUDED.ended_at, duration_s = EXCLUDED.duration_s,"
                 " disposition = EXCLUDED.disposition, sip_code = EXCLUDED.sip_code,"
                 " reason = EXCLUDED.reason, codec = EXCLUDED.codec,"
                 " packets_sent = EXCLUDED.packets_sent,"
                 " packets_received = EXCLUDED.packets_received, media = EXCLUDED.media,"
-                " trunk = EXCLUDED.trunk",
+                " trunk = EXCLUDED.trunk, agent = EXCLUDED.agent",
                 e["call_id"], e["direction"], e["from_uri"], e["to_uri"], e["trunk"],
                 e["node_id"], _time(e["offered_at"]), _time(e["answered_at"]),
                 _time(e["ended_at"]), e["duration_s"], e["disposition"], e["sip_code"],
                 e["reason"], e["codec"], e["packets_sent"], e["packets_received"],
-                json.dumps(e["media"]),
+                json.dumps(e["media"]), e.get("agent") or "",
             )  # fmt: skip
 
     async def close(self) -> None:

@@ -5,10 +5,13 @@ SHA-256, the object key); the pair on disk *is* the queue, so a node restarted w
 uploads pending takes them up again from the folder. The archive uploads one at a
 time with the SHA-256 for the store to check (``x-amz-checksum-sha256``: a corrupted
 upload is refused by the store), then asks the store for the object's checksum and
-size, and only when both match deletes the local file and its manifest and publishes
-``call.archived``. A failure (the store down, refused credentials, a mismatch) is
-retried with a growing pause (1 s, doubling, at most ``RETRY_MAX_S``); ``status``
-shows what waits and the last error in ``/health``.
+size, and only when both match publishes ``call.archived`` (its id derived from the
+call and the checksum, so archiving the same file twice says the same thing) and then
+deletes the local file and its manifest. The node runs it continuously (``start``);
+the ``archive`` batch job makes one pass over a folder (``sweep``). A failure (the
+store down, refused credentials, a mismatch) is retried with a growing pause (1 s,
+doubling, at most ``RETRY_MAX_S``); ``status`` shows what waits and the last error in
+``/health``.
 
 The S3 client (boto3) is blocking: each request runs in a thread, off the loop.
 """
@@ -18,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +115,7 @@ class RecordingArchive:
         self,
         target: S3Target,
         root: Path,
-        publish: Callable[[dict[str, Any]], None] | None = None,
+        publish: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
         node_id: str = "",
         on_archived: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -170,12 +174,33 @@ class RecordingArchive:
             await asyncio.sleep(self._pause)
             self._pause = min(RETRY_MAX_S, self._pause * 2)
 
+    async def sweep(self) -> dict[str, int]:
+        """One pass over what waits (the batch job): every recording tried once."""
+        done = failed = 0
+        for manifest in self.pending():
+            if await self._archive(manifest):
+                done += 1
+            else:
+                failed += 1
+        return {"archived": done, "failed": failed, "pending": len(self.pending())}
+
     async def _archive(self, manifest: Path) -> bool:
         try:
             entry = json.loads(manifest.read_text())
             recording = manifest.with_name(manifest.name.removesuffix(MANIFEST_SUFFIX))
             key = self.target.key_for(str(recording.relative_to(self.root)))
             await asyncio.to_thread(self._upload, recording, key, entry["sha256"])
+            location = self.target.url_of(key)
+            if self.publish is not None:
+                # Said before the file goes: a crash in between archives it again and
+                # says the same event again (same id), never nothing.
+                published = self.publish(events.event(
+                    "call.archived", entry["call_id"], self.node_id, time.time(),
+                    event_id=events.stable_id(entry["call_id"], "archived", entry["sha256"]),
+                    location=location, sha256=entry["sha256"], bytes=entry["bytes"],
+                ))  # fmt: skip
+                if inspect.isawaitable(published):
+                    await published
         except (OSError, ValueError, KeyError, BotoCoreError, ClientError, ArchiveError) as exc:
             self.failures += 1
             self.last_error = f"{manifest.name}: {exc}"
@@ -184,29 +209,37 @@ class RecordingArchive:
         self._pause = RETRY_MIN_S
         self.uploaded += 1
         self.last_error = ""
-        location = self.target.url_of(key)
         recording.unlink(missing_ok=True)
         manifest.unlink(missing_ok=True)
         log.info("call %s: recording archived to %s", entry["call_id"], location)
         if self.on_archived is not None:
             self.on_archived(entry["call_id"], location)
-        if self.publish is not None:
-            self.publish(events.event(
-                "call.archived", entry["call_id"], self.node_id, time.time(),
-                location=location, sha256=entry["sha256"], bytes=entry["bytes"],
-            ))  # fmt: skip
         return True
 
     def open(self, location: str) -> Iterator[bytes]:
         """The bytes of an archived recording (``s3://bucket/key``), in chunks (blocking:
         iterate it in a thread)."""
+        client, key = self._client_for(location)
+        body = client.get_object(Bucket=self.target.bucket, Key=key)["Body"]
+        return iter(body.iter_chunks(CHUNK_BYTES))
+
+    def _client_for(self, location: str) -> tuple[Any, str]:
         bucket, _, key = location.removeprefix("s3://").partition("/")
         if bucket != self.target.bucket:
-            raise ArchiveError(f"{location} is not in this node's archive")
+            raise ArchiveError(f"{location} is not in this archive ({self.target.bucket})")
         if self._client is None:
             self._client = self.target.client()
-        body = self._client.get_object(Bucket=bucket, Key=key)["Body"]
-        return iter(body.iter_chunks(CHUNK_BYTES))
+        return self._client, key
+
+    def download(self, location: str, path: Path) -> None:
+        """Copy an archived recording to ``path`` (blocking)."""
+        client, key = self._client_for(location)
+        client.download_file(self.target.bucket, key, str(path))
+
+    def delete(self, location: str) -> None:
+        """Remove an archived recording from the store (blocking; gone already is fine)."""
+        client, key = self._client_for(location)
+        client.delete_object(Bucket=self.target.bucket, Key=key)
 
     def _upload(self, recording: Path, key: str, sha256_hex: str) -> None:
         """Put, then confirm with the store's own checksum and size (blocking)."""

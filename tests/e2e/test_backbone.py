@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,45 +24,11 @@ from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippResult, SippRunner
 from switch.recording.archive import S3Target
 from tests.e2e.api_client import ADMIN, api
+from tests.e2e.event_stream import SCHEMA, kafka_events
 from tests.e2e.polling import wait_for
 from tests.e2e.tcp_proxy import TcpProxy
 
-SCHEMA = json.loads(
-    (Path(__file__).resolve().parents[2] / "schemas" / "call-events.v1.json").read_text()
-)
-
-
 # ---- helpers -----------------------------------------------------------------------------
-
-
-def kafka_events(bootstrap: str, topic: str, expect: int, timeout_s: float = 20.0) -> list[Any]:
-    """Every event on the topic, from the start, once at least ``expect`` distinct ones
-    (by event id) arrived: delivery is at least once, so a copy may come too."""
-
-    async def consume() -> list[Any]:
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await consumer.start()
-        got: list[Any] = []
-        try:
-            deadline = time.monotonic() + timeout_s
-            while len({e["event_id"] for _, e in got}) < expect and time.monotonic() < deadline:
-                batches = await consumer.getmany(timeout_ms=500)
-                for records in batches.values():
-                    for r in records:
-                        got.append((r.key.decode(), json.loads(r.value)))
-        finally:
-            await consumer.stop()
-        return got
-
-    return asyncio.run(consume())
 
 
 def call_row(dsn: str, call_id: str) -> dict[str, Any] | None:
