@@ -237,6 +237,7 @@ class CallActor:
     vad: VadConfig | None = None
     srtp: SrtpPolicy = "off"  # what the trunk (or the node) says about SRTP offers
     record_to: str | None = None  # the path of this call's recording (None: not recorded)
+    record_announcement = ""  # said before the greeting when the call is recorded
     conversation: Conversation | None = None
     # Told "answered" and "transferred" as they happen (the manager publishes them).
     on_milestone: Callable[[str, CallRecord], None] | None = None
@@ -309,6 +310,7 @@ class CallActor:
                 clock=self.clock,
                 call_id=self.call_id,
                 context=context,
+                announcement=self.record_announcement if self.record_to else "",
             )
             self.conversation.start()
         self.media.play()

@@ -156,8 +156,10 @@ class Conversation:
         clock: Callable[[], float],
         call_id: str,
         context: Mapping[str, str] | None = None,
+        announcement: str = "",
     ) -> None:
         self.voice = voice
+        self.announcement = announcement  # said before the greeting ("this call is recorded")
         self.session = session
         self.host = host
         self.clock = clock
@@ -226,8 +228,15 @@ class Conversation:
     async def _greet(self) -> None:
         text = self.voice.brain.greeting()
         self.state.transcript.append(ChatMessage("assistant", text))
+        if self.announcement:
+            # Its own utterance, queued first: the caller hears it before the agent
+            # speaks (a caller who talks over it barges in, as over the greeting).
+            self.session.say(await self.voice.speech(self.announcement, cache=True),
+                             "announcement")  # fmt: skip
         if text:
             self.session.say(await self.voice.speech(text, cache=True), "greeting")
+            self.state.step = "speaking"
+        elif self.announcement:
             self.state.step = "speaking"
         else:
             self.state.step = "listening"

@@ -274,6 +274,13 @@ class Settings:
     recordings_dir: str = field(
         default="voxswitch-recordings", metadata={"help": "where recordings are written"}
     )
+    record_announcement: str = field(
+        default="",
+        metadata={
+            "help": "said to a recorded call before the agent's greeting, e.g. 'This call "
+            "is recorded.' ('' says nothing)"
+        },
+    )
     s3_url: str = field(
         default="",
         metadata={

@@ -184,6 +184,7 @@ class CallManager:
         self.srtp: SrtpPolicy = "optional"  # for INVITEs no trunk's (a trunk says its own)
         self.record_all = False  # record calls no trunk or API request decides for
         self.recordings_dir = ""
+        self.record_announcement = ""  # said to a recorded call before the greeting
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
         # The trunks and routes (the node's): None admits every INVITE (digest aside).
         self.inbound: InboundPolicy | None = None
@@ -408,6 +409,7 @@ class CallManager:
         actor.record.agent = agent
         trunk_says = self.inbound.record_for(trunk) if self.inbound and trunk else None
         actor.record_to = self.recording_path(call_id, trunk_says)
+        actor.record_announcement = self.record_announcement
         self._start(actor)
 
     def recording_path(self, call_id: str, record: bool | None) -> str | None:
@@ -475,6 +477,7 @@ class CallManager:
             on_answered=on_answered,
         )
         actor.record_to = self.recording_path(call_id, record)
+        actor.record_announcement = self.record_announcement
         actor.record.agent = agent if agent in self.voices else "default"
         self._start(actor)
         return actor

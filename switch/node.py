@@ -310,6 +310,7 @@ class Node:
         self.manager.srtp = self.srtp
         self.manager.record_all = s.record == "all"
         self.manager.recordings_dir = s.recordings_dir
+        self.manager.record_announcement = s.record_announcement
         self.dialer = Dialer(
             self.manager, self.book, loop.time, trunk_up=self.trunk_up, srtp=self.srtp
         )

@@ -16,6 +16,7 @@ from actors.conversation import Conversation, Voice
 from media.asr import PocketSphinxRecognizer
 from media.dtmf import DtmfDigit
 from media.g711 import ulaw_encode
+from media.playout import UtteranceStarted
 from media.session import MediaEvent, MediaSession, UtteranceCaptured
 from media.tts import EspeakSynthesizer
 from switch.agents import DEMO_AGENT_PATH, ScriptedAgent
@@ -47,6 +48,7 @@ class Line:
         self.session = session
         self.seq = 0
         self.sent: list[bytes | None] = []
+        self.events: list[MediaEvent] = []
 
     async def tick(self, frame: np.ndarray | None = None) -> None:
         """One 20 ms slot: a caller frame arrives, the session ticks, the actor reacts."""
@@ -59,6 +61,7 @@ class Line:
         out, tick_events = self.session.tick(now)
         self.sent.append(out)
         for event in [*events, *tick_events]:
+            self.events.append(event)
             self.conversation.handle(event, now)
         await asyncio.sleep(0.02)
 
@@ -234,6 +237,32 @@ async def test_the_invites_x_headers_reach_the_brain_as_call_context() -> None:
             voice=voice, session=session, host=Host(), clock=loop.time, call_id="plain"
         )
         assert plain.state.transcript == []  # no headers: nothing added
+    finally:
+        await conversation.aclose()
+        await voice.recognizer.aclose()
+
+
+async def test_a_recorded_calls_announcement_plays_before_the_greeting() -> None:
+    voice = Voice(
+        recognizer=PocketSphinxRecognizer(AGENT.phrases(), pool_size=1),
+        synthesizer=EspeakSynthesizer(rate_wpm=300),
+        brain=AGENT,
+    )
+    session = MediaSession(codec="PCMU", payload_type=0)
+    loop = asyncio.get_running_loop()
+    conversation = Conversation(
+        voice=voice, session=session, host=Host(), clock=loop.time, call_id="rec",
+        announcement="This call is recorded.",
+    )  # fmt: skip
+    conversation.start()
+    call = Line(conversation, session)
+    try:
+        await call.until(lambda: sum(isinstance(e, UtteranceStarted) for e in call.events) >= 2,
+                         timeout_s=15)  # fmt: skip
+        started = [e.utterance_id for e in call.events if isinstance(e, UtteranceStarted)]
+        assert started[:2] == ["announcement", "greeting"]
+        # The transcript (what an LLM sees) holds the greeting, not the notice.
+        assert [m.content for m in conversation.state.transcript] == [AGENT.greeting()]
     finally:
         await conversation.aclose()
         await voice.recognizer.aclose()
