@@ -48,7 +48,8 @@ def report_router(fetch: FetchDaily | None, require: Callable[[str], Any]) -> AP
         if (end - start).days >= MAX_DAYS:
             return query_error("to", f"at most {MAX_DAYS} days at once")
         if fetch is None:
-            raise HTTPException(503, "reports need PostgreSQL: the node has no postgres_dsn")
+            # Not an outage to retry: this node keeps no reports.
+            raise HTTPException(404, "no reports here: they need PostgreSQL (postgres_dsn)")
         try:
             rows = await fetch(start, end)
         except Exception as exc:  # PostgreSQL unreachable: say so, and when to retry

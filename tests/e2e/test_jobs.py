@@ -22,13 +22,14 @@ import jsonschema
 import pytest
 import redis
 
+from loadtest.call_records import call_record, conversation, query, store
 from loadtest.node import ENV_PREFIX, NodeFactory, NodeOptions, voxswitch_command
 from switch.recording import recording_path
 from switch.recording.archive import S3Target, write_manifest
 from tests.e2e.api_client import ADMIN, api
-from tests.e2e.call_records import call_record, conversation, query, store
 from tests.e2e.event_stream import SCHEMA, kafka_events
 from tests.e2e.polling import wait_for
+from tests.e2e.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -401,3 +402,26 @@ def create_key(keys: Path, *scopes: str) -> str:
     for scope in scopes:
         args += ["--scope", scope]
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_reports_while_postgres_is_down_say_when_to_ask_again(
+    env: dict[str, str], voxswitch_nodes: NodeFactory
+) -> None:
+    dsn = env["VOXSWITCH_POSTGRES_DSN"]
+    port = int(dsn.rsplit(":", 1)[1].split("/")[0])
+    proxy = TcpProxy(port).up()
+    try:
+        through = dsn.replace(f":{port}/", f":{proxy.port}/")
+        node_env = {**env, "VOXSWITCH_API_KEY": ADMIN, "VOXSWITCH_POSTGRES_DSN": through}
+        node = voxswitch_nodes.start("reports-outage", NodeOptions(env=node_env))
+        assert api(node, "GET", "/v1/reports/daily?day=2001-01-01")[0] == 200
+        proxy.down()
+        headers: dict[str, str] = {}
+        status, body = api(node, "GET", "/v1/reports/daily?day=2001-01-01", headers=headers)
+        assert status == 503 and "did not answer" in body["detail"], body
+        assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "10"
+        proxy.up()
+        status, _ = wait_for("the reports back", lambda: (
+            r := api(node, "GET", "/v1/reports/daily?day=2001-01-01"))[0] == 200 and r)  # fmt: skip
+    finally:
+        proxy.down()

@@ -1,6 +1,6 @@
-"""Call records for the batch jobs' tests, written the way a node writes them: its
-lifecycle events through the real PostgreSQL sink (and so the real migrations); and
-recordings made by the real recorder, with speech from espeak-ng."""
+"""Call records for the batch jobs' tests and benchmark, written the way a node writes
+them: its lifecycle events through the real PostgreSQL sink (and so the real
+migrations); and recordings made by the real recorder, with speech from espeak-ng."""
 
 from __future__ import annotations
 
