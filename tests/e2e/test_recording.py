@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +27,13 @@ import numpy as np
 import pytest
 
 from loadtest.baresip import RATE, Baresip
-from loadtest.node import NodeFactory, NodeOptions, NodeProcess
+from loadtest.call_records import query
+from loadtest.node import NodeFactory, NodeOptions, NodeProcess, voxswitch_command
 from media.asr import phrase_words
+from switch.recording.archive import S3Target
 from tests.e2e.api_client import ADMIN, api
 from tests.e2e.phone_call import PhoneCall, loud_regions
+from tests.e2e.polling import wait_for
 from tests.e2e.test_voice_agent import (
     AGENT,
     CALLER_WPM,
@@ -152,3 +157,91 @@ def test_a_recorded_call_has_both_sides_in_its_channels_and_a_checksum_that_hold
     assert status == 200 and view["recording"]["sha256"] == recording["sha256"]
     status, _ = api(node, "GET", "/v1/calls/no-such-call/recording")
     assert status == 404
+
+
+ANNOUNCEMENT = "This call is recorded."
+
+
+def test_an_announced_recording_is_archived_whole_and_transcribed_from_the_store(
+    voxswitch_nodes: NodeFactory, services: dict[str, str], phones: Callable[..., Baresip],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A node with PostgreSQL and the S3 store that announces recording: the phone hears
+    the notice, then the greeting; the recording in the bucket has the record's
+    SHA-256 and both sides audible; the transcribe job reads it from there."""
+    tag = uuid.uuid4().hex[:8]
+    env = {**services, "VOXSWITCH_RECORD": "all", "VOXSWITCH_API_KEY": ADMIN,
+           "VOXSWITCH_RECORD_ANNOUNCEMENT": ANNOUNCEMENT,
+           "VOXSWITCH_RECORDINGS_DIR": str(tmp_path / "recordings"),
+           "VOXSWITCH_S3_URL": f"{services['VOXSWITCH_S3_URL']}/rec-{tag}",
+           "VOXSWITCH_KAFKA_TOPIC": f"voxswitch.test.rec.{tag}"}  # fmt: skip
+    node = voxswitch_nodes.start(
+        "announced", NodeOptions(max_call_duration_s=60, media_timeout_s=0, env=env)
+    )
+    notice = Speech.of(ANNOUNCEMENT, NODE_WPM)
+    greeting = Speech.of(AGENT.greeting(), NODE_WPM)
+    lead = notice.end_s + greeting.end_s + 1.5
+    question = Speech.of("what are your opening hours", CALLER_WPM)
+    phone = phones(microphone=microphone(silence(lead), question.pcm))
+    call = PhoneCall(node, phone)
+    call.dial()
+    said = call.wait_log(r"turn 1: agent: ", timeout_s=lead + question.seconds + 8)
+    assert said is not None, f"no turn within the wait\n{call.context()}"
+    time.sleep(3.0)
+    call.hang_up()
+    record = call.record()
+    call_id = str(record["call_id"])
+    recording = record["recording"]
+    assert isinstance(recording, dict) and recording, record
+
+    def archived() -> str | None:
+        rows = query(services["VOXSWITCH_POSTGRES_DSN"],
+                     "SELECT recording FROM calls WHERE call_id = $1", call_id)  # fmt: skip
+        stored = json.loads(rows[0]["recording"]) if rows and rows[0]["recording"] else {}
+        return stored.get("location") if "archived_at" in stored else None
+
+    location = wait_for("the recording in the archive", archived, timeout_s=30)
+    s3 = S3Target.from_url(env["VOXSWITCH_S3_URL"])
+    key = location.removeprefix(f"s3://{s3.bucket}/")
+    data = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(data).hexdigest() == recording["sha256"]
+    assert not Path(str(recording["location"])).exists()  # deleted once the store held it
+    (tmp_path / "archived.wav").write_bytes(data)
+    stereo = read_stereo(tmp_path / "archived.wav")
+    caller, agent = stereo[:, 0], stereo[:, 1]
+    asked = loud_regions(caller, merge_gap_s=0.6)
+    assert asked and lead - 0.5 < asked[0][0] < lead + question.onset_s + 0.8, asked
+    # The agent's side: the notice as the node synthesised it, then the greeting.
+    replies = loud_regions(agent, merge_gap_s=0.25)
+    assert replies[0][0] < 1.0, replies
+    at = similar_at(agent, notice.pcm[: round(notice.end_s * RATE)], 0.0, 1.0)
+    assert at is not None, replies
+    after = similar_at(agent, greeting.pcm[: round(greeting.end_s * RATE)], at + notice.end_s,
+                       at + notice.end_s + 1.0)  # fmt: skip
+    assert after is not None, (at, replies)
+
+    done = subprocess.run(
+        [*voxswitch_command(), "jobs", "run", "transcribe", "--call-id", call_id],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [row] = query(services["VOXSWITCH_POSTGRES_DSN"],
+                  "SELECT * FROM call_transcripts WHERE call_id = $1", call_id)  # fmt: skip
+    assert {"opening", "hours"} & set(phrase_words(row["caller_text"])), row
+
+
+def similar_at(channel: np.ndarray, sound: np.ndarray, earliest_s: float, latest_s: float,
+               threshold: float = 0.8) -> float | None:  # fmt: skip
+    """Where in ``channel`` (between the two times) ``sound`` starts, by normalised
+    correlation at 10 ms steps (G.711 leaves it above ``threshold``); None if nowhere."""
+    ref = sound.astype(float)
+    ref /= np.linalg.norm(ref) or 1.0
+    best, where = 0.0, None
+    for start in range(round(earliest_s * RATE), round(latest_s * RATE), RATE // 100):
+        piece = channel[start : start + len(ref)].astype(float)
+        if len(piece) < len(ref):
+            break
+        score = float(piece @ ref) / (np.linalg.norm(piece) or 1.0)
+        if score > best:
+            best, where = score, start / RATE
+    return where if best >= threshold else None
