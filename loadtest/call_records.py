@@ -21,6 +21,17 @@ from switch.backbone.sinks import PostgresSink
 
 FRAME = SAMPLE_RATE // 50
 
+# A pizza-shop call (the demo agent's domain), both sides, for recordings.
+PIZZA_CALL = [
+    ("agent", "Thanks for calling Voxswitch Pizza! How can I help?"),
+    ("caller", "do you deliver"),
+    ("agent", "Yes, we deliver within five miles of the restaurant."),
+    ("caller", "where are you located"),
+    ("agent", "We're at 42 Main Street, right next to the central station."),
+    ("caller", "what are your opening hours"),
+    ("agent", "We're open every day from 11 AM to 10 PM."),
+]
+
 
 def call_record(
     offered_at: float,

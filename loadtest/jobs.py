@@ -37,22 +37,14 @@ from typing import Any
 import asyncpg
 import redis
 
-from loadtest.call_records import call_record, conversation, store
+from loadtest.call_records import PIZZA_CALL, call_record, conversation, store
 from loadtest.node import ENV_PREFIX, voxswitch_command
 from loadtest.services import services_env
 from switch.config import load_settings
 from switch.jobs.context import run_in_context
 from switch.recording import recording_path
 
-SCRIPT = [
-    ("agent", "Thanks for calling Voxswitch Pizza! How can I help?"),
-    ("caller", "do you deliver"),
-    ("agent", "Yes, we deliver within five miles of the restaurant."),
-    ("caller", "where are you located"),
-    ("agent", "We're at 42 Main Street, right next to the central station."),
-    ("caller", "what are your opening hours"),
-    ("agent", "We're open every day from 11 AM to 10 PM."),
-]
+SCRIPT = PIZZA_CALL
 
 _BULK = """
 INSERT INTO calls (call_id, direction, trunk, agent, node_id, offered_at, answered_at,

@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import redis
 
-from loadtest.call_records import call_record, conversation, query, store
+from loadtest.call_records import PIZZA_CALL, call_record, conversation, query, store
 from loadtest.node import ENV_PREFIX, NodeFactory, NodeOptions, voxswitch_command
 from switch.recording import recording_path
 from switch.recording.archive import S3Target, write_manifest
@@ -33,13 +33,7 @@ from tests.e2e.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = [
-    ("agent", "Thanks for calling Voxswitch Pizza! How can I help?"),
-    ("caller", "do you deliver"),
-    ("agent", "Yes, we deliver within five miles of the restaurant."),
-    ("caller", "where are you located"),
-    ("agent", "We're at 42 Main Street, right next to the central station."),
-]
+SCRIPT = PIZZA_CALL[:5]
 
 
 @pytest.fixture

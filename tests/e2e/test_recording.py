@@ -219,6 +219,8 @@ def test_an_announced_recording_is_archived_whole_and_transcribed_from_the_store
     after = similar_at(agent, greeting.pcm[: round(greeting.end_s * RATE)], at + notice.end_s,
                        at + notice.end_s + 1.0)  # fmt: skip
     assert after is not None, (at, replies)
+    # (and the greeting is not what the call starts with)
+    assert similar_at(agent, greeting.pcm[: round(greeting.end_s * RATE)], 0.0, 0.5) is None
 
     done = subprocess.run(
         [*voxswitch_command(), "jobs", "run", "transcribe", "--call-id", call_id],
@@ -232,16 +234,17 @@ def test_an_announced_recording_is_archived_whole_and_transcribed_from_the_store
 
 def similar_at(channel: np.ndarray, sound: np.ndarray, earliest_s: float, latest_s: float,
                threshold: float = 0.8) -> float | None:  # fmt: skip
-    """Where in ``channel`` (between the two times) ``sound`` starts, by normalised
-    correlation at 10 ms steps (G.711 leaves it above ``threshold``); None if nowhere."""
+    """Where in ``channel`` (between the two times) ``sound`` starts: the lag, to the
+    sample, of the best normalised correlation (G.711 leaves it above ``threshold``);
+    None if it is nowhere there."""
     ref = sound.astype(float)
     ref /= np.linalg.norm(ref) or 1.0
-    best, where = 0.0, None
-    for start in range(round(earliest_s * RATE), round(latest_s * RATE), RATE // 100):
-        piece = channel[start : start + len(ref)].astype(float)
-        if len(piece) < len(ref):
-            break
-        score = float(piece @ ref) / (np.linalg.norm(piece) or 1.0)
-        if score > best:
-            best, where = score, start / RATE
-    return where if best >= threshold else None
+    lo = round(earliest_s * RATE)
+    window = channel[lo : round(latest_s * RATE) + len(ref)].astype(float)
+    if len(window) < len(ref):
+        return None
+    dots = np.correlate(window, ref, mode="valid")
+    energy = np.convolve(window**2, np.ones(len(ref)), mode="valid")
+    scores = dots / np.sqrt(np.maximum(energy, 1e-9))
+    best = int(np.argmax(scores))
+    return (lo + best) / RATE if scores[best] >= threshold else None

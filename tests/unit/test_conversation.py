@@ -76,6 +76,14 @@ class Line:
             await self.tick(silence(0.02))
 
 
+def demo_voice() -> Voice:
+    return Voice(
+        recognizer=PocketSphinxRecognizer(AGENT.phrases(), pool_size=1),
+        synthesizer=EspeakSynthesizer(rate_wpm=300),
+        brain=AGENT,
+    )
+
+
 @pytest.fixture
 async def line() -> AsyncIterator[tuple[Line, Host]]:
     voice = Voice(
@@ -214,11 +222,7 @@ async def test_the_invites_x_headers_reach_the_brain_as_call_context() -> None:
     system prompt (the scripted agent does not read the history)."""
     from switch.agents.openai_chat import OpenAIChatAgent
 
-    voice = Voice(
-        recognizer=PocketSphinxRecognizer(AGENT.phrases(), pool_size=1),
-        synthesizer=EspeakSynthesizer(rate_wpm=300),
-        brain=AGENT,
-    )
+    voice = demo_voice()
     session = MediaSession(codec="PCMU", payload_type=0)
     loop = asyncio.get_running_loop()
     conversation = Conversation(
@@ -243,11 +247,7 @@ async def test_the_invites_x_headers_reach_the_brain_as_call_context() -> None:
 
 
 async def test_a_recorded_calls_announcement_plays_before_the_greeting() -> None:
-    voice = Voice(
-        recognizer=PocketSphinxRecognizer(AGENT.phrases(), pool_size=1),
-        synthesizer=EspeakSynthesizer(rate_wpm=300),
-        brain=AGENT,
-    )
+    voice = demo_voice()
     session = MediaSession(codec="PCMU", payload_type=0)
     loop = asyncio.get_running_loop()
     conversation = Conversation(
