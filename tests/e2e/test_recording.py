@@ -233,10 +233,12 @@ def test_an_announced_recording_is_archived_whole_and_transcribed_from_the_store
 
 
 def similar_at(channel: np.ndarray, sound: np.ndarray, earliest_s: float, latest_s: float,
-               threshold: float = 0.8) -> float | None:  # fmt: skip
+               threshold: float = 0.45) -> float | None:  # fmt: skip
     """Where in ``channel`` (between the two times) ``sound`` starts: the lag, to the
-    sample, of the best normalised correlation (G.711 leaves it above ``threshold``);
-    None if it is nowhere there."""
+    sample, of the best normalised correlation; None if it is nowhere there. espeak's
+    rendering of a text depends a little on what the engine said before (the node's
+    and the test's differ), so the same words score 0.6-0.8 and other words under 0.2
+    (measured); ``threshold`` sits between."""
     ref = sound.astype(float)
     ref /= np.linalg.norm(ref) or 1.0
     lo = round(earliest_s * RATE)
