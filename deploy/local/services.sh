@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Local backing services for voxswitch on loopback, without Docker or systemd:
 # Redis and PostgreSQL from Debian's packages, a single-node KRaft Kafka broker
-# from jars on Maven Central, and an S3-compatible store (Versity's S3 gateway,
-# versitygw, built once from its Go module). See deploy/local/SERVICES.md.
+# from jars on Maven Central, an S3-compatible store (Versity's S3 gateway,
+# versitygw) and Weaviate (the knowledge base's vector store), both built once from
+# their Go modules. See deploy/local/SERVICES.md.
 #
 #   deploy/local/services.sh up            install what is missing, start, wait until ready
 #   deploy/local/services.sh down [--purge] stop all (--purge: also delete their data)
@@ -17,6 +18,8 @@
 #   VOXSWITCH_KAFKA_CONTROLLER_PORT default 19093 (KRaft controller listener)
 #   VOXSWITCH_KAFKA_VERSION         default: the kafka.version in kafka-pom.xml
 #   VOXSWITCH_S3_PORT               default 17070 (versitygw, bucket voxswitch-recordings)
+#   VOXSWITCH_WEAVIATE_PORT         default 18080 (HTTP; gRPC on VOXSWITCH_WEAVIATE_GRPC_PORT,
+#                                   default 18051; its cluster ports are 18300, 18301, 18946, 18947)
 #   VOXSWITCH_SERVICES_TIMEOUT      seconds to wait for Redis/PostgreSQL (default 60);
 #                                   Kafka gets max(this, 120)
 # Progress goes to stderr; stdout is kept for `env` and `status`.
@@ -34,6 +37,9 @@ S3_KEY=voxswitch
 S3_SECRET=voxswitch-secret
 S3_BUCKET=voxswitch-recordings
 VERSITYGW_VERSION=v1.8.0
+WEAVIATE_PORT="${VOXSWITCH_WEAVIATE_PORT:-18080}"
+WEAVIATE_GRPC_PORT="${VOXSWITCH_WEAVIATE_GRPC_PORT:-18051}"
+WEAVIATE_VERSION=v1.35.2   # its go.mod: go 1.25, no replace directives (go install works)
 TIMEOUT="${VOXSWITCH_SERVICES_TIMEOUT:-60}"
 KAFKA_TIMEOUT=$(( TIMEOUT > 120 ? TIMEOUT : 120 ))
 
@@ -53,6 +59,7 @@ pg_data="$pg_dir/data"
 pg_sock="$pg_dir/run"
 kafka_dir="$state_dir/kafka"
 s3_dir="$state_dir/s3"
+weaviate_dir="$state_dir/weaviate"
 tools_bin="$repo/.tools/bin"   # built tools, kept across down --purge
 kafka_pom="$here/kafka-pom.xml"
 
@@ -639,6 +646,76 @@ s3_status() {
     fi
 }
 
+# ---------------------------------------------------------------- weaviate
+
+weaviate_pidfile="$weaviate_dir/weaviate.pid"
+
+weaviate_build() {
+    [[ -x "$tools_bin/weaviate-server" ]] && return 0
+    command -v go >/dev/null || die "weaviate: Go is needed to build weaviate-server (go install)"
+    log "weaviate: building weaviate-server $WEAVIATE_VERSION with go install (first time only, ~2-4 min)"
+    mkdir -p "$tools_bin"
+    GOBIN="$tools_bin" GOFLAGS=-mod=mod \
+        go install "github.com/weaviate/weaviate/cmd/weaviate-server@$WEAVIATE_VERSION" \
+        > "$state_dir/weaviate-build.log" 2>&1 \
+        || { tail_log "$state_dir/weaviate-build.log"; die "weaviate: weaviate-server did not build"; }
+}
+
+weaviate_ready() {
+    timeout 3 python3 -c "import sys, urllib.request; sys.exit(urllib.request.urlopen(
+        'http://127.0.0.1:$WEAVIATE_PORT/v1/.well-known/ready', timeout=2).status != 200)" \
+        2>/dev/null
+}
+
+weaviate_up() {
+    weaviate_build
+    mkdir -p "$weaviate_dir/data"
+    if live_pid "$weaviate_pidfile" weaviate-server >/dev/null; then
+        log "weaviate: already running (pid $(live_pid "$weaviate_pidfile" weaviate-server))"
+    else
+        ensure_port_free weaviate "$WEAVIATE_PORT"
+        ensure_port_free weaviate-grpc "$WEAVIATE_GRPC_PORT"
+        log "weaviate: starting on 127.0.0.1:$WEAVIATE_PORT (gRPC $WEAVIATE_GRPC_PORT)"
+        # One node on loopback: no local vectorizer module, none by default (we bring our
+        # own vectors; its API-based modules stay listed but need keys nobody gives),
+        # anonymous access, no telemetry; its cluster and Raft ports pinned to loopback.
+        PERSISTENCE_DATA_PATH="$weaviate_dir/data" \
+        AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED=true \
+        DEFAULT_VECTORIZER_MODULE=none ENABLE_MODULES= DISABLE_TELEMETRY=true \
+        GRPC_PORT="$WEAVIATE_GRPC_PORT" CLUSTER_HOSTNAME=node1 CLUSTER_ADVERTISE_ADDR=127.0.0.1 \
+        CLUSTER_GOSSIP_BIND_PORT=18946 CLUSTER_DATA_BIND_PORT=18947 \
+        RAFT_PORT=18300 RAFT_INTERNAL_RPC_PORT=18301 RAFT_JOIN=node1:18300 RAFT_BOOTSTRAP_EXPECT=1 \
+            setsid "$tools_bin/weaviate-server" --host 127.0.0.1 --port "$WEAVIATE_PORT" \
+            --scheme http > "$weaviate_dir/weaviate.log" 2>&1 < /dev/null 9>&- &
+        echo $! > "$weaviate_pidfile"
+    fi
+    local i
+    for (( i = 0; i < TIMEOUT * 5; i++ )); do
+        weaviate_ready && { log "weaviate: ready"; return 0; }
+        sleep 0.2
+    done
+    tail_log "$weaviate_dir/weaviate.log"
+    die "weaviate: not ready on 127.0.0.1:$WEAVIATE_PORT after ${TIMEOUT}s"
+}
+
+weaviate_down() {
+    local pid
+    if pid=$(live_pid "$weaviate_pidfile" weaviate-server); then
+        log "weaviate: stopping (pid $pid)"
+        stop_pid weaviate "$pid" 20
+    fi
+    rm -f "$weaviate_pidfile"
+}
+
+weaviate_status() {
+    if live_pid "$weaviate_pidfile" weaviate-server >/dev/null && weaviate_ready; then
+        echo "weaviate  running  127.0.0.1:$WEAVIATE_PORT (gRPC $WEAVIATE_GRPC_PORT)"
+    else
+        echo "weaviate  stopped  127.0.0.1:$WEAVIATE_PORT"
+        return 1
+    fi
+}
+
 # ---------------------------------------------------------------- commands
 
 cmd_up() {
@@ -650,6 +727,7 @@ cmd_up() {
     pg_up
     kafka_up
     s3_up
+    weaviate_up
     log "all services ready (state dir $state_dir); eval \"\$($0 env)\" to use them"
 }
 
@@ -663,6 +741,7 @@ cmd_down() {
     if [[ -d "$state_dir" ]]; then
         exec 9>"$state_dir/.lock"
         flock -w 600 9 || die "another services.sh holds $state_dir/.lock"
+        weaviate_down
         s3_down
         kafka_down
         pg_down
@@ -672,7 +751,7 @@ cmd_down() {
         # Only what this script creates, in case the state dir was pointed at a
         # shared directory; the dir itself goes when that leaves it empty.
         log "removing the data in $state_dir"
-        rm -rf "$redis_dir" "$pg_dir" "$kafka_dir" "$s3_dir" "$state_dir/.lock"
+        rm -rf "$redis_dir" "$pg_dir" "$kafka_dir" "$s3_dir" "$weaviate_dir" "$state_dir/.lock"
         rmdir "$state_dir" 2>/dev/null || true
     fi
     log "all services stopped"
@@ -684,6 +763,7 @@ cmd_status() {
     pg_status || rc=1
     kafka_status || rc=1
     s3_status || rc=1
+    weaviate_status || rc=1
     return $rc
 }
 
@@ -692,10 +772,12 @@ cmd_env() {
     echo "export VOXSWITCH_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
     echo "export VOXSWITCH_POSTGRES_DSN=postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
     echo "export VOXSWITCH_S3_URL=http://$S3_KEY:$S3_SECRET@127.0.0.1:$S3_PORT/$S3_BUCKET"
+    echo "export VOXSWITCH_WEAVIATE_URL=http://127.0.0.1:$WEAVIATE_PORT"
+    echo "export VOXSWITCH_WEAVIATE_GRPC_PORT=$WEAVIATE_GRPC_PORT"
 }
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
