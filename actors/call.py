@@ -695,16 +695,7 @@ class CallActor:
             out["transcript"] = (
                 [{"role": m.role, "content": m.content} for m in state.transcript] if state else []
             )
-            out["turns"] = (
-                [
-                    {"index": t.index, "source": t.source, "caller": t.caller_text,
-                     "agent": t.agent_text, "interrupted": t.interrupted,
-                     **t.metrics.as_dict()}
-                    for t in state.turns
-                ]
-                if state
-                else []
-            )  # fmt: skip
+            out["turns"] = [t.as_record() for t in state.turns] if state else []
             out["media"] = {
                 "packets_sent": self.media.packets_sent,
                 "packets_received": self.media.packets_received,
@@ -775,18 +766,7 @@ class CallActor:
         await conversation.aclose()
         self.record.dtmf = conversation.state.dtmf
         self.record.barge_ins = list(conversation.state.barge_ins)
-        self.record.turns = [
-            {
-                "index": t.index,
-                "source": t.source,
-                "caller": t.caller_text,
-                "agent": t.agent_text,
-                "interrupted": t.interrupted,
-                "tools": list(t.tools),
-                **t.metrics.as_dict(),
-            }
-            for t in conversation.state.turns
-        ]
+        self.record.turns = [t.as_record() for t in conversation.state.turns]
 
     # ---- endings -------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.agent import AgentBrain, ChatMessage, ToolCall
+from actors.agent import AgentBrain, ChatMessage, KnowledgeUsed, ToolCall
 from media.dtmf import DtmfDigit
 from media.playout import UtteranceFinished, UtteranceInterrupted, UtteranceStarted
 from media.session import MediaEvent, PlayoutHeld, SessionControl, UtteranceCaptured
@@ -70,6 +70,7 @@ class TurnMetrics:
     asr_s: float | None = None
     llm_first_token_s: float | None = None
     tts_first_audio_s: float | None = None
+    kb_s: float | None = None  # the knowledge lookup (embedding + search)
     first_audio_at: float | None = None  # first frame of the reply sent
 
     @property
@@ -92,6 +93,7 @@ class TurnMetrics:
             "asr_s": _round(self.asr_s),
             "llm_first_token_s": _round(self.llm_first_token_s),
             "tts_first_audio_s": _round(self.tts_first_audio_s),
+            "kb_s": _round(self.kb_s),
         }
 
 
@@ -107,7 +109,21 @@ class Turn:
     agent_text: str = ""
     interrupted: bool = False
     tools: list[str] = field(default_factory=list)
+    knowledge: list[str] = field(default_factory=list)  # entry ids the reply came from
+    knowledge_error: str | None = None  # the knowledge base was down for this turn
     metrics: TurnMetrics = field(default_factory=TurnMetrics)
+
+    def as_record(self) -> dict[str, Any]:
+        """The turn as the call record and checkpoints keep it."""
+        out: dict[str, Any] = {
+            "index": self.index, "source": self.source, "caller": self.caller_text,
+            "agent": self.agent_text, "interrupted": self.interrupted,
+            "tools": list(self.tools), "knowledge": list(self.knowledge),
+            **self.metrics.as_dict(),
+        }  # fmt: skip
+        if self.knowledge_error:
+            out["knowledge_error"] = self.knowledge_error
+        return out
 
 
 @dataclass
@@ -363,13 +379,19 @@ class Conversation:
         spoken: list[str] = []
         tools: list[ToolCall] = []
         async for event in self.voice.brain.respond(history, turn.caller_text):
+            if isinstance(event, KnowledgeUsed):
+                turn.knowledge.extend(e for e in event.entries if e not in turn.knowledge)
+                if event.lookup_s is not None:
+                    metrics.kb_s = (metrics.kb_s or 0.0) + event.lookup_s
+                turn.knowledge_error = event.error or turn.knowledge_error
+                continue
             if isinstance(event, ToolCall):
                 tools.append(event)
                 await self._speak(turn, pending, spoken)  # the words before the tool
                 pending = ""
                 continue
-            if metrics.llm_first_token_s is None:
-                metrics.llm_first_token_s = self.clock() - asked
+            if metrics.llm_first_token_s is None:  # the lookup is kb_s, not the model's
+                metrics.llm_first_token_s = self.clock() - asked - (metrics.kb_s or 0.0)
             pending += event.text
             *sentences, pending = _SENTENCE_END.split(pending)
             for sentence in sentences:
@@ -415,13 +437,14 @@ class Conversation:
         m = turn.metrics
         log.info(
             "call %s: turn %d: %r -> first audio %.0f ms after speech end "
-            "(vad hangover %.0f, asr %.0f, llm ttft %.0f, tts %.0f ms)",
+            "(vad hangover %.0f, asr %.0f, kb %.0f, llm ttft %.0f, tts %.0f ms)",
             self.call_id,
             turn.index,
             turn.caller_text[:60],
             1000 * (m.latency_s or 0.0),
             1000 * ((m.decided_at or 0.0) - (m.speech_ended_at or 0.0)),
             1000 * (m.asr_s or 0.0),
+            1000 * (m.kb_s or 0.0),
             1000 * (m.llm_first_token_s or 0.0),
             1000 * (m.tts_first_audio_s or 0.0),
         )

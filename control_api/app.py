@@ -20,10 +20,12 @@ from pydantic import BaseModel, Field
 from control_api.campaigns import campaign_router
 from control_api.guard import guard_router
 from control_api.keys import ApiKeys
+from control_api.knowledge import knowledge_router
 from control_api.metrics import CONTENT_TYPE, NodeMetrics
 from control_api.outbound import CallBody, CallPlaced, place_call, trunk_router
 from control_api.reports import FetchDaily, report_router
 from switch.guard.sources import SourceGuard
+from switch.knowledge import KnowledgeBase
 from switch.trunking.campaigns import Campaigns
 from switch.trunking.dialer import Dialer
 from switch.trunking.trunks import TrunkBook
@@ -96,6 +98,8 @@ def create_app(
     campaigns: Campaigns | None = None,
     guard: SourceGuard | None = None,
     reports: FetchDaily | None = None,
+    knowledge: KnowledgeBase | None = None,
+    agents: Sequence[str] = (),
 ) -> FastAPI:
     # Every endpoint is ``async def``: it runs on the node's loop, where the calls live
     # (a plain ``def`` would run in a worker thread and race the actors).
@@ -104,7 +108,8 @@ def create_app(
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        limit = CAMPAIGN_BODY_BYTES if request.url.path == "/v1/campaigns" else MAX_BODY_BYTES
+        bulk = request.url.path == "/v1/campaigns" or request.url.path.endswith("/kb")
+        limit = CAMPAIGN_BODY_BYTES if bulk else MAX_BODY_BYTES
         if length is not None and (not length.isdigit() or int(length) > limit):
             return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
         return await call_next(request)
@@ -258,6 +263,8 @@ def create_app(
     if guard is not None:
         app.include_router(guard_router(guard, require))
     app.include_router(report_router(reports, require))
+    if knowledge is not None:
+        app.include_router(knowledge_router(knowledge, agents, require))
 
     return app
 

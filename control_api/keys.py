@@ -21,7 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-SCOPES = ("calls:read", "calls:write", "recordings:read", "reports:read", "admin")
+SCOPES = ("calls:read", "calls:write", "recordings:read", "reports:read", "kb:read", "kb:write",
+          "admin")  # fmt: skip
 PREFIX = "vsk_"
 
 

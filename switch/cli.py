@@ -51,14 +51,32 @@ def _build_parser() -> argparse.ArgumentParser:
         job.add_argument("--days", dest="job_days", type=int, help="retention: days kept")
         job.add_argument("--day", dest="job_day", help="daily_report: YYYY-MM-DD (yesterday)")
         _add_settings(job)
+    kb = sub.add_parser("kb", help="the agents' knowledge bases (embedded or Weaviate)")
+    kb_sub = kb.add_subparsers(dest="kb_command", required=True)
+    for verb, text, arg in (
+        ("load", "chunk, embed and upsert files (Markdown, text, CSV, JSON, YAML)", "FILE|DIR"),
+        ("search", "what a call asking this finds", "WORDS"),
+        ("list", "the entries", None),
+        ("remove", "delete entries by id", "ID"),
+    ):
+        command = kb_sub.add_parser(verb, help=text)
+        if arg is not None:
+            command.add_argument("kb_args", nargs="+", metavar=arg)
+        command.add_argument(
+            "--agent", dest="kb_agent", default="default", help="whose knowledge (default)"
+        )
+        command.add_argument("-k", dest="kb_k", type=int, default=3, help="search: hits shown")
+        _add_settings(command, skip=("agent",))  # --agent names the knowledge's agent here
     for command in (serve, worker):
         _add_settings(command)
     return parser
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
+def _add_settings(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     parser.add_argument("--config", help="TOML config file (env VOXSWITCH_CONFIG)")
     for f in settings_fields():
+        if f.name in skip:
+            continue
         help_text = f.metadata.get("help", "")
         default = f.default if f.name != "rtp_ports" else "20000-29999"
         parser.add_argument(
@@ -83,7 +101,7 @@ def _logging(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    needs_settings = getattr(args, "jobs_command", "") in ("run", "enqueue")
+    needs_settings = getattr(args, "jobs_command", "") in ("run", "enqueue") or args.command == "kb"
     if args.command in ("serve", "worker") or needs_settings:
         try:
             settings = _settings(args)
@@ -103,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
             return int(asyncio.run(run_node(settings)))
         return int(uvloop.run(run_node(settings)))
+    if args.command == "kb":
+        from switch.knowledge.commands import run_kb_command
+
+        logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
+        return run_kb_command(settings, args.kb_command, args.kb_agent,
+                              getattr(args, "kb_args", []), args.kb_k)  # fmt: skip
     if args.command == "db":
         return _db_migrate(args.postgres_dsn)
     if args.command == "apikey":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -307,6 +308,34 @@ class Settings:
             "after this long (a killed worker's jobs run again); above the longest job"
         },
     )
+    weaviate_url: str = field(
+        default="",
+        metadata={
+            "help": "the knowledge base in Weaviate, http(s)://host:port ('': the embedded "
+            "index in kb_dir)"
+        },
+    )
+    weaviate_grpc_port: int = field(
+        default=50051, metadata={"help": "Weaviate's gRPC port (weaviate-client v4 needs it)"}
+    )
+    weaviate_api_key: str = field(default="", metadata={"help": "Weaviate API key, if any"})
+    kb_collection: str = field(
+        default="VoxswitchKnowledge",
+        metadata={"help": "the Weaviate collection holding every agent's knowledge"},
+    )
+    kb_dir: str = field(
+        default="voxswitch-kb",
+        metadata={"help": "the embedded knowledge index's files, one per agent ('': memory)"},
+    )
+    kb_top_k: int = field(default=3, metadata={"help": "knowledge entries a lookup returns"})
+    kb_min_similarity: float = field(
+        default=0.45,
+        metadata={"help": "a knowledge entry counts when its cosine similarity reaches this"},
+    )
+    kb_timeout_ms: int = field(
+        default=1000,
+        metadata={"help": "a lookup slower than this is an outage (the fallback line)"},
+    )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
@@ -376,7 +405,7 @@ def load_settings(
         if value is not None and name in known:
             values[name] = _convert(name, known[name].type, value)
     settings = Settings(**values)
-    for name in ("sip_port", "api_port", "tls_port"):
+    for name in ("sip_port", "api_port", "tls_port", "weaviate_grpc_port"):
         port = getattr(settings, name)
         if not 0 <= port <= 65535:
             raise ConfigError(f"{name}: {port} is not a port")
@@ -407,6 +436,16 @@ def load_settings(
         raise ConfigError("retention_days: must be 0 (keep everything) or more")
     if settings.jobs_visibility_s < 1:
         raise ConfigError("jobs_visibility_s: must be at least 1")
+    if settings.weaviate_url and not re.match(r"^https?://[^/\s]+/?$", settings.weaviate_url):
+        raise ConfigError("weaviate_url: expected http(s)://host:port")
+    if not 1 <= settings.kb_top_k <= 50:
+        raise ConfigError("kb_top_k: must be 1 to 50")
+    if not 0 <= settings.kb_min_similarity < 1:
+        raise ConfigError("kb_min_similarity: must be 0 to below 1")
+    if settings.kb_timeout_ms < 10:
+        raise ConfigError("kb_timeout_ms: must be at least 10")
+    if not re.match(r"^[A-Z][A-Za-z0-9_]*$", settings.kb_collection):
+        raise ConfigError("kb_collection: a capitalised name of letters, digits and _")
     if settings.record not in ("all", "off"):
         raise ConfigError(f"record: expected all or off, got {settings.record!r}")
     if settings.srtp not in SRTP_POLICIES:

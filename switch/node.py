@@ -41,6 +41,8 @@ from switch.guard.load import LoadMonitor
 from switch.guard.shared import SharedGuardStore
 from switch.guard.sources import SourceGuard, SourceLimits
 from switch.jobs.analytics import DailyReports
+from switch.knowledge import KnowledgeBase, KnowledgeUnavailable, build_knowledge
+from switch.knowledge.entries import KnowledgeEntry
 from switch.manager import CallManager
 from switch.mediaplant.leg import MediaPlant
 from switch.trunking.campaign_journal import CampaignJournal
@@ -89,6 +91,7 @@ GC_FULL_EVERY_S = 300.0
 BACKBONE_FLUSH_S = 5.0
 CHECKPOINT_TTL_MARGIN_S = 120
 ORPHAN_RETRY_S = 5.0
+KNOWLEDGE_RETRY_S = 10.0
 
 
 class StartupError(Exception):
@@ -123,6 +126,8 @@ class Node:
         self._records: TextIO | None = None
         self._udp: UdpTransport | None = None
         self.archive: RecordingArchive | None = None  # with s3_url
+        self.knowledge: KnowledgeBase | None = None
+        self._knowledge_pending: dict[str, list[KnowledgeEntry]] = {}
         self._tcp: TcpServer | None = None
         self._tls: TcpServer | None = None
         self._stop = asyncio.Event()
@@ -156,6 +161,10 @@ class Node:
             "backbone": self.backbone.status() if self.backbone else {},
             "checkpoints": self.checkpointer.status() if self.checkpointer else {},
             "archive": self.archive.status() if self.archive else {},
+            "knowledge": {
+                "store": self.knowledge.kind if self.knowledge else None,
+                "pending_agents": sorted(self._knowledge_pending),
+            },
             "media": {
                 "legs": self.media.active_legs if self.media else 0,
                 "playing": self.media.playing_legs if self.media else 0,
@@ -228,7 +237,10 @@ class Node:
             media_timeout_s=s.media_timeout_s,
             node_id=s.name,
         )
-        self.voices = build_voices(s)
+        self.knowledge = build_knowledge(s)
+        if s.agent != "none" or s.agents_dir:
+            await self.knowledge.warm_up()  # the model (~1 s) before the first question
+        self.voices, self._knowledge_pending = await build_voices(s, self.knowledge)
         self.voice = self.voices["default"]
         sinks = build_sinks(
             kafka_bootstrap=s.kafka_bootstrap,
@@ -340,6 +352,10 @@ class Node:
         ]
         if self.shared_guard is not None:
             self._background.append(loop.create_task(self.shared_guard.run(), name="guard"))
+        if self._knowledge_pending:
+            self._background.append(
+                loop.create_task(self._load_agent_knowledge(), name="agent knowledge")
+            )
         tls = f", TLS on {s.tls_port}" if local.tls_port else ""
         log.info(
             "node %s: SIP on %s:%d (UDP, TCP%s), RTP %d-%d, advertising %s",
@@ -395,6 +411,20 @@ class Node:
             log.info("full cycle collection: %d objects freed in %.0f ms",
                      found, (time.perf_counter() - began) * 1000)  # fmt: skip
 
+    async def _load_agent_knowledge(self) -> None:
+        """The agent files' entries the knowledge base could not take at start."""
+        assert self.knowledge is not None
+        while self._knowledge_pending:
+            await asyncio.sleep(KNOWLEDGE_RETRY_S)
+            for agent, entries in list(self._knowledge_pending.items()):
+                try:
+                    await self.knowledge.add(agent, entries)
+                except KnowledgeUnavailable as exc:
+                    log.warning("knowledge base still unavailable (%s)", exc)
+                    break
+                log.info("agent %s: %d knowledge entries loaded", agent, len(entries))
+                del self._knowledge_pending[agent]
+
     async def _end_orphans(self) -> None:
         """The calls a previous run of this node left (it died): end them, until the
         checkpoint store answers."""
@@ -415,6 +445,10 @@ class Node:
             return
 
     # ---- the control API's view of the calls ------------------------------------------
+
+    def agent_names(self) -> list[str]:
+        """The agents that can hold knowledge (``none`` answers nothing)."""
+        return [name for name, voice in self.voices.items() if voice is not None]
 
     def live_calls(self) -> list[CallActor]:
         return self.manager.live() if self.manager is not None else []
@@ -567,6 +601,8 @@ class Node:
             await self.archive.stop()  # what waits is uploaded by the next start
         if self.reports is not None:
             await self.reports.close()
+        if self.knowledge is not None:
+            await self.knowledge.aclose()
         if self.backbone is not None:
             # What the calls just published: give the sinks a moment; the rest stays
             # in the spool for the next start.
@@ -657,6 +693,7 @@ async def run_node(settings: Settings) -> int:
             dialer=node.dialer, trunk_status=node.trunk_status,
             can_sign=bool(settings.webhook_secret), campaigns=node.campaigns,
             guard=node.sources, reports=node.reports.fetch if node.reports else None,
+            knowledge=node.knowledge, agents=node.agent_names(),
         )  # fmt: skip
         server = make_server(app, settings.api_host, settings.api_port)
         api_task = loop.create_task(server.serve(sockets=[api_sock] if api_sock else None))

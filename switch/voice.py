@@ -20,6 +20,9 @@ from media.speech import SpeechRecognizer, SpeechSynthesizer
 from media.tts import EspeakSynthesizer, OpenAISpeech
 from switch.agents import DEMO_AGENT_PATH, OpenAIChatAgent, ScriptedAgent
 from switch.config import ConfigError, Settings
+from switch.knowledge import KnowledgeBase, KnowledgeError, KnowledgeUnavailable
+from switch.knowledge.entries import KnowledgeEntry, phrases_of
+from switch.knowledge.loaders import load_file
 from switch.trunking.trunks import AGENT_NAME
 
 log = logging.getLogger("voxswitch.voice")
@@ -49,73 +52,98 @@ def build_brain(settings: Settings) -> AgentBrain:
         raise ConfigError(f"agent: {exc}") from exc
 
 
-def build_voice(settings: Settings) -> Voice | None:
-    if settings.agent == "none":
+def _agent_file(settings: Settings) -> Path | None:
+    if settings.agent in ("none", "openai"):
         return None
-    brain = build_brain(settings)
-    recognizer: SpeechRecognizer
-    if settings.asr == "openai":
-        recognizer = OpenAITranscriber(
-            settings.asr_base_url, settings.asr_api_key or None, model=settings.asr_model
-        )
-    else:
-        recognizer = PocketSphinxRecognizer(
-            phrases=brain.phrases(), pool_size=settings.asr_pool_size
-        )
-    synthesizer: SpeechSynthesizer
-    if settings.tts == "openai":
-        synthesizer = OpenAISpeech(
-            settings.tts_base_url,
-            settings.tts_api_key or None,
-            model=settings.tts_model,
-            voice=settings.tts_voice,
-        )
-    else:
-        synthesizer = EspeakSynthesizer()
-    return Voice(
-        recognizer=recognizer,
-        synthesizer=synthesizer,
-        brain=brain,
-        barge_in_min_s=settings.barge_in_min_ms / 1000.0,
-    )
+    return DEMO_AGENT_PATH if settings.agent == "demo" else Path(settings.agent)
 
 
+async def attach_knowledge(
+    knowledge: KnowledgeBase, name: str, brain: AgentBrain, agent_file: Path | None
+) -> list[KnowledgeEntry]:
+    """Load the agent file's own knowledge into the base (idempotent: same ids) and give
+    the brain the base, with what callers say about its entries for the recogniser.
+    Returns the file's entries still to load when the base is down now (the node
+    retries them), else []."""
+    own = load_file(agent_file) if agent_file is not None else []
+    pending: list[KnowledgeEntry] = []
+    try:
+        if own:
+            await knowledge.add(name, own)
+        listed, _ = await knowledge.entries(name, 0, 5000)
+    except KnowledgeUnavailable as exc:
+        log.warning("knowledge base for agent %s unavailable at start (%s): retrying", name, exc)
+        listed, pending = own, own
+    if isinstance(brain, ScriptedAgent | OpenAIChatAgent):
+        brain.use_knowledge(knowledge, name, phrases_of(listed))
+    return pending
 
 
-def build_voices(settings: Settings) -> dict[str, Voice | None]:
+async def build_voices(
+    settings: Settings, knowledge: KnowledgeBase | None = None
+) -> tuple[dict[str, Voice | None], dict[str, list[KnowledgeEntry]]]:
     """Every agent a call may name: ``default`` (the ``agent`` setting), ``none`` (the
     greeting only), and each ``<name>.yaml`` in ``agents_dir`` (a scripted agent
-    sharing the default's speech synthesis; its own recogniser, tuned to its phrases,
-    unless speech recognition is a shared service)."""
-    default = build_voice(settings)
-    voices: dict[str, Voice | None] = {"default": default, "none": None}
-    if not settings.agents_dir:
-        return voices
-    folder = Path(settings.agents_dir)
-    if not folder.is_dir():
-        raise ConfigError(f"agents_dir: {folder} is not a directory")
-    synthesizer = default.synthesizer if default is not None else EspeakSynthesizer()
-    for path in sorted(folder.glob("*.yaml")):
-        name = path.stem
-        if not re.match(AGENT_NAME, name) or name in voices:
-            raise ConfigError(f"agents_dir: {path.name}: agent names are letters, digits, _ -")
-        try:
-            brain = ScriptedAgent.from_file(path)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"agents_dir: {path.name}: {exc}") from exc
-        recognizer: SpeechRecognizer
-        if default is not None and settings.asr == "openai":
-            recognizer = default.recognizer
-        else:
-            recognizer = PocketSphinxRecognizer(phrases=brain.phrases(), pool_size=1)
+    sharing the default's speech synthesis; its own recogniser, tuned to its phrases
+    and its knowledge, unless speech recognition is a shared service). With
+    ``knowledge``, each agent answers from its entries there; the second value holds
+    the agent files' entries the knowledge base could not take yet."""
+    brains: dict[str, tuple[AgentBrain, Path | None]] = {}
+    if settings.agent != "none":
+        brains["default"] = (build_brain(settings), _agent_file(settings))
+    if settings.agents_dir:
+        folder = Path(settings.agents_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"agents_dir: {folder} is not a directory")
+        for path in sorted(folder.glob("*.yaml")):
+            name = path.stem
+            if not re.match(AGENT_NAME, name) or name in ("default", "none", *brains):
+                raise ConfigError(f"agents_dir: {path.name}: agent names are letters, digits, _ -")
+            try:
+                brains[name] = (ScriptedAgent.from_file(path), path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"agents_dir: {path.name}: {exc}") from exc
+    pending: dict[str, list[KnowledgeEntry]] = {}
+    if knowledge is not None:
+        for name, (brain, agent_file) in brains.items():
+            try:
+                if left := await attach_knowledge(knowledge, name, brain, agent_file):
+                    pending[name] = left
+            except KnowledgeError as exc:
+                raise ConfigError(f"agent {name}: knowledge: {exc}") from exc
+    synthesizer = _synthesizer(settings)
+    shared = _recognizer(settings, None) if settings.asr == "openai" else None
+    voices: dict[str, Voice | None] = {"default": None, "none": None}
+    for name, (brain, _) in brains.items():
+        pool = settings.asr_pool_size if name == "default" else 1
         voices[name] = Voice(
-            recognizer=recognizer,
+            recognizer=shared or _recognizer(settings, brain, pool),
             synthesizer=synthesizer,
             brain=brain,
             barge_in_min_s=settings.barge_in_min_ms / 1000.0,
         )
     log.info("agents: %s", ", ".join(voices))
-    return voices
+    return voices, pending
+
+
+def _recognizer(settings: Settings, brain: AgentBrain | None, pool: int = 1) -> SpeechRecognizer:
+    if settings.asr == "openai":
+        return OpenAITranscriber(
+            settings.asr_base_url, settings.asr_api_key or None, model=settings.asr_model
+        )
+    assert brain is not None
+    return PocketSphinxRecognizer(phrases=brain.phrases(), pool_size=pool)
+
+
+def _synthesizer(settings: Settings) -> SpeechSynthesizer:
+    if settings.tts == "openai":
+        return OpenAISpeech(
+            settings.tts_base_url,
+            settings.tts_api_key or None,
+            model=settings.tts_model,
+            voice=settings.tts_voice,
+        )
+    return EspeakSynthesizer()
 
 
 def vad_config(settings: Settings) -> VadConfig:

@@ -39,7 +39,17 @@ from typing import Any
 
 import httpx
 
-from actors.agent import TOOL_NAMES, AgentError, AgentEvent, ChatMessage, TextDelta, ToolCall
+from actors.agent import (
+    TOOL_NAMES,
+    AgentError,
+    AgentEvent,
+    ChatMessage,
+    KnowledgeUsed,
+    TextDelta,
+    ToolCall,
+)
+from switch.knowledge.base import KnowledgeBase
+from switch.knowledge.entries import Hit
 
 __all__ = ["TOOL_SCHEMAS", "OpenAIChatAgent", "tool_schemas"]
 
@@ -97,6 +107,35 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+SEARCH_TOOL = "search_knowledge"
+SEARCH_SCHEMA: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": SEARCH_TOOL,
+        "description": "Search the company's knowledge base (hours, prices, policies, ...) "
+        "when the entries already given do not answer the caller.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "What to look up."}},
+            "required": ["query"],
+        },
+    },
+}
+MAX_SEARCH_ROUNDS = 2  # the model may search, then must answer
+
+
+def knowledge_message(hits: list[Hit], error: str | None) -> str:
+    """The system message that gives the model what the knowledge base found."""
+    if error is not None:
+        return ("The knowledge base is unavailable right now: do not guess facts; say you "
+                "cannot look it up at the moment and offer to transfer the caller.")  # fmt: skip
+    if not hits:
+        return "The knowledge base has nothing on the caller's question."
+    lines = [f"[{h.entry.id}] {h.entry.title}: {h.entry.text}" for h in hits]
+    return ("Knowledge base entries for the caller's question (answer from them; if they "
+            "do not cover it, say so):\n" + "\n".join(lines))  # fmt: skip
 
 
 def tool_schemas(names: Sequence[str] = TOOL_NAMES) -> list[dict[str, Any]]:
@@ -171,6 +210,14 @@ class OpenAIChatAgent:
         self._owns_client = client is None
         self._phrases = list(phrases)
         self.last_ttft_s: float | None = None
+        self.knowledge: KnowledgeBase | None = None
+        self.knowledge_agent = "default"
+
+    def use_knowledge(self, knowledge: KnowledgeBase, agent: str, phrases: list[str]) -> None:
+        """Look each question up in ``knowledge`` (``agent``'s entries) and put what it
+        finds in the prompt; offer the model a ``search_knowledge`` tool."""
+        self.knowledge, self.knowledge_agent = knowledge, agent
+        self._phrases += phrases
 
     # AgentBrain
 
@@ -180,24 +227,65 @@ class OpenAIChatAgent:
     def phrases(self) -> list[str]:
         return list(dict.fromkeys([self._greeting, *self._phrases]))
 
-    def request_body(self, history: Sequence[ChatMessage], caller_input: str) -> dict[str, Any]:
-        """The JSON body :meth:`respond` POSTs."""
+    def request_body(
+        self, history: Sequence[ChatMessage], caller_input: str, knowledge: str | None = None
+    ) -> dict[str, Any]:
+        """The JSON body :meth:`respond` POSTs (``knowledge``: what the lookup found)."""
         messages = [{"role": "system", "content": self.system_prompt}]
+        if knowledge is not None:
+            messages.append({"role": "system", "content": knowledge})
         messages += [{"role": m.role, "content": m.content} for m in history]
         messages.append({"role": "user", "content": caller_input})
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
-        if self.tools_enabled:
-            body["tools"] = tool_schemas(self.tools_enabled)
+        tools = tool_schemas(self.tools_enabled)
+        if self.knowledge is not None:
+            tools.append(SEARCH_SCHEMA)
+        if tools:
+            body["tools"] = tools
             body["tool_choice"] = "auto"
         return body
 
     async def respond(
         self, history: Sequence[ChatMessage], caller_input: str
     ) -> AsyncGenerator[AgentEvent, None]:
+        knowledge = None
+        if self.knowledge is not None:
+            hits, lookup = await self.knowledge.lookup(self.knowledge_agent, caller_input)
+            yield KnowledgeUsed(tuple(lookup.entries), lookup.lookup_s, lookup.error)
+            knowledge = knowledge_message(hits, lookup.error)
+        body = self.request_body(history, caller_input, knowledge)
+        for _ in range(MAX_SEARCH_ROUNDS):
+            searches: list[tuple[str, ToolCall]] = []
+            async with aclosing(self._complete(body)) as events:
+                async for call_id, event in events:
+                    if isinstance(event, ToolCall) and event.name == SEARCH_TOOL:
+                        searches.append((call_id, event))
+                    else:
+                        yield event
+            if not searches or self.knowledge is None:
+                return
+            body["messages"].append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": SEARCH_TOOL, "arguments": json.dumps(call.arguments)}}
+                for call_id, call in searches]})  # fmt: skip
+            for call_id, call in searches:
+                query = str(call.arguments.get("query") or caller_input)
+                hits, lookup = await self.knowledge.lookup(self.knowledge_agent, query)
+                yield KnowledgeUsed(tuple(lookup.entries), lookup.lookup_s, lookup.error)
+                found = knowledge_message(hits, lookup.error)
+                body["messages"].append({"role": "tool", "tool_call_id": call_id, "content": found})
+            # The last round offers no search: the model answers with what it has.
+            body["tools"] = tool_schemas(self.tools_enabled)
+            if not body["tools"]:
+                del body["tools"], body["tool_choice"]
+
+    async def _complete(
+        self, body: dict[str, Any]
+    ) -> AsyncGenerator[tuple[str, TextDelta | ToolCall], None]:
+        """One streamed completion: its text pieces and (id, tool call)s as they come."""
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        body = self.request_body(history, caller_input)
         client = self._get_client()
         self.last_ttft_s = None
         started = time.monotonic()
@@ -224,18 +312,18 @@ class OpenAIChatAgent:
                         if self.last_ttft_s is None and (text or tools):
                             self.last_ttft_s = time.monotonic() - started
                         if text:
-                            yield TextDelta(text)
+                            yield "", TextDelta(text)
                         if finish == "tool_calls":
-                            for call in self._finish_tools(tools):
-                                yield call
+                            for pair in self._finish_tools(tools):
+                                yield pair
         except httpx.TimeoutException as exc:
             raise AgentError(
                 f"chat completions: timed out after {self.timeout_s:g}s ({type(exc).__name__})"
             ) from exc
         except (httpx.HTTPError, httpx.StreamError, httpx.InvalidURL) as exc:
             raise AgentError(f"chat completions: {type(exc).__name__}: {exc}") from exc
-        for call in self._finish_tools(tools):
-            yield call
+        for pair in self._finish_tools(tools):
+            yield pair
 
     # lifecycle
 
@@ -334,15 +422,16 @@ class OpenAIChatAgent:
         finish = choice.get("finish_reason")
         return text, finish if isinstance(finish, str) else None
 
-    def _finish_tools(self, tools: dict[int, _PartialToolCall]) -> list[ToolCall]:
-        """The assembled tool calls, in index order; ``tools`` is emptied."""
-        calls: list[ToolCall] = []
+    def _finish_tools(self, tools: dict[int, _PartialToolCall]) -> list[tuple[str, ToolCall]]:
+        """The assembled (id, tool call)s, in index order; ``tools`` is emptied."""
+        calls: list[tuple[str, ToolCall]] = []
         for index in sorted(tools):
             part = tools[index]
             name = part.name
             if not name:
                 raise AgentError(f"tool call #{index}: no function name")
-            if name not in self.tools_enabled:
+            searchable = name == SEARCH_TOOL and self.knowledge is not None
+            if name not in self.tools_enabled and not searchable:
                 raise AgentError(f"tool call #{index}: unknown tool {name!r}")
             raw = "".join(part.arguments).strip()
             if not raw:
@@ -357,6 +446,6 @@ class OpenAIChatAgent:
             if not isinstance(args, dict):
                 raise AgentError(f"tool call {name}: arguments must be a JSON object: {raw!r}")
             _check_arguments(name, args)
-            calls.append(ToolCall(name, args))
+            calls.append((part.id or f"call_{index}", ToolCall(name, args)))
         tools.clear()
         return calls

@@ -73,7 +73,15 @@ from typing import Any
 
 import yaml
 
-from actors.agent import TOOL_NAMES, AgentEvent, ChatMessage, TextDelta, ToolCall
+from actors.agent import (
+    TOOL_NAMES,
+    AgentEvent,
+    ChatMessage,
+    KnowledgeUsed,
+    TextDelta,
+    ToolCall,
+)
+from switch.knowledge.base import KnowledgeBase
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -182,6 +190,11 @@ def split_sentences(text: str) -> list[str]:
         return []
     parts = [p for p in _SENTENCE_END_RE.split(text) if p]
     return [p + " " for p in parts[:-1]] + [parts[-1]]
+
+
+def spoken_answer(text: str, sentences: int = 3) -> str:
+    """The first few sentences of an entry's text: what a phone answer can hold."""
+    return "".join(split_sentences(text)[:sentences]).strip()
 
 
 def _dtmf_digits(text: str) -> str | None:
@@ -314,6 +327,9 @@ class ScriptedAgent:
         entries: Sequence[Entry],
         threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
+        self.knowledge: KnowledgeBase | None = None
+        self.knowledge_agent = "default"
+        self.knowledge_phrases: list[str] = []
         self.name = name
         self._greeting = greeting
         self.fallback = fallback
@@ -419,11 +435,28 @@ class ScriptedAgent:
     def greeting(self) -> str:
         return self._greeting
 
+    def use_knowledge(self, knowledge: KnowledgeBase, agent: str, phrases: list[str]) -> None:
+        """Answer questions from ``knowledge`` (the entries of ``agent``); ``phrases``
+        are what callers say about them, for the recogniser's language model."""
+        self.knowledge, self.knowledge_agent, self.knowledge_phrases = knowledge, agent, phrases
+
     async def respond(
         self, history: Sequence[ChatMessage], caller_input: str
     ) -> AsyncGenerator[AgentEvent, None]:
         m = self.match(caller_input)
         say = self.fallback if m is None else m.entry.say
+        asked = m is None or m.entry.kind == "knowledge"
+        if self.knowledge is not None and asked and _dtmf_digits(caller_input) is None:
+            # A question: the knowledge base answers it (an intent's patterns win first).
+            hits, lookup = await self.knowledge.lookup(self.knowledge_agent, caller_input)
+            if lookup.error is not None:
+                yield KnowledgeUsed((), lookup.lookup_s, lookup.error)
+                m, say = None, self.fallback  # an outage: never a stale or keyword guess
+            elif hits:
+                yield KnowledgeUsed((hits[0].entry.id,), lookup.lookup_s)
+                m, say = None, spoken_answer(hits[0].entry.text)
+            else:
+                yield KnowledgeUsed((m.entry.id,) if m else (), lookup.lookup_s)
         for piece in split_sentences(say):
             yield TextDelta(piece)
         if m is not None:
@@ -447,4 +480,4 @@ class ScriptedAgent:
                     patterns[p] = None
             if entry.say:
                 lines[entry.say] = None
-        return [*patterns, *patterns, *patterns, *lines]
+        return [*patterns, *patterns, *patterns, *lines, *self.knowledge_phrases]

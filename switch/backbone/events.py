@@ -104,6 +104,9 @@ def ended(record: CallRecord) -> list[dict[str, Any]]:
             asr_s=turn.get("asr_s"),
             llm_first_token_s=turn.get("llm_first_token_s"),
             tts_first_audio_s=turn.get("tts_first_audio_s"),
+            knowledge=turn.get("knowledge", []),
+            kb_s=turn.get("kb_s"),
+            knowledge_error=turn.get("knowledge_error"),
         )
         for turn in record.turns
     ]

@@ -234,11 +234,13 @@ class PostgresSink:
             await db.execute(
                 "INSERT INTO call_turns (call_id, turn_index, event_id, source, caller_text,"
                 " agent_text, interrupted, tools, latency_s, asr_s, llm_first_token_s,"
-                " tts_first_audio_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9,"
-                " $10, $11, $12) ON CONFLICT DO NOTHING",
+                " tts_first_audio_s, knowledge, kb_s, knowledge_error) VALUES ($1, $2, $3,"
+                " $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13::jsonb, $14, $15)"
+                " ON CONFLICT DO NOTHING",
                 e["call_id"], e["index"], e["event_id"], e["source"], e["caller_text"],
                 e["agent_text"], e["interrupted"], json.dumps(e["tools"]), e["latency_s"],
                 e["asr_s"], e["llm_first_token_s"], e["tts_first_audio_s"],
+                json.dumps(e.get("knowledge") or []), e.get("kb_s"), e.get("knowledge_error"),
             )  # fmt: skip
         elif kind == "call.dtmf":
             await db.execute(

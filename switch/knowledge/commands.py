@@ -1,0 +1,86 @@
+"""``voxswitch kb load|search|list|remove``: the knowledge base from the command line.
+
+``load`` reads files (a folder: every Markdown, text, CSV, JSON and YAML file in it),
+embeds and upserts them in batches with a progress bar on stderr, and prints what it
+did. Exit 0 done, 1 the store failed (one line), 2 a bad file or setting (one line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from switch.config import Settings
+from switch.knowledge import KnowledgeBase, KnowledgeError, KnowledgeUnavailable, build_knowledge
+from switch.knowledge.embedder import EmbedderUnavailable
+from switch.knowledge.loaders import files_under, load_file
+
+
+class _Progress:
+    """``[#####.....] 1200/5000 entries 23 s`` redrawn in place."""
+
+    def __init__(self, total: int, width: int = 30) -> None:
+        self.total, self.width, self.started = total, width, time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        filled = self.width * done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        elapsed = time.monotonic() - self.started
+        end = "\n" if done >= self.total else ""
+        print(f"\r[{bar}] {done}/{self.total} entries {elapsed:.0f} s", end=end,
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
+async def _load(kb: KnowledgeBase, agent: str, paths: list[str]) -> dict[str, Any]:
+    files = [f for p in paths for f in files_under(Path(p))]
+    entries = [e for f in files for e in load_file(f)]
+    ids = [e.id for e in entries]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise KnowledgeError(f"entry id {dup!r} appears in two files")
+    started = time.monotonic()
+    await kb.add(agent, entries, progress=_Progress(len(entries)) if entries else None)
+    _, total = await kb.entries(agent, 0, 1)
+    return {"agent": agent, "store": kb.kind, "files": len(files), "upserted": len(entries),
+            "total": total, "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+
+
+async def _run(settings: Settings, command: str, agent: str, args: list[str], k: int) -> Any:
+    kb = build_knowledge(settings)
+    try:
+        if command == "load":
+            return await _load(kb, agent, args)
+        if command == "search":
+            hits, lookup = await kb.lookup(agent, " ".join(args))
+            if lookup.error:
+                raise KnowledgeUnavailable(lookup.error)
+            return {"lookup_s": lookup.lookup_s, "hits": [
+                {"id": h.entry.id, "title": h.entry.title, "similarity": round(h.similarity, 3),
+                 "score": round(h.score, 3), "text": h.entry.text} for h in hits[:k]]}  # fmt: skip
+        if command == "list":
+            entries, total = await kb.entries(agent, 0, 10_000)
+            return {"total": total, "entries": [e.as_dict() for e in entries]}
+        removed = await kb.remove(agent, args)
+        return {"removed": removed}
+    finally:
+        await kb.aclose()
+
+
+def run_kb_command(
+    settings: Settings, command: str, agent: str, args: list[str], k: int = 3
+) -> int:
+    what = f"voxswitch kb {command}"
+    try:
+        result = asyncio.run(_run(settings, command, agent, args, k))
+    except (KnowledgeError, EmbedderUnavailable) as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        return 2
+    except KnowledgeUnavailable as exc:
+        print(f"{what}: the knowledge base did not answer: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1))
+    return 0
