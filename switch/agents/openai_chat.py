@@ -127,7 +127,7 @@ MAX_SEARCH_ROUNDS = 2  # the model may search, then must answer
 
 
 def knowledge_message(hits: list[Hit], error: str | None) -> str:
-    """The system message that gives the model what the knowledge base found."""
+    """What the knowledge base found, for the model (a system message, a tool result)."""
     if error is not None:
         return ("The knowledge base is unavailable right now: do not guess facts; say you "
                 "cannot look it up at the moment and offer to transfer the caller.")  # fmt: skip
@@ -252,7 +252,8 @@ class OpenAIChatAgent:
         if self.knowledge is not None:
             hits, lookup = await self.knowledge.lookup(self.knowledge_agent, caller_input)
             yield KnowledgeUsed(tuple(lookup.entries), lookup.lookup_s, lookup.error)
-            knowledge = knowledge_message(hits, lookup.error)
+            if hits or lookup.error:  # nothing found: no message (the model can search)
+                knowledge = knowledge_message(hits, lookup.error)
         body = self.request_body(history, caller_input, knowledge)
         for _ in range(MAX_SEARCH_ROUNDS):
             searches: list[tuple[str, ToolCall]] = []

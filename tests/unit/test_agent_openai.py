@@ -445,3 +445,49 @@ async def test_v1_suffix_no_key_and_own_client() -> None:
 def test_rejects_unknown_tool_names() -> None:
     with pytest.raises(ValueError, match="tools_enabled"):
         OpenAIChatAgent("http://x", None, "m", "s", "g", tools_enabled=["fly"])
+
+
+# ---- the knowledge base --------------------------------------------------------------
+
+
+async def test_knowledge_goes_in_the_prompt_and_search_knowledge_runs_a_lookup(
+    client: httpx.AsyncClient,
+) -> None:
+    from actors.agent import KnowledgeUsed
+    from switch.agents import DEMO_AGENT_PATH
+    from switch.knowledge import KnowledgeBase
+    from switch.knowledge.embedded import EmbeddedStore
+    from switch.knowledge.loaders import load_file
+
+    kb = KnowledgeBase(EmbeddedStore())
+    await kb.add("default", load_file(DEMO_AGENT_PATH))
+
+    async def handler(req: Request, reply: Reply, _: asyncio.StreamReader) -> None:
+        await reply.head()
+        if len(req.body["messages"]) == 3:  # system, knowledge, user: search once more
+            await reply.event(_tool_frag(0, '{"query": "payment methods"}', SEARCH))
+            await reply.event(_chunk({}, finish="tool_calls"))
+        else:
+            await reply.content("We take cards.")
+        await reply.end()
+
+    from switch.agents.openai_chat import SEARCH_TOOL as SEARCH
+
+    async with serve(handler) as srv:
+        agent = make_agent(srv.base_url, client)
+        agent.use_knowledge(kb, "default", [])
+        events = await collect(agent, "can you bring food to my home")
+    first, second = srv.requests[0].body, srv.requests[1].body
+    knowledge = first["messages"][1]
+    assert knowledge["role"] == "system" and "[delivery]" in knowledge["content"]
+    assert SEARCH in [t["function"]["name"] for t in first["tools"]]
+    # The model's search ran: its call and our result go back; no third search offered.
+    call, result = second["messages"][-2:]
+    assert call["tool_calls"][0]["function"]["name"] == SEARCH
+    assert result["role"] == "tool" and "[payment]" in result["content"]
+    assert result["tool_call_id"] == call["tool_calls"][0]["id"]
+    assert SEARCH not in [t["function"]["name"] for t in second["tools"]]
+    used = [e for e in events if isinstance(e, KnowledgeUsed)]
+    assert [u.entries[:1] for u in used] == [("delivery",), ("payment",)]
+    assert [e for e in events if isinstance(e, TextDelta)] == [TextDelta("We take cards.")]
+    await kb.aclose()
