@@ -122,7 +122,8 @@ async def build_voices(
             brain=brain,
             barge_in_min_s=settings.barge_in_min_ms / 1000.0,
         )
-    log.info("agents: %s", ", ".join(voices))
+    if settings.agents_dir:
+        log.info("agents: %s", ", ".join(voices))
     return voices, pending
 
 

@@ -21,6 +21,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,18 +62,22 @@ def weaviate_env(services: dict[str, str]) -> Iterator[dict[str, str]]:
         "VOXSWITCH_KB_COLLECTION": collection,
     }
     yield env
-    import weaviate
-
-    url = urllib.parse.urlsplit(env["VOXSWITCH_WEAVIATE_URL"])
-    client = weaviate.connect_to_local(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 80,
-        grpc_port=int(env["VOXSWITCH_WEAVIATE_GRPC_PORT"]),
-    )
+    client = weaviate_client(env)
     try:
         client.collections.delete(collection)
     finally:
         client.close()
+
+
+def weaviate_client(env: dict[str, str]) -> Any:
+    import weaviate
+
+    url = urllib.parse.urlsplit(env["VOXSWITCH_WEAVIATE_URL"])
+    return weaviate.connect_to_local(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 80,
+        grpc_port=int(env["VOXSWITCH_WEAVIATE_GRPC_PORT"]),
+    )
 
 
 def kb(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -88,14 +93,7 @@ def kb(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 
 def objects_in(env: dict[str, str]) -> int:
-    import weaviate
-
-    url = urllib.parse.urlsplit(env["VOXSWITCH_WEAVIATE_URL"])
-    client = weaviate.connect_to_local(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 80,
-        grpc_port=int(env["VOXSWITCH_WEAVIATE_GRPC_PORT"]),
-    )
+    client = weaviate_client(env)
     try:
         return len(client.collections.get(env["VOXSWITCH_KB_COLLECTION"]))
     finally:
