@@ -101,9 +101,12 @@ class Speech:
 
     @classmethod
     def of(cls, text: str, wpm: int) -> Speech:
-        pcm = synthesize(text, wpm)
+        return cls.from_pcm(synthesize(text, wpm))
+
+    @classmethod
+    def from_pcm(cls, pcm: Pcm) -> Speech:
         found = loud_regions(pcm, merge_gap_s=1.0)
-        assert found, f"espeak said nothing for {text!r}"
+        assert found, "espeak said nothing"
         return cls(pcm, found[0][0], found[-1][1])
 
     @property
