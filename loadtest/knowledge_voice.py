@@ -7,7 +7,7 @@ says what pocketsphinx heard and which knowledge entry the agent answered from. 
 score is the share of questions answered from the right entry; the same questions as
 text (no recognition) are scored too, so a miss is placed: the words or the lookup.
 
-    python -m loadtest.knowledge_voice [--weaviate] [--limit N]
+    python -m loadtest.knowledge_voice [--asr whisper] [--weaviate] [--limit N]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class Asked:
     heard: str
     answered_from: list[str]
     error: str | None = None
+    asr_s: float | None = None  # the recogniser's time for the question
+    latency_s: float | None = None  # end of the question -> the answer's first packet
 
     @property
     def right(self) -> bool:
@@ -92,6 +94,8 @@ def ask(node: NodeProcess, baresip: str, workdir: Path, question: str, expected:
         str(turn["caller"]),
         list(turn.get("knowledge") or []),
         turn.get("knowledge_error"),
+        turn.get("asr_s"),
+        turn.get("latency_s"),
     )
 
 
@@ -137,6 +141,7 @@ def text_score(env: dict[str, str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weaviate", action="store_true", help="the node uses Weaviate")
+    parser.add_argument("--asr", choices=("pocketsphinx", "whisper"), default="pocketsphinx")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     baresip = shutil.which("baresip")
@@ -149,6 +154,9 @@ def main() -> None:
         services = services_env()
         env = {k: services[k] for k in ("VOXSWITCH_WEAVIATE_URL", "VOXSWITCH_WEAVIATE_GRPC_PORT")}
         env["VOXSWITCH_KB_COLLECTION"] = f"Kbvoice{os.getpid()}"
+    env["VOXSWITCH_ASR"] = args.asr
+    if args.asr == "whisper":
+        env["VOXSWITCH_ASR_POOL_SIZE"] = "1"  # one caller at a time: all cores per decode
     with tempfile.TemporaryDirectory(prefix="kb-voice-") as tmp:
         asked = run(baresip, Path(tmp), env, args.limit)
     for a in asked:
@@ -158,6 +166,8 @@ def main() -> None:
             f"  (asked {a.question!r}){' ' + a.error if a.error else ''}"
         )
     right = sum(a.right for a in asked)
+    asr = [a.asr_s for a in asked if a.asr_s is not None]
+    latency = [a.latency_s for a in asked if a.latency_s is not None]
     print(
         json.dumps(
             {
@@ -165,6 +175,10 @@ def main() -> None:
                 "right_by_voice": right,
                 "right_by_text": text_score(env),
                 "store": "weaviate" if args.weaviate else "embedded",
+                "asr": args.asr,
+                "asr_s_p50": round(float(np.median(asr)), 3) if asr else None,
+                "turn_latency_s_p50": round(float(np.median(latency)), 3) if latency else None,
+                "turn_latency_s_max": round(max(latency), 3) if latency else None,
             }
         )
     )

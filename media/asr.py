@@ -253,7 +253,7 @@ def _upsample_filter() -> npt.NDArray[np.float64]:
 _UP_FIR = _upsample_filter()
 
 
-def _rms(pcm: Pcm) -> float:
+def rms(pcm: Pcm) -> float:
     samples = pcm.astype(np.float64)
     return math.sqrt(float(np.dot(samples, samples)) / len(samples))
 
@@ -524,7 +524,7 @@ class PocketSphinxRecognizer:
         self._check_open()
         started = time.perf_counter()
         pcm = np.ascontiguousarray(pcm, dtype=np.int16)
-        if len(pcm) == 0 or _rms(pcm) < SILENCE_RMS:
+        if len(pcm) == 0 or rms(pcm) < SILENCE_RMS:
             # The decoder would force some in-vocabulary word onto pure silence.
             return Transcript(text="", elapsed_s=time.perf_counter() - started)
         worker = await self._idle.get()

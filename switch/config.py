@@ -111,7 +111,8 @@ class Settings:
     llm_api_key: str = field(default="", metadata={"help": "LLM API key (agent = openai)"})
     llm_model: str = field(default="gpt-4o-mini", metadata={"help": "LLM model name"})
     asr: str = field(
-        default="pocketsphinx", metadata={"help": "speech recognition: pocketsphinx or openai"}
+        default="pocketsphinx",
+        metadata={"help": "speech recognition: pocketsphinx, whisper (local, CPU) or openai"},
     )
     asr_base_url: str = field(
         default="https://api.openai.com", metadata={"help": "OpenAI-compatible ASR base URL"}
@@ -119,7 +120,12 @@ class Settings:
     asr_api_key: str = field(default="", metadata={"help": "ASR API key (asr = openai)"})
     asr_model: str = field(default="whisper-1", metadata={"help": "ASR model (asr = openai)"})
     asr_pool_size: int = field(
-        default=2, metadata={"help": "pocketsphinx decoders shared by all calls (~90 MB each)"}
+        default=2,
+        metadata={"help": "decoders all calls share: pocketsphinx processes or whisper threads"},
+    )
+    whisper_model_dir: str = field(
+        default="",
+        metadata={"help": "a CTranslate2 Whisper model folder (asr = whisper); default: base"},
     )
     tts: str = field(default="espeak", metadata={"help": "speech synthesis: espeak or openai"})
     tts_base_url: str = field(
@@ -411,8 +417,10 @@ def load_settings(
             raise ConfigError(f"{name}: {port} is not a port")
     if settings.max_calls < 1:
         raise ConfigError("max_calls: must be at least 1")
-    if settings.asr not in ("pocketsphinx", "openai"):
-        raise ConfigError(f"asr: expected pocketsphinx or openai, got {settings.asr!r}")
+    if settings.asr not in ("pocketsphinx", "whisper", "openai"):
+        raise ConfigError(f"asr: expected pocketsphinx, whisper or openai, got {settings.asr!r}")
+    if settings.whisper_model_dir and not Path(settings.whisper_model_dir).is_dir():
+        raise ConfigError(f"whisper_model_dir: {settings.whisper_model_dir} is not a directory")
     if settings.tts not in ("espeak", "openai"):
         raise ConfigError(f"tts: expected espeak or openai, got {settings.tts!r}")
     if not 0 <= settings.vad_aggressiveness <= 3:

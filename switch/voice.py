@@ -2,7 +2,8 @@
 
 Built once per node from the settings. The default (``agent = demo``) needs no key
 and no network: the scripted demo agent, pocketsphinx with a language model built
-from the agent's own phrases, and espeak-ng. ``agent = none`` answers with the
+from the agent's own phrases (or, with ``asr = whisper``, Whisper prompted with them),
+and espeak-ng. ``agent = none`` answers with the
 greeting chime only (the signalling benchmark uses it).
 """
 
@@ -16,8 +17,9 @@ from actors.agent import AgentBrain
 from actors.conversation import Voice
 from media.asr import OpenAITranscriber, PocketSphinxRecognizer
 from media.session import VadConfig
-from media.speech import SpeechRecognizer, SpeechSynthesizer
+from media.speech import SpeechError, SpeechRecognizer, SpeechSynthesizer
 from media.tts import EspeakSynthesizer, OpenAISpeech
+from media.whisper import WhisperModel
 from switch.agents import DEMO_AGENT_PATH, OpenAIChatAgent, ScriptedAgent
 from switch.config import ConfigError, Settings
 from switch.knowledge import KnowledgeBase, KnowledgeError, KnowledgeUnavailable
@@ -113,15 +115,29 @@ async def build_voices(
                 raise ConfigError(f"agent {name}: knowledge: {exc}") from exc
     synthesizer = _synthesizer(settings)
     shared = _recognizer(settings, None) if settings.asr == "openai" else None
+    whisper = (
+        WhisperModel(settings.whisper_model_dir, settings.asr_pool_size)
+        if settings.asr == "whisper"
+        else None
+    )
     voices: dict[str, Voice | None] = {"default": None, "none": None}
     for name, (brain, _) in brains.items():
         pool = settings.asr_pool_size if name == "default" else 1
+        if whisper is not None:  # one model; each agent its own prompt
+            recognizer: SpeechRecognizer = whisper.recognizer(brain.phrases())
+        else:
+            recognizer = shared or _recognizer(settings, brain, pool)
         voices[name] = Voice(
-            recognizer=shared or _recognizer(settings, brain, pool),
+            recognizer=recognizer,
             synthesizer=synthesizer,
             brain=brain,
             barge_in_min_s=settings.barge_in_min_ms / 1000.0,
         )
+    if whisper is not None:
+        try:
+            await whisper.warm_up()  # ~1 s now, not at the first caller's question
+        except SpeechError as exc:
+            raise ConfigError(str(exc)) from None
     if settings.agents_dir:
         log.info("agents: %s", ", ".join(voices))
     return voices, pending

@@ -21,7 +21,7 @@ import tempfile
 import time
 import wave
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from media.vad import SpeechEnded, SpeechStarted, VadState, VoiceActivityDetecto
 from switch.backbone import events
 from switch.jobs import JobError
 from switch.jobs.context import JobContext
+
+if TYPE_CHECKING:
+    from media.whisper import WhisperModel
 
 log = logging.getLogger("voxswitch.jobs")
 
@@ -77,11 +80,14 @@ class Engines:
     def __init__(self, context: JobContext) -> None:
         self.settings = context.settings
         self._by_agent: dict[str, SpeechRecognizer] = {}
+        self._whisper: WhisperModel | None = None
 
     @property
     def name(self) -> str:
         if self.settings.asr == "openai":
             return f"openai:{self.settings.asr_model}"
+        if self.settings.asr == "whisper":
+            return self._whisper_model().name
         return "pocketsphinx"
 
     def for_agent(self, agent: str) -> SpeechRecognizer:
@@ -96,7 +102,16 @@ class Engines:
         s = self.settings
         if s.asr == "openai":
             return OpenAITranscriber(s.asr_base_url, s.asr_api_key or None, model=s.asr_model)
+        if s.asr == "whisper":
+            return self._whisper_model().recognizer(self._phrases(agent))
         return PocketSphinxRecognizer(phrases=self._phrases(agent), pool_size=1)
+
+    def _whisper_model(self) -> WhisperModel:
+        if self._whisper is None:
+            from media.whisper import WhisperModel
+
+            self._whisper = WhisperModel(self.settings.whisper_model_dir)
+        return self._whisper
 
     def _phrases(self, agent: str) -> list[str]:
         """The agent's in-domain words; none (the general model) for an agent this

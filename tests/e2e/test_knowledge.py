@@ -249,3 +249,28 @@ def test_the_voice_question_set_is_paraphrases_not_the_agents_own_phrases() -> N
     assert len(PARAPHRASES) >= 20
     assert not [q for q, _ in PARAPHRASES if q.lower() in own]
     assert {e for _, e in PARAPHRASES} <= {e.id for e in agent.entries}
+
+
+def test_whisper_hears_paraphrases_by_phone_and_the_agent_answers_from_the_right_entries(
+    voxswitch_nodes: NodeFactory, phones: Callable[..., Baresip]
+) -> None:
+    """``asr = whisper`` with the embedded index: two questions of the voice set."""
+    env = {"VOXSWITCH_ASR": "whisper", "VOXSWITCH_ASR_POOL_SIZE": "1"}
+    node = voxswitch_nodes.start(
+        "kb-whisper", NodeOptions(max_call_duration_s=60, media_timeout_s=0, env=env)
+    )
+    first = Speech.of("can you drive the food over to my place", CALLER_WPM)
+    second = Speech.of("anything for people who do not eat meat", CALLER_WPM)
+    phone = phones(microphone=microphone(silence(1.0), first.pcm, silence(12.0), second.pcm))
+    call = PhoneCall(node, phone)
+    call.dial()
+    assert call.wait_log(r"turn 1: agent: ", timeout_s=15), call.context()
+    assert call.wait_log(r"turn 2: agent: ", timeout_s=25), call.context()
+    time.sleep(1.0)
+    call.hang_up()
+    record = call.record()
+    context = f"record: {record}\n{call.context()}"
+    turns = [t for t in record["turns"] if t["source"] == "speech"]
+    assert [t["knowledge"] for t in turns] == [["delivery"], ["vegetarian"]], context
+    assert "food" in turns[0]["caller"].lower() and "meat" in turns[1]["caller"].lower(), context
+    assert turns[0]["agent"].startswith("We deliver within 5 kilometers"), context
