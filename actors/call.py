@@ -35,7 +35,7 @@ from actors.messages import (
     TransferRequested,
     TransferSettled,
 )
-from actors.runtime import Mailbox, MailboxClosed
+from actors.runtime import CURRENT_CALL_ID, Mailbox, MailboxClosed
 from media.dtmf import parse_dtmf_info, parse_dtmf_relay
 from media.recording import summarize
 from media.session import MediaEvent, SessionControl, VadConfig
@@ -273,6 +273,7 @@ class CallActor:
     # ---- the actor's life --------------------------------------------------------
 
     async def run(self) -> CallRecord:
+        CURRENT_CALL_ID.set(self.call_id)  # this task's context: its log lines say the call
         try:
             await self._run()
         except MailboxClosed:

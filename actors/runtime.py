@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 M = TypeVar("M")
+
+# The Call-ID of the call whose actor is running: set by the actor in its own task, so
+# everything it logs — and every task it starts (conversation, recogniser) — carries it.
+CURRENT_CALL_ID: ContextVar[str] = ContextVar("voxswitch_call_id", default="")
 
 
 class MailboxClosed(Exception):

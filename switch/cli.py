@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from switch.config import ConfigError, load_settings, settings_fields
+from switch.logs import configure_logging
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -94,10 +95,8 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(cli, config_file=args.config)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+def _logging(settings: Any) -> None:
+    configure_logging(settings.log_level, settings.log_format, settings.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "jobs":
         return _jobs(args, settings if args.jobs_command != "list" else None)
     if args.command == "serve":
-        _logging(settings.log_level)
+        _logging(settings)
         # One BLAS thread: a node's numpy work is small (a question's embedding, media
         # frames); a second BLAS thread only competes with the loop and the media
         # workers for the cores (measured: knowledge lookup p95 33 → 25 ms).
@@ -143,7 +142,7 @@ def _worker(settings: Any, concurrency: int, beat: bool) -> int:
     from switch.jobs import JobError
     from switch.jobs.worker import run_worker
 
-    _logging(settings.log_level)
+    _logging(settings)
     try:
         run_worker(settings, concurrency, beat)
     except JobError as exc:
@@ -173,7 +172,7 @@ def _jobs(args: argparse.Namespace, settings: Any) -> int:
             return 0
         from switch.jobs.context import run_in_context
 
-        _logging(settings.log_level)
+        _logging(settings)
         result = asyncio.run(run_in_context(settings, args.name, **options))
     except JobError as exc:
         print(f"{what}: {exc}", file=sys.stderr)

@@ -344,6 +344,9 @@ class Settings:
     )
     node_id: str = field(default="", metadata={"help": "node name (default: host name)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
+    log_format: str = field(
+        default="text", metadata={"help": "text, or json (one object a line, with call_id)"}
+    )
 
     @property
     def public_host(self) -> str:
@@ -421,6 +424,8 @@ def load_settings(
         raise ConfigError(f"asr: expected pocketsphinx, whisper or openai, got {settings.asr!r}")
     if settings.whisper_model_dir and not Path(settings.whisper_model_dir).is_dir():
         raise ConfigError(f"whisper_model_dir: {settings.whisper_model_dir} is not a directory")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: expected text or json, got {settings.log_format!r}")
     if settings.tts not in ("espeak", "openai"):
         raise ConfigError(f"tts: expected espeak or openai, got {settings.tts!r}")
     if not 0 <= settings.vad_aggressiveness <= 3:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from loadtest.baresip import Baresip
-from loadtest.node import NodeFactory, NodeOptions
+from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.paraphrases import PARAPHRASES
 from tests.e2e.api_client import ADMIN, api
 from tests.e2e.phone_call import PhoneCall
@@ -207,18 +207,11 @@ def test_a_call_answers_from_weaviate_and_a_weaviate_outage_gets_the_fallback_li
         node = voxswitch_nodes.start(
             "kb-call", NodeOptions(max_call_duration_s=60, media_timeout_s=0, env=env)
         )
-        first = Speech.of("where are you located", CALLER_WPM)
-        second = Speech.of("what are your opening hours", CALLER_WPM)
-        # The first question over the greeting (barge-in), the second well after its answer.
-        phone = phones(microphone=microphone(silence(1.0), first.pcm, silence(9.0), second.pcm))
-        call = PhoneCall(node, phone)
-        call.dial()
-        assert call.wait_log(r"turn 1: agent: ", timeout_s=12), call.context()
-        http.down(), grpc.down()  # Weaviate vanishes before the second question
-        assert call.wait_log(r"turn 2: agent: ", timeout_s=20), call.context()
-        time.sleep(1.0)
-        call.hang_up()
-        record = call.record()
+        # Weaviate vanishes between the answer to the first question and the second.
+        call, record = ask_twice(
+            node, phones, "where are you located", "what are your opening hours",
+            gap_s=9.0, between=lambda: (http.down(), grpc.down()),
+        )  # fmt: skip
     finally:
         http.down(), grpc.down()
     context = f"record: {record}\n{call.context()}"
@@ -231,6 +224,30 @@ def test_a_call_answers_from_weaviate_and_a_weaviate_outage_gets_the_fallback_li
     fallback = " ".join(open_demo_fallback().split())
     assert turns[1]["agent"] == fallback, context
     assert turns[1]["knowledge"] == [] and "weaviate" in turns[1]["knowledge_error"], context
+
+
+def ask_twice(
+    node: NodeProcess,
+    phones: Callable[..., Baresip],
+    first: str,
+    second: str,
+    *,
+    gap_s: float,
+    wait_s: float = 20.0,
+    between: Callable[[], object] = lambda: None,
+) -> tuple[PhoneCall, dict[str, Any]]:
+    """One baresip call: the first question over the greeting (barge-in), ``between``
+    once it is answered, the second ``gap_s`` after the first; the call's record."""
+    one, two = Speech.of(first, CALLER_WPM), Speech.of(second, CALLER_WPM)
+    phone = phones(microphone=microphone(silence(1.0), one.pcm, silence(gap_s), two.pcm))
+    call = PhoneCall(node, phone)
+    call.dial()
+    assert call.wait_log(r"turn 1: agent: ", timeout_s=15), call.context()
+    between()
+    assert call.wait_log(r"turn 2: agent: ", timeout_s=wait_s), call.context()
+    time.sleep(1.0)
+    call.hang_up()
+    return call, call.record()
 
 
 def open_demo_fallback() -> str:
@@ -259,16 +276,10 @@ def test_whisper_hears_paraphrases_by_phone_and_the_agent_answers_from_the_right
     node = voxswitch_nodes.start(
         "kb-whisper", NodeOptions(max_call_duration_s=60, media_timeout_s=0, env=env)
     )
-    first = Speech.of("can you drive the food over to my place", CALLER_WPM)
-    second = Speech.of("anything for people who do not eat meat", CALLER_WPM)
-    phone = phones(microphone=microphone(silence(1.0), first.pcm, silence(12.0), second.pcm))
-    call = PhoneCall(node, phone)
-    call.dial()
-    assert call.wait_log(r"turn 1: agent: ", timeout_s=15), call.context()
-    assert call.wait_log(r"turn 2: agent: ", timeout_s=25), call.context()
-    time.sleep(1.0)
-    call.hang_up()
-    record = call.record()
+    call, record = ask_twice(
+        node, phones, "can you drive the food over to my place",
+        "anything for people who do not eat meat", gap_s=12.0, wait_s=25.0,
+    )  # fmt: skip
     context = f"record: {record}\n{call.context()}"
     turns = [t for t in record["turns"] if t["source"] == "speech"]
     assert [t["knowledge"] for t in turns] == [["delivery"], ["vegetarian"]], context
