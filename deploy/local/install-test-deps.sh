@@ -5,8 +5,12 @@
 #   baresip-core  baresip 1.0 (binary `baresip`, with the g711, aufile and sndfile
 #                 modules), a real SIP phone for tests/e2e/test_baresip.py; the
 #                 `baresip` metapackage only adds GUI/video recommends
+#   prometheus    for its promtool: tests/unit/test_monitoring.py checks and unit-tests
+#                 deploy/monitoring/alerts.yaml (the tests never start its server; on a
+#                 systemd machine the package enables one on :9090: disable it if unwanted)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-"$here/apt-ensure.sh" sip-tester util-linux baresip-core
+"$here/apt-ensure.sh" sip-tester util-linux baresip-core prometheus
 command -v sipp >/dev/null || { echo "install-test-deps: sipp still missing" >&2; exit 1; }
 command -v baresip >/dev/null || { echo "install-test-deps: baresip still missing" >&2; exit 1; }
+command -v promtool >/dev/null || { echo "install-test-deps: promtool still missing" >&2; exit 1; }
