@@ -8,9 +8,12 @@
 #   prometheus    for its promtool: tests/unit/test_monitoring.py checks and unit-tests
 #                 deploy/monitoring/alerts.yaml (the tests never start its server; on a
 #                 systemd machine the package enables one on :9090: disable it if unwanted)
+#   kamailio      the SIP load balancer in front of several nodes (deploy/kamailio/,
+#                 tests/e2e/test_cluster.py runs its own; Debian's service stays off)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-"$here/apt-ensure.sh" sip-tester util-linux baresip-core prometheus
+"$here/apt-ensure.sh" sip-tester util-linux baresip-core prometheus kamailio
 command -v sipp >/dev/null || { echo "install-test-deps: sipp still missing" >&2; exit 1; }
 command -v baresip >/dev/null || { echo "install-test-deps: baresip still missing" >&2; exit 1; }
 command -v promtool >/dev/null || { echo "install-test-deps: promtool still missing" >&2; exit 1; }
+command -v kamailio >/dev/null || [[ -x /usr/sbin/kamailio ]] || { echo "install-test-deps: kamailio still missing" >&2; exit 1; }
