@@ -68,3 +68,75 @@ def test_the_workers_take_tasks_and_have_time_to_finish_one(
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"] == labels
     assert worker_pod["terminationGracePeriodSeconds"] >= 60
+
+
+NODES = MANIFESTS.with_name("voxswitch.yaml")
+KAMAILIO_CFG = MANIFESTS.parents[1] / "kamailio" / "kamailio.cfg"
+
+
+@pytest.fixture(scope="module")
+def node_documents() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(NODES.read_text()) if d]
+
+
+def node_pod(node_documents: list[dict[str, Any]]) -> dict[str, Any]:
+    [statefulset] = by_kind(node_documents, "StatefulSet")
+    return pod(statefulset["spec"])
+
+
+def test_the_node_runs_serve_with_real_settings_and_probes_that_fit_a_drain(
+    node_documents: list[dict[str, Any]],
+) -> None:
+    from switch.config import settings_fields
+
+    spec = node_pod(node_documents)
+    [container] = spec["containers"]
+    args = _build_parser().parse_args(container["args"])
+    assert args.command == "serve" and (args.sip_port, args.api_port) == ("5060", "8080")
+    known = {f.name for f in settings_fields()}
+    for env in container["env"]:
+        assert env["name"].startswith("VOXSWITCH_")
+        assert env["name"].removeprefix("VOXSWITCH_").lower() in known, env["name"]
+    drain = next(float(e["value"]) for e in container["env"] if e["name"].endswith("DRAIN_GRACE_S"))
+    assert spec["terminationGracePeriodSeconds"] >= drain + 10
+    ready = container["readinessProbe"]["httpGet"]
+    assert (ready["path"], str(ready["port"])) == ("/health", args.api_port)
+    assert "httpGet" not in container["livenessProbe"]  # /health is 503 while draining
+    if spec.get("hostNetwork"):  # one node per host: the ports are the host's
+        term = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term[0]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_the_budget_autoscaler_and_service_select_the_nodes(
+    node_documents: list[dict[str, Any]],
+) -> None:
+    [statefulset] = by_kind(node_documents, "StatefulSet")
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert statefulset["spec"]["selector"]["matchLabels"] == labels
+    [budget] = by_kind(node_documents, "PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"] == labels
+    [hpa] = by_kind(node_documents, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == statefulset["metadata"]["name"]
+    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    metrics_source = (MANIFESTS.parents[2] / "control_api" / "metrics.py").read_text()
+    assert f'"{metric}"' in metrics_source  # a gauge the node really exports
+    headless = next(
+        s
+        for s in by_kind(node_documents, "Service")
+        if s["metadata"]["name"] == statefulset["spec"]["serviceName"]
+    )
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["selector"] == labels
+
+
+def test_kamailio_gets_the_settings_its_config_defines(
+    node_documents: list[dict[str, Any]],
+) -> None:
+    balancer = next(
+        d for d in by_kind(node_documents, "Deployment") if "kamailio" in d["metadata"]["name"]
+    )
+    [container] = pod(balancer["spec"])["containers"]
+    args = container["args"]
+    defines = {args[i + 1].split("=", 1)[0] for i, a in enumerate(args) if a == "-A"}
+    config = KAMAILIO_CFG.read_text()
+    assert defines and all(f"#!ifndef {name}" in config for name in defines), defines
+    assert args[args.index("-f") + 1].endswith("/kamailio.cfg")
