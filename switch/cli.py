@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from switch.config import ConfigError, load_settings, settings_fields
 from switch.logs import configure_logging
@@ -99,6 +99,17 @@ def _logging(settings: Any) -> None:
     configure_logging(settings.log_level, settings.log_format, settings.name)
 
 
+def _leave(code: int) -> NoReturn:
+    """Exit once the node has stopped, without joining leftover threads: a thread still
+    blocked in a backend's call (a Weaviate query that its client retries with backoff
+    for a minute while the server is down) must not keep a drained node alive. The
+    node has closed and flushed what it writes by now; the logs are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     needs_settings = getattr(args, "jobs_command", "") in ("run", "enqueue") or args.command == "kb"
@@ -123,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            return int(asyncio.run(run_node(settings)))
-        return int(uvloop.run(run_node(settings)))
+            _leave(int(asyncio.run(run_node(settings))))
+        _leave(int(uvloop.run(run_node(settings))))
     if args.command == "kb":
         from switch.knowledge.commands import run_kb_command
 

@@ -49,8 +49,14 @@ async def _load(kb: KnowledgeBase, agent: str, paths: list[str]) -> dict[str, An
             "total": total, "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
 
 
+CLI_TIMEOUT_S = 15.0
+
+
 async def _run(settings: Settings, command: str, agent: str, args: list[str], k: int) -> Any:
     kb = build_knowledge(settings)
+    # kb_timeout_ms bounds a caller's turn; someone at a terminal can wait for a busy
+    # store (a search right after a big load, while Weaviate still indexes).
+    kb.timeout_s = max(kb.timeout_s, CLI_TIMEOUT_S)
     try:
         if command == "load":
             return await _load(kb, agent, args)

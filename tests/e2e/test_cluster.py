@@ -107,7 +107,7 @@ def test_a_killed_node_loses_no_call_and_is_out_of_rotation_within_the_probe_int
     # At once: the calls Kamailio still sends to b time out there (1 s) and go to a.
     during = calls_through(balancer, tmp_path / "sipp-2", calls=10, rate=20, pause_ms=200)
     assert during.successful_calls == 10 and during.failed_calls == 0, balancer.log()
-    time.sleep(PROBE_S + 1.5)  # the next probe, its 1 s timeout, a margin
+    time.sleep(2 * PROBE_S + 1.5)  # two probes missed (the second's 1 s timeout), a margin
     log_from = len(balancer.log_path.read_text(errors="replace"))
     before = set(served(a))
     result = calls_through(balancer, tmp_path / "sipp-3", calls=20, rate=20, pause_ms=200)
@@ -129,7 +129,7 @@ def test_a_draining_node_gets_no_new_calls_and_its_own_end_normally(
     wait_until("calls on both nodes", lambda: active_calls(a) >= 1 and active_calls(b) >= 1)
     assert b.process is not None
     b.process.terminate()  # SIGTERM: b drains, answering OPTIONS with 503
-    time.sleep(PROBE_S + 1.0)
+    time.sleep(2 * PROBE_S + 1.0)  # two probes answered 503
     before_a = set(served(a))
     result = calls_through(balancer, tmp_path / "sipp-new", calls=10, rate=20, pause_ms=200)
     assert result.successful_calls == 10 and result.failed_calls == 0, (result, balancer.log())
