@@ -105,6 +105,9 @@ class CallRecord:
     campaign_id: str = ""
     webhook_url: str = ""  # this call's lifecycle events go here too
     recording: dict[str, Any] = field(default_factory=dict)  # where, how long, sha256
+    # The nodes that served it, in order: more than one when a node died mid-call and
+    # another adopted it (live-call takeover).
+    nodes: list[str] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -248,6 +251,7 @@ class CallActor:
     _bridged: bool = False  # its media is relayed to and from ours
     _transfer_pending: bool = False  # REFER accepted, the outcome not known yet
     _transfer_final: int | None = None  # a final sipfrag status seen (maybe before the 202)
+    talked_s: float = 0.0  # how long the call was up before this actor had it (adopted)
     _answerer: SdpAnswerer | None = None
     _retransmitter: SuccessRetransmitter | None = None
 
@@ -260,6 +264,7 @@ class CallActor:
             node_id=self.config.node_id,
             offered_at=time.time(),
             sip_headers=custom_headers(self.invite),
+            nodes=[self.config.node_id],
         )
 
     @property
@@ -392,14 +397,14 @@ class CallActor:
                 self._hangup("no_ack", "no ACK for 200 OK (Timer H)")
                 return False
             if isinstance(message, Hangup):
-                self._hangup(message.reason, message.detail or message.reason)
+                self._hangup(message.reason, message.detail or message.reason, bye=message.bye)
                 return False
             if isinstance(message, RequestArrived) and self._in_dialog(message):
                 return False
 
     async def _talk(self) -> None:
         answered = self.clock()
-        end_at = answered + self.config.max_duration_s
+        end_at = answered + self.config.max_duration_s - self.talked_s
         timeout_s = self.config.media_timeout_s
         while True:
             now = self.clock()
@@ -420,7 +425,7 @@ class CallActor:
                 self._hangup("media_timeout", f"no RTP for {message.silence_s:.1f} s")
                 return
             if isinstance(message, Hangup):
-                self._hangup(message.reason, message.detail or message.reason)
+                self._hangup(message.reason, message.detail or message.reason, bye=message.bye)
                 return
             if isinstance(message, MediaArrived):
                 if self.conversation is not None:
@@ -705,7 +710,7 @@ class CallActor:
 
     def snapshot(self) -> dict[str, Any]:
         """What a checkpoint holds: enough to end the call from outside (BYE and a
-        record), and the state a takeover would resume from."""
+        record), and the state a takeover resumes from (``actors.adopted``)."""
         record = self.record
         conversation = self.conversation
         return {
@@ -717,25 +722,8 @@ class CallActor:
             "transport": self.flow.transport,
             "peer": list(self.flow.remote),
             "media": self._media_state(),
-            "record": {
-                "direction": record.direction,
-                "from_uri": record.from_uri,
-                "to_uri": record.to_uri,
-                "trunk": record.trunk,
-                "offered_at": record.offered_at,
-                "answered_at": record.answered_at,
-                "sip_code": record.sip_code,
-            },
-            "conversation": None
-            if conversation is None
-            else {
-                "step": conversation.state.step,
-                "turns": len(conversation.state.turns),
-                "dtmf": conversation.state.dtmf,
-                "transcript": [
-                    {"role": m.role, "content": m.content} for m in conversation.state.transcript
-                ],
-            },
+            "record": {name: getattr(record, name) for name in SNAPSHOT_RECORD_FIELDS},
+            "conversation": None if conversation is None else conversation.snapshot(),
         }
 
     def _media_state(self) -> dict[str, Any]:
@@ -748,6 +736,7 @@ class CallActor:
             "payload_type": negotiated.codec.payload_type if negotiated else None,
             "telephone_event_pt": negotiated.telephone_event_pt if negotiated else None,
             "remote_rtp": list(negotiated.remote_rtp) if negotiated else None,
+            "srtp": negotiated.crypto[0].suite if negotiated and negotiated.crypto else None,
             "local_sdp": self._answerer.current_answer_bytes().decode(errors="replace")
             if negotiated and self._answerer is not None
             else None,
@@ -789,16 +778,17 @@ class CallActor:
         self.record.sip_code = status
         self._end(disposition, reason=reason or disposition)
 
-    def _hangup(self, disposition: str, reason: str) -> None:
-        """End an answered call with BYE (§15.1.1)."""
-        if self.dialog is not None and self.state is not CallState.ENDED:
-            bye = self.dialog.create_request(
+    def _hangup(self, disposition: str, reason: str, *, bye: bool = True) -> None:
+        """End an answered call with BYE (§15.1.1); ``bye`` False: without one (the
+        dialog went on with another node)."""
+        if bye and self.dialog is not None and self.state is not CallState.ENDED:
+            request = self.dialog.create_request(
                 "BYE",
                 via_sent_by=self.local.sent_by(self.flow.transport),
                 transport=self.flow.transport,
                 headers=[("Reason", reason_header(disposition, reason))],
             )
-            self.endpoint.send_request(bye, self.flow, lambda event: None)
+            self.endpoint.send_request(request, self.flow, lambda event: None)
         self._stop_retransmitting()
         self._end(disposition, reason=reason)
 
@@ -852,6 +842,13 @@ class CallActor:
         finally:
             self._close_media()
 
+
+# The record's fields a checkpoint carries (the rest is rebuilt: media counts, turns).
+SNAPSHOT_RECORD_FIELDS = (
+    "direction", "from_uri", "to_uri", "trunk", "agent", "offered_at", "answered_at",
+    "sip_code", "codec", "sip_headers", "metadata", "campaign_id", "webhook_url",
+    "transfer_target", "nodes",
+)  # fmt: skip
 
 MAX_CUSTOM_HEADERS = 20
 MAX_CUSTOM_HEADER_CHARS = 512

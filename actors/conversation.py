@@ -112,14 +112,32 @@ class Turn:
     knowledge: list[str] = field(default_factory=list)  # entry ids the reply came from
     knowledge_error: str | None = None  # the knowledge base was down for this turn
     metrics: TurnMetrics = field(default_factory=TurnMetrics)
+    # A turn taken on another node (the call was adopted): its measures as recorded there.
+    saved_metrics: dict[str, float | None] | None = None
+
+    @classmethod
+    def restored(cls, saved: Mapping[str, Any]) -> Turn:
+        """A turn from a checkpoint (``as_record``'s form)."""
+        return cls(
+            index=int(saved["index"]),
+            source=str(saved.get("source", "speech")),
+            caller_text=str(saved.get("caller", "")),
+            agent_text=str(saved.get("agent", "")),
+            interrupted=bool(saved.get("interrupted", False)),
+            tools=list(saved.get("tools", [])),
+            knowledge=list(saved.get("knowledge", [])),
+            knowledge_error=saved.get("knowledge_error"),
+            saved_metrics={k: saved.get(k) for k in TurnMetrics().as_dict()},
+        )
 
     def as_record(self) -> dict[str, Any]:
         """The turn as the call record and checkpoints keep it."""
+        metrics = self.saved_metrics if self.saved_metrics is not None else self.metrics.as_dict()
         out: dict[str, Any] = {
             "index": self.index, "source": self.source, "caller": self.caller_text,
             "agent": self.agent_text, "interrupted": self.interrupted,
             "tools": list(self.tools), "knowledge": list(self.knowledge),
-            **self.metrics.as_dict(),
+            **metrics,
         }  # fmt: skip
         if self.knowledge_error:
             out["knowledge_error"] = self.knowledge_error
@@ -195,6 +213,54 @@ class Conversation:
 
     def start(self) -> None:
         self._spawn(self._greet())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state a checkpoint keeps, for ``resume`` on another node."""
+        state = self.state
+        return {
+            "step": state.step,
+            "dtmf": state.dtmf,
+            "transcript": [{"role": m.role, "content": m.content} for m in state.transcript],
+            "turns": [t.as_record() for t in state.turns],
+            "barge_ins": list(state.barge_ins),
+        }
+
+    def resume(self, saved: Mapping[str, Any], line: str) -> None:
+        """Go on from ``snapshot``'s state after the call moved here from a node that
+        died: say ``line`` ("sorry, one moment"), then carry on where the agent was:
+        a question it had not answered is answered, a reply it was speaking is said
+        again, and otherwise it listens."""
+        state = self.state
+        state.transcript = [
+            ChatMessage(m["role"], m["content"]) for m in saved.get("transcript", [])
+        ]
+        state.turns = [Turn.restored(t) for t in saved.get("turns", [])]
+        state.dtmf = str(saved.get("dtmf", ""))
+        state.barge_ins = list(saved.get("barge_ins", []))
+        self._spawn(self._resume(str(saved.get("step", "listening")), line))
+
+    async def _resume(self, step: str, line: str) -> None:
+        transcript, turns = self.state.transcript, self.state.turns
+        if line:
+            self.session.say(await self.voice.speech(line, cache=True), "resume")
+            self.state.step = "speaking"
+        last = transcript[-1] if transcript else None
+        if last is not None and last.role == "user":
+            # The caller had asked and the reply never came: answer it now.
+            transcript.pop()
+            if turns and not turns[-1].agent_text and turns[-1].caller_text == last.content:
+                turns.pop()
+            turn = Turn(index=len(turns) + 1, source="speech", caller_text=last.content)
+            turns.append(turn)
+            self._current = turn
+            self.state.step = "thinking"
+            self._turn_task = self._spawn(self._run_turn(turn, None))
+        elif step in ("greeting", "speaking") and last is not None and last.role == "assistant":
+            # Cut off mid-sentence on the old node: say it again, whole.
+            self.session.say(await self.voice.speech(last.content), "resume-repeat")
+            self.state.step = "speaking"
+        elif not line:
+            self.state.step = "listening"
 
     def _context_message(self, context: Mapping[str, str]) -> ChatMessage:
         """The call's metadata (the INVITE's X- headers) for the brain, first in the

@@ -45,6 +45,7 @@ class Hangup:
     reason: str  # becomes the call's disposition
     status: int = 480
     detail: str = ""
+    bye: bool = True  # False: end it here without a word to the peer (another node has it)
 
 
 @dataclass(frozen=True, slots=True)

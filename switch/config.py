@@ -152,6 +152,26 @@ class Settings:
     redis_url: str = field(
         default="", metadata={"help": "Redis for call checkpoints ('' keeps them in memory)"}
     )
+    cluster: str = field(
+        default="voxswitch",
+        metadata={"help": "the cluster this node belongs to: nodes of one cluster adopt each "
+                  "other's calls (several may share one Redis)"},
+    )
+    takeover: str = field(
+        default="on",
+        metadata={"help": "on: with redis_url, adopt the live calls of a node that died "
+                  "(and this node's own after a crash); off: end them"},
+    )
+    heartbeat_s: float = field(
+        default=0.5, metadata={"help": "how often the node tells Redis it is alive"}
+    )
+    node_dead_s: float = field(
+        default=1.5, metadata={"help": "a node silent this long is dead: its calls are adopted"}
+    )
+    takeover_line: str = field(
+        default="Sorry, one moment.",
+        metadata={"help": "what an adopted call's agent says before it goes on"},
+    )
     kafka_bootstrap: str = field(
         default="", metadata={"help": "Kafka bootstrap servers for lifecycle events"}
     )
@@ -426,6 +446,10 @@ def load_settings(
         raise ConfigError(f"whisper_model_dir: {settings.whisper_model_dir} is not a directory")
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: expected text or json, got {settings.log_format!r}")
+    if settings.takeover not in ("on", "off"):
+        raise ConfigError(f"takeover: expected on or off, got {settings.takeover!r}")
+    if not 0 < settings.heartbeat_s < settings.node_dead_s:
+        raise ConfigError("heartbeat_s, node_dead_s: need 0 < heartbeat_s < node_dead_s")
     if settings.tts not in ("espeak", "openai"):
         raise ConfigError(f"tts: expected espeak or openai, got {settings.tts!r}")
     if not 0 <= settings.vad_aggressiveness <= 3:

@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from actors.adopted import AdoptedCallActor, NotAdoptable, rebuild_dialog, stand_in_invite
 from actors.call import (
     ALLOW,
     CallActor,
     CallConfig,
     CallRecord,
+    CallState,
     LocalAddress,
     MediaLeg,
     reason_header,
@@ -50,7 +52,7 @@ from sip.sdp import SrtpPolicy
 from sip.transaction import InviteServerTransaction
 from sip.uri import SipUri
 from switch.backbone import events
-from switch.backbone.checkpoints import Checkpointer, CheckpointStore
+from switch.cluster.checkpoints import Checkpointer
 from switch.guard.admission import AdmissionControl
 from switch.guard.sources import SourceGuard
 from switch.mediaplant import MediaUnavailable
@@ -64,6 +66,7 @@ RETRY_AFTER_BUSY_S = 5
 
 
 RECENT_CALLS = 5000  # ended calls the API can still show
+TAKEN_OVER = "taken_over"  # the disposition of a call another node adopted from us
 
 
 class InboundPolicy(Protocol):
@@ -119,6 +122,7 @@ class ManagerStats:
     dispositions: Counter[str] = field(default_factory=Counter)
     outbound_dispositions: Counter[str] = field(default_factory=Counter)
     crashed: int = 0
+    adopted: int = 0  # calls taken over from a dead node (or this node's previous run)
     forbidden: int = 0  # INVITEs from no trunk's address (403)
     # New INVITEs refused statelessly before any call work, by why: overload,
     # max_calls, draining, backlog; and requests dropped for their source.
@@ -185,6 +189,7 @@ class CallManager:
         self.record_all = False  # record calls no trunk or API request decides for
         self.recordings_dir = ""
         self.record_announcement = ""  # said to a recorded call before the greeting
+        self.resume_line = "Sorry, one moment."  # said to an adopted call, then it goes on
         self.pace: Callable[[str], float] | None = None  # a trunk's next attempt time
         # The trunks and routes (the node's): None admits every INVITE (digest aside).
         self.inbound: InboundPolicy | None = None
@@ -532,10 +537,11 @@ class CallManager:
             return await self.tls_connect(host, port, server_name)
         return self.flow_to((host, port))
 
-    def _start(self, actor: CallActor) -> None:
+    def _start(self, actor: CallActor, *, offered: bool = True) -> None:
         actor.on_milestone = self._milestone
         actor.place_bridge = self._place_bridge
-        self._publish(events.offered(actor.record), actor.record)
+        if offered:  # an adopted call was offered on the node that died
+            self._publish(events.offered(actor.record), actor.record)
         self._dialogs[(actor.call_id, actor.local_tag)] = actor
         if actor.invite_txn is not None:
             self._by_invite[id(actor.invite_txn)] = actor
@@ -576,6 +582,10 @@ class CallManager:
         if not record.disposition:
             record.disposition = "failed"
             record.ended_at = time.time()
+        if record.disposition == TAKEN_OVER:
+            # Its record and events are the adopter's now; its checkpoint too.
+            log.warning("call %s: handed over to another node", record.call_id)
+            return
         if record.direction == "outbound":
             self.stats.outbound_dispositions[record.disposition] += 1
         else:
@@ -628,6 +638,8 @@ class CallManager:
             self.checkpointer.changed(record.call_id)
         if name == "answered":
             self._publish(events.answered(record), record)
+        elif name == "adopted" and isinstance(actor := self.find(record.call_id), AdoptedCallActor):
+            self._publish(events.adopted(record, actor.from_node, actor.rebind_s), record)
         elif name == "transferred":
             self._publish(events.transferred(record, record.transfer_target), record)
 
@@ -655,61 +667,118 @@ class CallManager:
         """Every answered live call and how to snapshot it (for the checkpointer)."""
         return {a.call_id: a.snapshot for a in self._tasks if a.dialog is not None}
 
-    # ---- after a restart ----------------------------------------------------------------
+    # ---- takeover: calls a dead node (or this node's previous run) left ----------------
 
-    async def end_orphans(
-        self, store: CheckpointStore, node_id: str, flow_to: Callable[[tuple[str, int]], Flow]
-    ) -> int:
-        """Calls this node checkpointed before it died (none of them is live now): BYE
-        the caller from the saved dialog, record them ``node_restart``, drop the
-        checkpoints. Returns how many."""
-        orphans = [s for s in await store.owned(node_id) if s["call_id"] not in self._live_ids()]
-        for snapshot in orphans:
-            self._end_orphan(snapshot, flow_to)
-        await store.delete(node_id, [s["call_id"] for s in orphans])
-        return len(orphans)
-
-    def _live_ids(self) -> set[str]:
-        return {a.call_id for a in self._tasks}
-
-    def _end_orphan(
-        self, snapshot: dict[str, Any], flow_to: Callable[[tuple[str, int]], Flow]
-    ) -> None:
+    def adopt(self, snapshot: dict[str, Any], from_node: str) -> None:
+        """Take over a checkpointed call this node has just claimed: rebind its media
+        here and let its agent go on; a call that cannot be adopted is ended."""
+        me = self.call_config.node_id
         call_id = snapshot["call_id"]
-        reason = "the node restarted during the call"
+        why = ""
+        try:
+            AdoptedCallActor.check(snapshot)
+        except NotAdoptable as exc:
+            why = str(exc)
+        if not why and (self.draining or len(self._tasks) >= self.max_calls):
+            why = "this node is full" if not self.draining else "this node is draining"
+        if not why and self.flow_to is None:
+            why = "no SIP transport yet"
+        media = None
+        if not why:
+            try:
+                media = self.media_factory(call_id)
+            except MediaUnavailable as exc:
+                why = f"no media port: {exc}"
+        if why or media is None:
+            log.warning("call %s (from %s): not adopted: %s", call_id, from_node, why)
+            self.end_orphan(snapshot, from_node)
+            return
+        assert self.flow_to is not None
+        peer = snapshot["peer"]
+        dialog = rebuild_dialog(snapshot, self.local.contact("UDP"))
+        kept = snapshot.get("record") or {}
+        agent = str(kept.get("agent") or "default")
+        actor = AdoptedCallActor(
+            invite=stand_in_invite(dialog),
+            invite_txn=None,
+            flow=self.flow_to((peer[0], int(peer[1]))),
+            local_tag=dialog.local_tag,
+            endpoint=self.endpoint,
+            media=media,
+            local=self.local,
+            config=self.call_config,
+            clock=self.loop.time,
+            state=CallState.ANSWERED,
+            dialog=dialog,
+            voice=self.voices.get(agent, self.voice) if agent != "none" else None,
+            vad=self.vad,
+            resume_line=self.resume_line,
+        )
+        actor.restore(snapshot, from_node)
+        log.info("call %s: adopted from %s (node %s), re-INVITE to %s",
+                 call_id, from_node, me, dialog.remote_target)  # fmt: skip
+        self.stats.adopted += 1
+        self._start(actor, offered=False)
+
+    def end_orphan(self, snapshot: dict[str, Any], from_node: str) -> None:
+        """A checkpointed call nobody will carry on: BYE the caller from the saved
+        dialog (over UDP; a TCP connection died with its node), write its record
+        (``node_restart`` for this node's previous run, else ``node_failed``), drop
+        its checkpoint."""
+        call_id = snapshot["call_id"]
+        restart = from_node == self.call_config.node_id
+        disposition = "node_restart" if restart else "node_failed"
+        reason = "the node restarted during the call" if restart else f"node {from_node} failed"
         saved = snapshot.get("dialog")
         peer = snapshot.get("peer")
-        if saved and peer and snapshot.get("transport") == "UDP":
-            dialog = Dialog(**saved)
-            bye = dialog.create_request(
+        if saved and peer and snapshot.get("transport") == "UDP" and self.flow_to is not None:
+            bye = Dialog(**saved).create_request(
                 "BYE",
                 via_sent_by=self.local.sent_by(),
-                headers=[("Reason", reason_header("node_restart", reason))],
+                headers=[("Reason", reason_header(disposition, reason))],
             )
-            self.endpoint.send_request(bye, flow_to((peer[0], int(peer[1]))), lambda _: None)
-        else:  # its TCP connection died with the old process: nothing to send it over
-            log.warning("call %s: not reachable after the restart; recorded only", call_id)
+            self.endpoint.send_request(bye, self.flow_to((peer[0], int(peer[1]))), lambda _: None)
+        else:
+            log.warning("call %s: not reachable from here; recorded only", call_id)
         kept = snapshot.get("record") or {}
         record = CallRecord(
             call_id=call_id,
             direction=kept.get("direction", "inbound"),
             from_uri=kept.get("from_uri", ""),
             to_uri=kept.get("to_uri", ""),
-            node_id=snapshot.get("node_id", self.call_config.node_id),
+            node_id=self.call_config.node_id,
             trunk=kept.get("trunk", ""),
+            agent=kept.get("agent", ""),
             offered_at=kept.get("offered_at") or snapshot.get("saved_at", 0.0),
             answered_at=kept.get("answered_at"),
             ended_at=snapshot.get("saved_at") or time.time(),
-            disposition="node_restart",
+            disposition=disposition,
             sip_code=kept.get("sip_code"),
             reason=reason,
-            codec=(snapshot.get("media") or {}).get("codec", ""),
+            codec=(snapshot.get("media") or {}).get("codec") or "",
+            turns=list((snapshot.get("conversation") or {}).get("turns", [])),
+            metadata=kept.get("metadata") or {},
+            campaign_id=kept.get("campaign_id", ""),
+            webhook_url=kept.get("webhook_url", ""),
+            nodes=[*kept.get("nodes", [from_node]), self.call_config.node_id],
         )
-        self.stats.dispositions["node_restart"] += 1
-        log.warning("call %s: ended after a node restart (BYE sent, record written)", call_id)
+        self.stats.dispositions[disposition] += 1
+        log.warning("call %s: ended (%s): BYE sent, record written", call_id, reason)
         if self.on_record is not None:
             self.on_record(record)
+        if self.checkpointer is not None:
+            self.checkpointer.ended(call_id)
         self._publish_end(record)
+
+    def taken_over(self, call_id: str) -> None:
+        """Another node adopted this live call (it thought this one dead): let it go
+        without a word on the wire, a record or an event (the adopter has them)."""
+        actor = self.find(call_id)
+        if actor is not None:
+            actor.mailbox.put(Hangup(TAKEN_OVER, detail="adopted by another node", bye=False))
+
+    def live_ids(self) -> set[str]:
+        return {a.call_id for a in self._tasks}
 
     def _reply(
         self,

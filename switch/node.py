@@ -32,9 +32,12 @@ from sip.sdp import SrtpPolicy
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.tls import client_context, server_context
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
-from switch.backbone.checkpoints import Checkpointer, CheckpointStore, build_store
 from switch.backbone.courier import Backbone, build_sinks
 from switch.backbone.spool import SpoolInUse
+from switch.cluster import build_cluster
+from switch.cluster.checkpoints import Checkpointer, CheckpointStore, Snapshot
+from switch.cluster.membership import Membership
+from switch.cluster.takeover import NodeIdInUse, Takeover, TakeoverConfig
 from switch.config import Settings, auth_algorithms, auth_users
 from switch.guard.admission import AdmissionConfig, AdmissionControl
 from switch.guard.load import LoadMonitor
@@ -90,7 +93,6 @@ GC_THRESHOLDS = (1000, 1, 1_000_000)
 GC_FULL_EVERY_S = 300.0
 BACKBONE_FLUSH_S = 5.0
 CHECKPOINT_TTL_MARGIN_S = 120
-ORPHAN_RETRY_S = 5.0
 KNOWLEDGE_RETRY_S = 10.0
 
 
@@ -115,6 +117,8 @@ class Node:
         self.backbone: Backbone | None = None
         self.checkpoints: CheckpointStore | None = None
         self.checkpointer: Checkpointer | None = None
+        self.members: Membership | None = None
+        self.takeover: Takeover | None = None
         store = PostgresTrunkStore(settings.postgres_dsn) if settings.postgres_dsn else None
         self.book = TrunkBook.load(settings.trunks_file or None, store)
         # What the daily_report job computed, for GET /v1/reports/daily.
@@ -160,6 +164,8 @@ class Node:
             "trunks": {name: self.trunk_status(name) for name in self.book.trunks},
             "backbone": self.backbone.status() if self.backbone else {},
             "checkpoints": self.checkpointer.status() if self.checkpointer else {},
+            "cluster": self.takeover.status() if self.takeover else {},
+            "adopted": manager.stats.adopted if manager else 0,
             "archive": self.archive.status() if self.archive else {},
             "knowledge": {
                 "store": self.knowledge.kind if self.knowledge else None,
@@ -270,7 +276,7 @@ class Node:
                 on_archived=self._recording_archived,
             )  # fmt: skip
             self.archive.start()
-        self.checkpoints = build_store(s.redis_url)
+        self.checkpoints, self.members = build_cluster(s.redis_url, s.cluster)
         # A checkpoint outlives the longest call it can describe, not much more.
         ttl_s = int(s.max_call_duration_s) + CHECKPOINT_TTL_MARGIN_S
         self.checkpointer = Checkpointer(
@@ -278,7 +284,26 @@ class Node:
             s.name,
             ttl_s,
             lambda: self.manager.live_snapshots() if self.manager is not None else {},
+            on_taken=lambda call_id: self.manager.taken_over(call_id) if self.manager else None,
         )
+        self.takeover = Takeover(
+            TakeoverConfig(
+                node_id=s.name, heartbeat_s=s.heartbeat_s, dead_s=s.node_dead_s,
+                ttl_s=ttl_s, enabled=s.takeover == "on",
+            ),
+            self.checkpoints,
+            self.members,
+            adopt=self._adopt,
+            live_ids=lambda: self.manager.live_ids() if self.manager is not None else set(),
+            info=self._heartbeat_info,
+            accepting=lambda: not self.draining,
+        )  # fmt: skip
+        try:
+            await self.takeover.join()
+        except NodeIdInUse as exc:
+            raise StartupError(str(exc)) from None
+        except (OSError, RedisError) as exc:
+            log.warning("cannot check the cluster for this node id (%s); starting anyway", exc)
         if s.records_file:
             self._records = open(s.records_file, "a", encoding="utf-8")  # noqa: SIM115
         # Digest users: the settings' and the trunks' inbound ones (read at each INVITE,
@@ -323,6 +348,7 @@ class Node:
         self.manager.record_all = s.record == "all"
         self.manager.recordings_dir = s.recordings_dir
         self.manager.record_announcement = s.record_announcement
+        self.manager.resume_line = s.takeover_line
         self.dialer = Dialer(
             self.manager, self.book, loop.time, trunk_up=self.trunk_up, srtp=self.srtp
         )
@@ -343,7 +369,7 @@ class Node:
         self.manager.tcp_connect = self._tcp.connect
         await self._start_tls()
         self._background = [
-            loop.create_task(self._end_orphans(), name="end orphans"),
+            loop.create_task(self.takeover.run(), name="takeover"),
             loop.create_task(self.checkpointer.run(), name="checkpointer"),
             loop.create_task(self._load_monitor().run(), name="load monitor"),
             loop.create_task(self._collect_cycles(), name="cycle collection"),
@@ -425,24 +451,23 @@ class Node:
                 log.info("agent %s: %d knowledge entries loaded", agent, len(entries))
                 del self._knowledge_pending[agent]
 
-    async def _end_orphans(self) -> None:
-        """The calls a previous run of this node left (it died): end them, until the
-        checkpoint store answers."""
-        assert self.manager is not None and self.checkpoints is not None
-        assert self._udp is not None
-        while True:
-            try:
-                count = await self.manager.end_orphans(
-                    self.checkpoints, self.settings.name, self._udp.flow_to
-                )
-            except (OSError, RedisError) as exc:
-                log.warning("checkpoints unreadable (%s); retrying in %.0f s", exc, ORPHAN_RETRY_S)
-                await asyncio.sleep(ORPHAN_RETRY_S)
-                continue
-            if count:
-                log.warning("ended %d calls left by the previous run of node %s",
-                            count, self.settings.name)  # fmt: skip
-            return
+    def _adopt(self, snapshot: Snapshot, from_node: str) -> None:
+        """A call claimed from a dead node (or this node's previous run): carry it on,
+        or with takeover off end it cleanly."""
+        assert self.manager is not None
+        if self.settings.takeover == "on":
+            self.manager.adopt(snapshot, from_node)
+        else:
+            self.manager.end_orphan(snapshot, from_node)
+
+    def _heartbeat_info(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "sip": f"{s.public_host}:{s.sip_port}",
+            "api_port": s.api_port,
+            "calls": self.manager.active_calls if self.manager else 0,
+            "draining": self.draining,
+        }
 
     # ---- the control API's view of the calls ------------------------------------------
 
@@ -571,6 +596,8 @@ class Node:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.checkpointer is not None:
             await self.checkpointer.flush()
+        if self.takeover is not None:
+            await self.takeover.leave()
         if self.checkpoints is not None:
             await self.checkpoints.close()
         if self.shared_guard is not None:

@@ -1,2 +1,2 @@
 """The backbone: the outbox (spool, couriers) and its sinks (Kafka, PostgreSQL, webhooks,
-a file), the call events, and the checkpoints."""
+a file), and the call events. (Checkpoints live in ``switch.cluster``.)"""

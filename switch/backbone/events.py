@@ -22,6 +22,7 @@ TYPES = (
     "call.turn",
     "call.dtmf",
     "call.transferred",
+    "call.adopted",
     "call.ended",
     "call.recorded",
     "call.archived",
@@ -84,6 +85,14 @@ def transferred(record: CallRecord, target: str) -> dict[str, Any]:
                  status=record.transfer_status)  # fmt: skip
 
 
+def adopted(record: CallRecord, from_node: str, rebind_s: float | None) -> dict[str, Any]:
+    """Another node took the call over (``node_id``, from ``from_node``, which died):
+    the caller's media moved here ``rebind_s`` after our re-INVITE."""
+    return event("call.adopted", record.call_id, record.node_id, from_node=from_node,
+                 nodes=list(record.nodes),
+                 rebind_s=None if rebind_s is None else round(rebind_s, 4))  # fmt: skip
+
+
 def ended(record: CallRecord) -> list[dict[str, Any]]:
     """The call's turns and DTMF (as the conversation kept them), then ``call.ended``
     (and ``call.recorded`` when it was recorded)."""
@@ -136,6 +145,7 @@ def ended(record: CallRecord) -> list[dict[str, Any]]:
             media=record.media,
             metadata=record.metadata,
             campaign_id=record.campaign_id,
+            nodes=list(record.nodes),
         )
     )
     if record.recording:

@@ -251,6 +251,11 @@ class PostgresSink:
                 "UPDATE calls SET transfer_target = $2 WHERE call_id = $1",
                 e["call_id"], e["target"],
             )  # fmt: skip
+        elif kind == "call.adopted":
+            await db.execute(
+                "UPDATE calls SET node_id = $2, nodes = $3::jsonb WHERE call_id = $1",
+                e["call_id"], e["node_id"], json.dumps(e["nodes"]),
+            )  # fmt: skip
         elif kind == "call.recorded":
             # call.ended comes first (one call's events are in order): the row exists.
             fields = {k: e[k] for k in ("location", "format", "channels", "bytes",
@@ -281,21 +286,23 @@ class PostgresSink:
             await db.execute(
                 "INSERT INTO calls (call_id, direction, from_uri, to_uri, trunk, node_id,"
                 " offered_at, answered_at, ended_at, duration_s, disposition, sip_code,"
-                " reason, codec, packets_sent, packets_received, media, agent) VALUES ($1,"
-                " $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
-                " $17::jsonb, $18)"
+                " reason, codec, packets_sent, packets_received, media, agent, nodes) VALUES"
+                " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
+                " $17::jsonb, $18, $19::jsonb)"
                 " ON CONFLICT (call_id) DO UPDATE SET answered_at = EXCLUDED.answered_at,"
                 " ended_at = EXCLUDED.ended_at, duration_s = EXCLUDED.duration_s,"
                 " disposition = EXCLUDED.disposition, sip_code = EXCLUDED.sip_code,"
                 " reason = EXCLUDED.reason, codec = EXCLUDED.codec,"
                 " packets_sent = EXCLUDED.packets_sent,"
                 " packets_received = EXCLUDED.packets_received, media = EXCLUDED.media,"
-                " trunk = EXCLUDED.trunk, agent = EXCLUDED.agent",
+                " trunk = EXCLUDED.trunk, agent = EXCLUDED.agent,"
+                " node_id = EXCLUDED.node_id, nodes = EXCLUDED.nodes",
                 e["call_id"], e["direction"], e["from_uri"], e["to_uri"], e["trunk"],
                 e["node_id"], _time(e["offered_at"]), _time(e["answered_at"]),
                 _time(e["ended_at"]), e["duration_s"], e["disposition"], e["sip_code"],
                 e["reason"], e["codec"], e["packets_sent"], e["packets_received"],
                 json.dumps(e["media"]), e.get("agent") or "",
+                json.dumps(e.get("nodes") or [e["node_id"]]),
             )  # fmt: skip
 
     async def close(self) -> None:

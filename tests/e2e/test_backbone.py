@@ -53,7 +53,10 @@ def in_background(run: Callable[[], SippResult]) -> tuple[threading.Thread, list
 @pytest.fixture
 def names() -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
-    return {"VOXSWITCH_NODE_ID": f"bb-{tag}", "VOXSWITCH_KAFKA_TOPIC": f"voxswitch.test.{tag}"}
+    # A cluster of its own: the module's other nodes (on the same Redis) must not adopt
+    # this test's calls.
+    return {"VOXSWITCH_NODE_ID": f"bb-{tag}", "VOXSWITCH_KAFKA_TOPIC": f"voxswitch.test.{tag}",
+            "VOXSWITCH_CLUSTER": f"bb-{tag}"}  # fmt: skip
 
 
 @pytest.fixture
@@ -196,7 +199,10 @@ def test_sigkill_mid_call_then_restart_sends_bye_and_records_node_restart(
     sipp: SippRunner,
     tmp_path: Path,
 ) -> None:
-    env = {**services, **names, "VOXSWITCH_SPOOL_DIR": str(tmp_path / "spool")}
+    # takeover off: the restarted node ends what it finds (with it on, it would adopt
+    # the call: tests/e2e/test_cluster.py).
+    env = {**services, **names, "VOXSWITCH_SPOOL_DIR": str(tmp_path / "spool"),
+           "VOXSWITCH_TAKEOVER": "off"}  # fmt: skip
     options = NodeOptions(media_timeout_s=0, max_call_duration_s=120, env=env)
     first = voxswitch_nodes.start("doomed", options)
     node_id = names["VOXSWITCH_NODE_ID"]
