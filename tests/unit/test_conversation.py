@@ -266,3 +266,103 @@ async def test_a_recorded_calls_announcement_plays_before_the_greeting() -> None
     finally:
         await conversation.aclose()
         await voice.recognizer.aclose()
+
+
+# ---- a conversation adopted from a node that died (live-call takeover) -----------------
+
+
+def _adopted(saved: dict[str, object]) -> tuple[Conversation, MediaSession, Host]:
+    session = MediaSession(codec="PCMU", payload_type=0, telephone_event_pt=101)
+    host = Host()
+    conversation = Conversation(
+        voice=demo_voice(), session=session, host=host,
+        clock=asyncio.get_running_loop().time, call_id="adopted",
+    )  # fmt: skip
+    conversation.resume(saved, "Sorry, one moment.")
+    return conversation, session, host
+
+
+def _started(line: Line) -> list[str]:
+    return [e.utterance_id for e in line.events if isinstance(e, UtteranceStarted)]
+
+
+async def test_a_snapshot_resumes_to_the_same_state(line: tuple[Line, Host]) -> None:
+    call, _ = line
+    await call.until(lambda: call.session.playout.playing)
+    call.conversation.handle(DtmfDigit("2", 100, "rfc4733"), asyncio.get_running_loop().time())
+    state = call.conversation.state
+    await call.until(lambda: bool(state.turns) and state.turns[0].agent_text != "")
+    await call.until(lambda: state.step == "listening", timeout_s=15)
+    saved = call.conversation.snapshot()
+    conversation, session, _ = _adopted(saved)
+    try:
+        assert conversation.snapshot() == saved | {"step": "greeting"}
+        assert [t.as_record() for t in conversation.state.turns] == saved["turns"]
+        adopted = Line(conversation, session)
+        await adopted.until(lambda: "resume" in _started(adopted))
+        # Listening when it died: the line, and nothing more.
+        await adopted.until(lambda: conversation.state.step == "listening", timeout_s=10)
+        assert _started(adopted) == ["resume"] and len(conversation.state.turns) == 1
+    finally:
+        await conversation.aclose()
+        await conversation.voice.recognizer.aclose()
+
+
+async def test_a_question_the_dead_node_never_answered_is_answered_after_the_line() -> None:
+    question = "do you deliver"
+    saved = {
+        "step": "thinking",
+        "dtmf": "",
+        "transcript": [
+            {"role": "assistant", "content": AGENT.greeting()},
+            {"role": "user", "content": "what are your opening hours"},
+            {"role": "assistant", "content": "We are open every day."},
+            {"role": "user", "content": question},
+        ],
+        "turns": [
+            {"index": 1, "source": "speech", "caller": "what are your opening hours",
+             "agent": "We are open every day.", "interrupted": False, "tools": [],
+             "knowledge": ["hours"], "latency_s": 0.6, "processing_s": 0.3, "asr_s": 0.1,
+             "llm_first_token_s": 0.01, "tts_first_audio_s": 0.05, "kb_s": 0.01},
+            {"index": 2, "source": "speech", "caller": question, "agent": "",
+             "interrupted": False, "tools": [], "knowledge": [], "latency_s": None,
+             "processing_s": None, "asr_s": 0.1, "llm_first_token_s": None,
+             "tts_first_audio_s": None, "kb_s": None},
+        ],
+        "barge_ins": [],
+    }  # fmt: skip
+    conversation, session, _ = _adopted(saved)
+    line = Line(conversation, session)
+    try:
+        state = conversation.state
+        await line.until(lambda: len(state.turns) == 2 and state.turns[1].agent_text != "")
+        first, second = state.turns
+        assert first.as_record() == saved["turns"][0]  # kept as the dead node recorded it
+        match = AGENT.match(question)
+        assert match is not None
+        assert (second.index, second.caller_text) == (2, question)
+        assert second.agent_text == match.entry.say
+        assert [m.role for m in state.transcript] == ["assistant", "user", "assistant", "user",
+                                                      "assistant"]  # fmt: skip
+        await line.until(lambda: len(_started(line)) >= 2, timeout_s=10)
+        assert _started(line)[:2] == ["resume", "t2-0"]  # the line, then the answer
+    finally:
+        await conversation.aclose()
+        await conversation.voice.recognizer.aclose()
+
+
+async def test_a_reply_cut_off_by_the_dead_node_is_said_again_whole() -> None:
+    saved = {
+        "step": "speaking",
+        "transcript": [{"role": "assistant", "content": AGENT.greeting()}],
+        "turns": [],
+    }
+    conversation, session, _ = _adopted(saved)
+    line = Line(conversation, session)
+    try:
+        await line.until(lambda: len(_started(line)) == 2, timeout_s=10)
+        assert _started(line) == ["resume", "resume-repeat"]
+        assert conversation.state.turns == [] and len(conversation.state.transcript) == 1
+    finally:
+        await conversation.aclose()
+        await conversation.voice.recognizer.aclose()
