@@ -9,6 +9,9 @@
 #   deploy/local/services.sh down [--purge] stop all (--purge: also delete their data)
 #   deploy/local/services.sh status        one line per service; exit 0 only if all run
 #   deploy/local/services.sh env           export lines for: eval "$(deploy/local/services.sh env)"
+#   deploy/local/services.sh cluster up [N] | down | status
+#                                          N voxswitch nodes behind Kamailio on these
+#                                          services (deploy/local/cluster.sh)
 #
 # Settings (environment):
 #   VOXSWITCH_SERVICES_DIR          state dir (data, logs, pids)   default: <repo>/.services
@@ -777,7 +780,7 @@ cmd_env() {
 }
 
 usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -786,5 +789,6 @@ case "${1:-}" in
     down) shift; cmd_down "$@" ;;
     status) shift; cmd_status ;;
     env) shift; cmd_env ;;
+    cluster) shift; exec "$here/cluster.sh" "$@" ;;
     *) usage ;;
 esac
