@@ -165,5 +165,5 @@ case "${1:-}" in
     up) shift; cmd_up "$@" ;;
     down) shift; cmd_down ;;
     status) shift; cmd_status ;;
-    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
