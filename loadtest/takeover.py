@@ -77,13 +77,12 @@ def run_once(
     factory = NodeFactory(workdir, env)
     balancer: Kamailio | None = None
     try:
-        nodes = [
-            factory.start(name, NodeOptions(
-                media_timeout_s=0, max_calls=20000, rtp_port_count=2 * calls + 200,
-                env={"VOXSWITCH_NODE_ID": f"{name}-{tag}"},
-            ))  # fmt: skip
-            for name in ("node-a", "node-b")
-        ]
+        nodes = []
+        for name in ("node-a", "node-b"):
+            options = NodeOptions(media_timeout_s=0, max_calls=20000,
+                                  rtp_port_count=2 * calls + 200,
+                                  env={"VOXSWITCH_NODE_ID": f"{name}-{tag}"})  # fmt: skip
+            nodes.append(factory.start(name, options))
         balancer = Kamailio(workdir / "kamailio", [(n.host, n.sip_port, n.name) for n in nodes],
                             children=1)  # fmt: skip
         balancer.start()
@@ -109,7 +108,8 @@ def run_once(
         doomed.process.wait(10)
         sipp.join(calls / rate + hold_s + 90)
         time.sleep(1.0)  # the last records and events
-        adopted = [e for e in events(survivor, "call.adopted") if e["from_node"].startswith("node-b")]
+        dead = f"node-b-{tag}"
+        adopted = [e for e in events(survivor, "call.adopted") if e["from_node"] == dead]
         delays = [e["ts"] - killed_at for e in adopted]
         rebinds = [e["rebind_s"] for e in adopted if e["rebind_s"] is not None]
         result = results[0] if results else None
@@ -142,7 +142,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     redis_url = services_env()["VOXSWITCH_REDIS_URL"]
-    print(json.dumps({"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}))
+    machine = platform.processor() or platform.machine()
+    print(json.dumps({"cpus": os.cpu_count(), "machine": machine}))
     with tempfile.TemporaryDirectory(prefix="takeover-bench-") as tmp:
         for run in range(args.runs):
             summary = run_once(

@@ -67,6 +67,8 @@ RETRY_AFTER_BUSY_S = 5
 
 RECENT_CALLS = 5000  # ended calls the API can still show
 TAKEN_OVER = "taken_over"  # the disposition of a call another node adopted from us
+HANDED_OVER = "handed_over"  # ... and of one this draining node left for another to adopt
+NOT_OURS = frozenset({TAKEN_OVER, HANDED_OVER})  # no record, event or checkpoint delete here
 
 
 class InboundPolicy(Protocol):
@@ -582,9 +584,9 @@ class CallManager:
         if not record.disposition:
             record.disposition = "failed"
             record.ended_at = time.time()
-        if record.disposition == TAKEN_OVER:
+        if record.disposition in NOT_OURS:
             # Its record and events are the adopter's now; its checkpoint too.
-            log.warning("call %s: handed over to another node", record.call_id)
+            log.info("call %s: left to another node (%s)", record.call_id, record.disposition)
             return
         if record.direction == "outbound":
             self.stats.outbound_dispositions[record.disposition] += 1
@@ -798,14 +800,31 @@ class CallManager:
 
     # ---- lifecycle ------------------------------------------------------------------
 
-    async def drain(self, grace_s: float) -> None:
-        """Refuse new calls, let calls finish for ``grace_s``, then hang them up."""
+    async def drain(
+        self, grace_s: float, hand_over: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        """Refuse new calls, let calls finish for ``grace_s``; then hand the rest over
+        to another node (``hand_over``: True when it could) or hang them up."""
         self.draining = True
         log.info("draining: %d calls in progress, grace %.0f s", len(self._tasks), grace_s)
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
+        if self._tasks and hand_over is not None and await hand_over():
+            return
         for actor in list(self._tasks):
             actor.mailbox.put(Hangup("node_shutdown", 503))
+        await self._wait_ended()
+
+    async def release_all(self) -> int:
+        """End every live call here without a word on the wire, a record or an event:
+        their checkpoints are saved and another node adopts them. How many."""
+        count = len(self._tasks)
+        for actor in list(self._tasks):
+            actor.mailbox.put(Hangup(HANDED_OVER, detail="handed over at shutdown", bye=False))
+        await self._wait_ended()
+        return count
+
+    async def _wait_ended(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5.0)
         for task in list(self._tasks.values()):

@@ -119,6 +119,8 @@ class Node:
         self.checkpointer: Checkpointer | None = None
         self.members: Membership | None = None
         self.takeover: Takeover | None = None
+        self._takeover_task: asyncio.Task[None] | None = None
+        self._handed_over = False  # the drain left its calls to the other nodes
         store = PostgresTrunkStore(settings.postgres_dsn) if settings.postgres_dsn else None
         self.book = TrunkBook.load(settings.trunks_file or None, store)
         # What the daily_report job computed, for GET /v1/reports/daily.
@@ -368,8 +370,9 @@ class Node:
             raise StartupError(_cannot_listen("SIP (TCP)", s.sip_host, s.sip_port, exc)) from None
         self.manager.tcp_connect = self._tcp.connect
         await self._start_tls()
+        self._takeover_task = loop.create_task(self.takeover.run(), name="takeover")
         self._background = [
-            loop.create_task(self.takeover.run(), name="takeover"),
+            self._takeover_task,
             loop.create_task(self.checkpointer.run(), name="checkpointer"),
             loop.create_task(self._load_monitor().run(), name="load monitor"),
             loop.create_task(self._collect_cycles(), name="cycle collection"),
@@ -459,6 +462,32 @@ class Node:
             self.manager.adopt(snapshot, from_node)
         else:
             self.manager.end_orphan(snapshot, from_node)
+
+    async def _hand_over(self) -> bool:
+        """At the end of a drain: leave the calls still up to the cluster's other live
+        nodes (a rolling restart drops no call). Their state is saved, the calls end
+        here without a BYE, this node's heartbeat goes (it stays a member, silent), and
+        within a heartbeat the others adopt them. False when no other node is up (or
+        Redis is not): the calls are hung up as before."""
+        takeover, checkpointer, manager = self.takeover, self.checkpointer, self.manager
+        if self.settings.takeover != "on" or not self.settings.redis_url:
+            return False
+        assert takeover is not None and checkpointer is not None and manager is not None
+        try:
+            peers = await takeover.peers()
+            if not peers:
+                return False
+            if self._takeover_task is not None:
+                self._takeover_task.cancel()  # no more heartbeats: we are leaving
+            await checkpointer.save_all()
+        except (OSError, RedisError) as exc:
+            log.warning("calls not handed over (%s): hanging them up", exc)
+            return False
+        count = await manager.release_all()
+        await takeover.leave(hand_over=True)
+        self._handed_over = True
+        log.warning("handed %d calls over to %s", count, ", ".join(peers))
+        return True
 
     def _heartbeat_info(self) -> dict[str, Any]:
         s = self.settings
@@ -590,13 +619,13 @@ class Node:
         if self.campaigns is not None:
             await self.campaigns.close()  # no new calls while the node drains
         if self.manager is not None:
-            await self.manager.drain(self.settings.drain_grace_s)
+            await self.manager.drain(self.settings.drain_grace_s, self._hand_over)
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.checkpointer is not None:
             await self.checkpointer.flush()
-        if self.takeover is not None:
+        if self.takeover is not None and not self._handed_over:
             await self.takeover.leave()
         if self.checkpoints is not None:
             await self.checkpoints.close()

@@ -266,6 +266,13 @@ class Checkpointer:
                 if self._on_taken is not None:
                     self._on_taken(call_id)
 
+    async def save_all(self) -> None:
+        """Every live call's state, now (before this node hands its calls over);
+        raises the store's error."""
+        live = self._live()
+        await self.store.save(self.node_id, [snapshot() for snapshot in live.values()], self.ttl_s)
+        self.saved += len(live)
+
     async def flush(self) -> None:
         """Delete what ended (at shutdown: the drained calls' checkpoints)."""
         ended, self._ended = self._ended, []

@@ -45,8 +45,10 @@ class Membership(Protocol):
     async def forget(self, node_id: str) -> None:
         """A dead node with nothing left to take over: no longer a member."""
 
-    async def leave(self, node_id: str, instance: str) -> None:
-        """This node stops (cleanly): out of the set, its heartbeat gone."""
+    async def leave(self, node_id: str, instance: str, *, hand_over: bool = False) -> None:
+        """This node stops: its heartbeat gone and, unless it hands its calls over
+        (``hand_over``: it stays a member, silent, so the others adopt them), out of
+        the set."""
 
 
 class LocalMembership:
@@ -71,7 +73,7 @@ class LocalMembership:
     async def forget(self, node_id: str) -> None:
         self.info.pop(node_id, None)
 
-    async def leave(self, node_id: str, instance: str) -> None:
+    async def leave(self, node_id: str, instance: str, *, hand_over: bool = False) -> None:
         self.info.pop(node_id, None)
 
 
@@ -120,9 +122,10 @@ class RedisMembership:
     async def forget(self, node_id: str) -> None:
         await self.redis.srem(self.members, node_id)
 
-    async def leave(self, node_id: str, instance: str) -> None:
+    async def leave(self, node_id: str, instance: str, *, hand_over: bool = False) -> None:
         await self._leave([ALIVE_PREFIX + node_id], [instance])
-        await self.redis.srem(self.members, node_id)
+        if not hand_over:
+            await self.redis.srem(self.members, node_id)
 
 
 def _text(value: bytes | str) -> str:

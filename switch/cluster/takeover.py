@@ -165,9 +165,18 @@ class Takeover:
     def _heartbeat(self) -> dict[str, Any]:
         return {"instance": self.instance, "at": time.time(), **self.info()}
 
-    async def leave(self) -> None:
+    async def peers(self) -> list[str]:
+        """The other live nodes of the cluster that are not draining."""
+        alive = await self.members.alive()
+        return sorted(n for n, info in alive.items()
+                      if n != self.config.node_id and not info.get("draining"))  # fmt: skip
+
+    async def leave(self, *, hand_over: bool = False) -> None:
+        """Stop being alive (the ``run`` task must be cancelled first). ``hand_over``:
+        stay a member, silent at once, so the others adopt this node's checkpointed
+        calls within a heartbeat."""
         try:
-            await self.members.leave(self.config.node_id, self.instance)
+            await self.members.leave(self.config.node_id, self.instance, hand_over=hand_over)
         except (OSError, RedisError) as exc:
             log.warning("heartbeat not removed (%s); it expires in %.1f s", exc, self.config.dead_s)
 

@@ -353,3 +353,26 @@ def test_a_killed_nodes_live_calls_are_adopted_and_go_on(
                     and e["call_id"] == phone_call["call_id"])  # fmt: skip
     assert adoption["from_node"] == doomed_id and adoption["node_id"] == survivor_id
     assert 0 < adoption["rebind_s"] < 1.0
+
+
+def test_a_draining_node_hands_its_calls_over_when_its_grace_runs_out(
+    backed_cluster: tuple[Kamailio, list[NodeProcess], dict[str, str]], tmp_path: Path
+) -> None:
+    balancer, (a, b), _ = backed_cluster
+    thread, runs = in_background(lambda: run_sipp(
+        balancer.sip_address, TAKEOVER_SCENARIO, workdir=tmp_path / "sipp", calls=8, rate=20,
+        pause_ms=6000, timeout_s=60,
+    ))  # fmt: skip
+    wait_until("calls on both nodes", lambda: active_calls(a) >= 3 and active_calls(b) >= 3)
+    had = active_calls(b)
+    assert b.process is not None
+    b.process.terminate()  # SIGTERM: drain; the test nodes' grace is 2 s, the calls last longer
+    assert b.process.wait(30) == 0
+    assert f"handed {had} calls over to {node_id(a)}" in b.stderr_text(), b.log_tail()
+    thread.join(60)
+    (result,) = runs
+    assert result.successful_calls == 8 and result.failed_calls == 0, result.describe()
+    b_id = f"node-b-{node_id(a).removeprefix('node-a-')}"
+    moved = [r for r in a.records() if r["nodes"] == [b_id, node_id(a)]]
+    assert len(moved) == had and all(r["disposition"] == "completed" for r in moved), moved
+    assert b.records() == []  # not one record (nor a BYE) from the node that left
