@@ -880,6 +880,7 @@ _Q850_CAUSE = {
     "agent_error": 41,
     "node_shutdown": 41,
     "node_restart": 41,
+    "node_failed": 41,
 }  # others (completed, agent_hangup, api_hangup, ...): 16, normal clearing
 Q850_NORMAL_CLEARING = 16
 
