@@ -193,13 +193,22 @@ class PartResult:
     workdir: Path | None = None
 
 
+_UNEXPECTED = re.compile(r"unexpected message .*?received '(SIP/2\.0 \d{3}[^\r\n']*|\w+)")
+
+
 def _sipp_failures(result: SippResult) -> dict[str, int]:
-    """SIPp's failed calls by class (its FailedXxx(C) counters)."""
+    """SIPp's failed calls by class (its FailedXxx(C) counters); an unexpected message
+    by what it was (``unexpected SIP/2.0 503 Service Unavailable``), from its error log."""
     found: dict[str, int] = {}
     for name, value in result.stats.items():
         match = re.fullmatch(r"Failed(\w+)\(C\)", name)
-        if match and value.strip().isdigit() and int(value) > 0:
+        if match and match.group(1) != "Call" and value.strip().isdigit() and int(value) > 0:
             found[match.group(1)] = int(value)
+    unexpected = [m.group(1) for e in result.errors if (m := _UNEXPECTED.search(e))]
+    if unexpected and len(unexpected) == found.get("UnexpectedMessage"):
+        del found["UnexpectedMessage"]
+        for what in unexpected:
+            found[f"unexpected {what.strip()}"] = found.get(f"unexpected {what.strip()}", 0) + 1
     return found
 
 
@@ -336,18 +345,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for old in [*out.glob("part-*"), out / "node"]:
             shutil.rmtree(old, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    env = {"VOXSWITCH_API_KEY": KEY, "VOXSWITCH_AGENT": args.agent,
-           "VOXSWITCH_MEDIA_WORKERS": str(args.media_workers),
-           "VOXSWITCH_TRUNKS_FILE": str(out / "trunks.json"), **scenario.node_env}  # fmt: skip
+    # Defaults as settings in the environment (not the command line, which would beat
+    # them), so the scenario's and --node-env's settings win.
+    outbound = any(p.kind == "outbound" for p in scenario.parts)
+    env = {
+        "VOXSWITCH_API_KEY": KEY, "VOXSWITCH_AGENT": args.agent,
+        "VOXSWITCH_MEDIA_WORKERS": str(args.media_workers),
+        "VOXSWITCH_TRUNKS_FILE": str(out / "trunks.json"),
+        "VOXSWITCH_MAX_CALLS": "100000", "VOXSWITCH_MEDIA_TIMEOUT_S": "0",
+        # The node hangs up its outbound calls (the SIPp UAS waits for a BYE).
+        **({"VOXSWITCH_MAX_CALL_DURATION_S": str(args.hold_s + 1)} if outbound else {}),
+        **scenario.node_env,
+    }  # fmt: skip
     for item in args.node_env:
         name, _, value = item.partition("=")
         env[name] = value
     peak = args.rate * (args.hold_s * 4 + 10)
-    options = NodeOptions(
-        max_calls=100_000, media_timeout_s=0, max_call_duration_s=args.hold_s + 1
-        if any(p.kind == "outbound" for p in scenario.parts) else None,
-        log_level="warning", rtp_port_count=int(min(8000, 2 * peak + 400)), env=env,
-    )  # fmt: skip
+    options = NodeOptions(log_level="warning", rtp_port_count=int(min(8000, 2 * peak + 400)),
+                          env=env)  # fmt: skip
     node = NodeProcess(out / "node", options, name="load-node")
     node.start()
     audio = caller_audio() if any(p.caller_audio for p in scenario.parts) else None
