@@ -43,6 +43,7 @@ log = logging.getLogger("voxswitch.adopted")
 
 REBIND_TIMEOUT_S = 8.0  # the caller's answer to our re-INVITE, at most
 GLARE_RETRIES = 3  # 491 (the caller's own re-INVITE crossed ours): try again (§14.1)
+GLARE_WAIT_S = (2.1, 4.0)  # §14.1: the wait of a UA that did not make the Call-ID
 RESUME_LINE = "Sorry, one moment."
 
 
@@ -125,7 +126,7 @@ class AdoptedCallActor(CallActor):
                 self.rebind_s = self.clock() - sent_at
                 return self._accept(response)
             if status == 491 and attempt < GLARE_RETRIES:
-                await asyncio.sleep(random.uniform(2.1, 4.0))  # §14.1: we own no Call-ID
+                await asyncio.sleep(random.uniform(*GLARE_WAIT_S))
                 continue
             reason = f"takeover re-INVITE answered {status} {response.reason}".strip()
             if status in (408, 481):  # the dialog is gone on the caller's side: no BYE
