@@ -224,8 +224,8 @@ async def test_a_glare_491_is_tried_again_with_the_next_cseq(
     assert second.cseq.number == first.cseq.number + 1
     endpoint.receive(answer(second, 200, body=caller_answer_sdp(),
                             contact="<sip:caller@127.0.0.1:5070>"), actor.flow)  # fmt: skip
-    await wire.next_request("ACK")
-    assert milestones == ["adopted"]
+    ack = await wire.next_request("ACK", 2)  # the first: the transaction's, for the 491
+    assert ack.cseq.number == second.cseq.number and milestones == ["adopted"]
     task.cancel()
 
 
