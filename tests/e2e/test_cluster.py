@@ -153,7 +153,9 @@ def test_a_draining_node_gets_no_new_calls_and_its_own_end_normally(
     thread, long_calls = in_background(
         lambda: calls_through(balancer, tmp_path / "sipp-long", calls=4, rate=20, pause_ms=8000)
     )
-    wait_until("calls on both nodes", lambda: active_calls(a) >= 1 and active_calls(b) >= 1)
+    # All four up before b drains: one still on its way to b would be refused (503)
+    # and fail over to a, leaving b one call, not two.
+    wait_until("two calls on each node", lambda: active_calls(a) >= 2 and active_calls(b) >= 2)
     assert b.process is not None
     b.process.terminate()  # SIGTERM: b drains, answering OPTIONS with 503
     time.sleep(2 * PROBE_S + 1.0)  # two probes answered 503
