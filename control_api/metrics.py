@@ -162,6 +162,12 @@ class _StateCollector(Collector):
                      1 if checkpoints.get("up", True) else 0)  # fmt: skip
         yield _counter("voxswitch_checkpoint_failures", "Checkpoint rounds that failed",
                        checkpoints.get("failures", 0))  # fmt: skip
+        cluster = h.get("cluster", {})
+        yield _gauge("voxswitch_cluster_heartbeat_up",
+                     "1 while the node's heartbeat reaches Redis (0: the others adopt its calls)",
+                     1 if cluster.get("heartbeat_up", True) else 0)  # fmt: skip
+        yield _counter("voxswitch_calls_adopted", "Calls taken over from a node that died "
+                       "(or from this node's previous run)", h.get("adopted", 0))  # fmt: skip
 
 
 def _protection(h: dict[str, Any]) -> Iterator[Metric]:
