@@ -25,7 +25,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from actors.call import ALLOW, CallActor, CallState, connect_media
+from actors.call import (
+    ALLOW,
+    SNAPSHOT_RECORD_FIELDS,
+    CallActor,
+    CallRecord,
+    CallState,
+    connect_media,
+)
 from actors.conversation import Conversation
 from actors.messages import (
     CallMessage,
@@ -75,15 +82,7 @@ class AdoptedCallActor(CallActor):
         offer (this node's RTP port, the call's codec)."""
         self.saved = snapshot
         self.from_node = from_node
-        kept = snapshot.get("record") or {}
-        record = self.record
-        for name, value in kept.items():
-            if hasattr(record, name):
-                setattr(record, name, value)
-        me = self.config.node_id
-        record.node_id = me
-        if not record.nodes or record.nodes[-1] != me:
-            record.nodes = [*record.nodes, me]
+        self.record = record = restored_record(snapshot, self.config.node_id)
         media = snapshot["media"]
         self._answerer = SdpAnswerer(
             local_ip=self.local.host, local_port=self.media.local_port,
@@ -226,6 +225,21 @@ class AdoptedCallActor(CallActor):
         media = self.saved.get("media") or {}
         self.record.packets_sent += int(media.get("packets_sent") or 0)
         self.record.packets_received += int(media.get("packets_received") or 0)
+
+
+def restored_record(snapshot: dict[str, Any], node_id: str) -> CallRecord:
+    """The call's record as the checkpoint kept it, now this node's (``nodes`` says
+    which served it before)."""
+    kept = snapshot.get("record") or {}
+    record = CallRecord(call_id=snapshot["call_id"], direction="inbound", from_uri="",
+                        to_uri="", node_id=node_id)  # fmt: skip
+    for name in SNAPSHOT_RECORD_FIELDS:
+        if name in kept:
+            setattr(record, name, kept[name])
+    served = list(record.nodes) or [str(snapshot.get("node_id", ""))]
+    record.nodes = served if served[-1] == node_id else [*served, node_id]
+    record.node_id = node_id
+    return record
 
 
 def rebuild_dialog(snapshot: dict[str, Any], local_contact: str) -> Dialog:

@@ -19,7 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.adopted import AdoptedCallActor, NotAdoptable, rebuild_dialog, stand_in_invite
+from actors.adopted import (
+    AdoptedCallActor,
+    NotAdoptable,
+    rebuild_dialog,
+    restored_record,
+    stand_in_invite,
+)
 from actors.call import (
     ALLOW,
     CallActor,
@@ -698,8 +704,7 @@ class CallManager:
         assert self.flow_to is not None
         peer = snapshot["peer"]
         dialog = rebuild_dialog(snapshot, self.local.contact("UDP"))
-        kept = snapshot.get("record") or {}
-        agent = str(kept.get("agent") or "default")
+        agent = str((snapshot.get("record") or {}).get("agent") or "default")
         actor = AdoptedCallActor(
             invite=stand_in_invite(dialog),
             invite_txn=None,
@@ -742,28 +747,10 @@ class CallManager:
             self.endpoint.send_request(bye, self.flow_to((peer[0], int(peer[1]))), lambda _: None)
         else:
             log.warning("call %s: not reachable from here; recorded only", call_id)
-        kept = snapshot.get("record") or {}
-        record = CallRecord(
-            call_id=call_id,
-            direction=kept.get("direction", "inbound"),
-            from_uri=kept.get("from_uri", ""),
-            to_uri=kept.get("to_uri", ""),
-            node_id=self.call_config.node_id,
-            trunk=kept.get("trunk", ""),
-            agent=kept.get("agent", ""),
-            offered_at=kept.get("offered_at") or snapshot.get("saved_at", 0.0),
-            answered_at=kept.get("answered_at"),
-            ended_at=snapshot.get("saved_at") or time.time(),
-            disposition=disposition,
-            sip_code=kept.get("sip_code"),
-            reason=reason,
-            codec=(snapshot.get("media") or {}).get("codec") or "",
-            turns=list((snapshot.get("conversation") or {}).get("turns", [])),
-            metadata=kept.get("metadata") or {},
-            campaign_id=kept.get("campaign_id", ""),
-            webhook_url=kept.get("webhook_url", ""),
-            nodes=[*kept.get("nodes", [from_node]), self.call_config.node_id],
-        )
+        record = restored_record(snapshot, self.call_config.node_id)
+        record.ended_at = snapshot.get("saved_at") or time.time()
+        record.disposition, record.reason = disposition, reason
+        record.turns = list((snapshot.get("conversation") or {}).get("turns", []))
         self.stats.dispositions[disposition] += 1
         log.warning("call %s: ended (%s): BYE sent, record written", call_id, reason)
         if self.on_record is not None:
