@@ -31,7 +31,6 @@ from actors.call import (
     CallActor,
     CallRecord,
     CallState,
-    connect_media,
 )
 from actors.conversation import Conversation
 from actors.messages import (
@@ -43,7 +42,7 @@ from actors.messages import (
 )
 from sip.dialog import Dialog
 from sip.message import Headers, Request, Response
-from sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, SessionDescription
+from sip.sdp import SdpAnswerer, SdpError, SessionDescription
 from sip.transaction import ResponseReceived, TransactionEvent, TransactionTimedOut
 
 log = logging.getLogger("voxswitch.adopted")
@@ -64,7 +63,6 @@ class AdoptedCallActor(CallActor):
     from_node: str = ""  # the node that had it
     resume_line: str = RESUME_LINE
     rebind_s: float | None = None  # re-INVITE sent -> 2xx, once rebound
-    _ack: bytes | None = None  # our ACK to the re-INVITE's 2xx (sent again on retransmits)
 
     @staticmethod
     def check(snapshot: dict[str, Any]) -> None:
@@ -178,24 +176,8 @@ class AdoptedCallActor(CallActor):
         assert self.dialog is not None and self._answerer is not None
         if response.contacts:
             self.dialog.remote_target = str(response.contacts[0].uri)  # target refresh
-        ack = self.dialog.create_request(
-            "ACK",
-            via_sent_by=self.local.sent_by(self.flow.transport),
-            transport=self.flow.transport,
-        )
-        self._ack = bytes(ack)
-        self.flow.send(self._ack)
-        try:
-            body = response.body if response.content_type == "application/sdp" else b""
-            if not body:
-                raise SdpError("2xx to the re-INVITE without an SDP answer")
-            result = self._answerer.accept_answer(SessionDescription.parse(body))
-        except (NoCommonCodec, SdpError) as exc:
-            self._hangup("node_failed", f"unusable SDP answer to the takeover: {exc}")
-            return False
-        self.record.codec = result.codec.name
-        connect_media(self.media, result)
-        return True
+        self._send_ack()
+        return self._take_answer(response, "node_failed")
 
     def _resume(self) -> None:
         """The agent goes on from the checkpoint (or greets, if it had not started)."""

@@ -42,7 +42,7 @@ from media.session import MediaEvent, SessionControl, VadConfig
 from media.srtp import SrtpKeys
 from sip.dialog import Dialog
 from sip.endpoint import Flow, SipEndpoint
-from sip.message import Request, make_response
+from sip.message import Request, Response, make_response
 from sip.sdp import (
     Negotiated,
     NoCommonCodec,
@@ -254,6 +254,7 @@ class CallActor:
     talked_s: float = 0.0  # how long the call was up before this actor had it (adopted)
     _answerer: SdpAnswerer | None = None
     _retransmitter: SuccessRetransmitter | None = None
+    _ack: bytes | None = None  # our ACK to the 2xx of an INVITE we sent (again if it is)
 
     def __post_init__(self) -> None:
         self.record = CallRecord(
@@ -744,6 +745,36 @@ class CallActor:
             "packets_sent": self.media.packets_sent,
             "packets_received": self.media.packets_received,
         }
+
+    # ---- an INVITE we sent (outbound, or a takeover's re-INVITE) ------------------------
+
+    def _send_ack(self) -> None:
+        """ACK the 2xx (§13.2.2.4: a request of its own in the dialog, kept to be sent
+        again when the 2xx is)."""
+        assert self.dialog is not None
+        ack = self.dialog.create_request(
+            "ACK",
+            via_sent_by=self.local.sent_by(self.flow.transport),
+            transport=self.flow.transport,
+        )
+        self._ack = bytes(ack)
+        self.flow.send(self._ack)
+
+    def _take_answer(self, response: Response, disposition: str) -> bool:
+        """The SDP answer in a 2xx to our offer: the codec and the media it settles. An
+        unusable one hangs up with ``disposition``; False then."""
+        assert self._answerer is not None
+        try:
+            body = response.body if response.content_type == "application/sdp" else b""
+            if not body:
+                raise SdpError("2xx without an SDP answer")
+            result = self._answerer.accept_answer(SessionDescription.parse(body))
+        except (NoCommonCodec, SdpError) as exc:
+            self._hangup(disposition, f"unusable SDP answer: {exc}")
+            return False
+        self.record.codec = result.codec.name
+        connect_media(self.media, result)
+        return True
 
     def _milestone(self, name: str) -> None:
         if self.on_milestone is not None:

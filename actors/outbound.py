@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.call import CallActor, CallState, connect_media
+from actors.call import CallActor, CallState
 from actors.messages import (
     CallMessage,
     Hangup,
@@ -29,7 +29,7 @@ from sip.dialog import Dialog
 from sip.endpoint import Flow
 from sip.errors import SipError
 from sip.message import Headers, Request, Response, make_response
-from sip.sdp import NoCommonCodec, SdpAnswerer, SdpError, SessionDescription, SrtpPolicy
+from sip.sdp import SdpAnswerer, SrtpPolicy
 from sip.transaction import (
     ResponseReceived,
     TransactionEvent,
@@ -127,7 +127,6 @@ class OutboundCallActor(CallActor):
     pace: Callable[[str], float] | None = None
     # A bridge leg (a transfer we relay): told when answered, instead of an agent.
     on_answered: Callable[[OutboundCallActor], None] | None = None
-    _ack: bytes | None = None
     _cseq: int = 1
     _answered_by: Response | None = None
 
@@ -323,16 +322,8 @@ class OutboundCallActor(CallActor):
             return False
         self._send_ack()
         self.record.sip_code = response.status
-        try:
-            body = response.body if response.content_type == "application/sdp" else b""
-            if not body:
-                raise SdpError("2xx without an SDP answer")
-            result = self._answerer.accept_answer(SessionDescription.parse(body))
-        except (NoCommonCodec, SdpError) as exc:
-            self._hangup("failed", f"unusable SDP answer: {exc}")
+        if not self._take_answer(response, "failed"):
             return False
-        self.record.codec = result.codec.name
-        connect_media(self.media, result)
         self.state = CallState.ANSWERED
         self.record.answered_at = time.time()
         self._milestone("answered")
@@ -341,16 +332,6 @@ class OutboundCallActor(CallActor):
     def _fail_answered(self, response: Response, reason: str) -> None:
         self.record.sip_code = response.status
         self._end("failed", reason=reason)
-
-    def _send_ack(self) -> None:
-        assert self.dialog is not None
-        ack = self.dialog.create_request(
-            "ACK",
-            via_sent_by=self.local.sent_by(self.flow.transport),
-            transport=self.flow.transport,
-        )
-        self._ack = bytes(ack)
-        self.flow.send(self._ack)
 
     def _other_message(self, message: CallMessage) -> None:
         if not isinstance(message, InviteResponded) or not 200 <= message.response.status < 300:
