@@ -65,6 +65,23 @@ def call_api(node: NodeProcess, method: str, path: str, body: Any = None) -> Any
         return json.loads(response.read() or b"null")
 
 
+def run_campaign(
+    node: NodeProcess, trunk: str, numbers: list[dict[str, str]], cps: float, deadline: float
+) -> Any:
+    """A campaign of one attempt per number through ``trunk``; its view once it is over
+    (or at ``deadline``, a monotonic time)."""
+    view = call_api(node, "POST", "/v1/campaigns", {
+        "numbers": numbers, "trunk": trunk, "cps": cps, "max_concurrent": 10_000,
+        "retry": {"max_attempts": 1}})  # fmt: skip
+    path = f"/v1/campaigns/{view['campaign_id']}"
+    while time.monotonic() < deadline:
+        view = call_api(node, "GET", path)
+        if view["state"] in ("completed", "canceled"):
+            break
+        time.sleep(0.5)
+    return view
+
+
 def step(
     rate: int, step_s: float, hold_s: float, run_dir: Path, pinned: bool, agent: str,
     node_env: dict[str, str] | None = None, inbound_cps: float = 0.0,
@@ -100,17 +117,7 @@ def step(
         started = time.monotonic()
         if inbound_cps:
             inbound.start()
-        campaign = call_api(node, "POST", "/v1/campaigns", {
-            "numbers": numbers, "trunk": "bench", "cps": rate,
-            "max_concurrent": 10_000, "retry": {"max_attempts": 1}})  # fmt: skip
-        path = f"/v1/campaigns/{campaign['campaign_id']}"
-        deadline = started + step_s * 3 + hold_s + 60
-        view = campaign
-        while time.monotonic() < deadline:
-            view = call_api(node, "GET", path)
-            if view["state"] in ("completed", "canceled"):
-                break
-            time.sleep(0.5)
+        view = run_campaign(node, "bench", numbers, rate, started + step_s * 3 + hold_s + 60)
         elapsed = time.monotonic() - started
         refused = refused_for_overload(node)
         media = node.health(timeout_s=5)["media"]  # the 20 ms schedule over the last minute

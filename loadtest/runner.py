@@ -42,7 +42,7 @@ import numpy as np
 
 from loadtest.cps import OUT_DIR, SIPP_BUFFER_BYTES, machine_summary
 from loadtest.node import NodeOptions, NodeProcess
-from loadtest.outbound import KEY, call_api
+from loadtest.outbound import KEY, call_api, run_campaign
 from loadtest.overload import percentile, response_times
 from loadtest.report import write_reports
 from loadtest.sipp import SippResult, SippServer, parse_duration_ms, run_sipp, sipp_version
@@ -241,17 +241,8 @@ def run_outbound_part(node: NodeProcess, part: Part, args: argparse.Namespace,
         call_api(node, "PUT", "/v1/trunks/load", {"host": "127.0.0.1", "port": uas.port,
                                                   "options_interval_s": 0})  # fmt: skip
         numbers = [{"to": f"+1555{i:07d}"} for i in range(calls)]
-        campaign = call_api(node, "POST", "/v1/campaigns", {
-            "numbers": numbers, "trunk": "load", "cps": rate, "max_concurrent": 10_000,
-            "retry": {"max_attempts": 1}})  # fmt: skip
-        path = f"/v1/campaigns/{campaign['campaign_id']}"
         deadline = time.monotonic() + args.duration_s * 3 + args.hold_s + 90
-        view = campaign
-        while time.monotonic() < deadline:
-            view = call_api(node, "GET", path)
-            if view["state"] in ("completed", "canceled"):
-                break
-            time.sleep(0.5)
+        view = run_campaign(node, "load", numbers, rate, deadline)
     finally:
         uas.stop()
     dispositions: dict[str, int] = dict(view.get("dispositions", {}))
