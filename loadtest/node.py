@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,7 @@ class NodeProcess:
         self.rtp_ports = free_port_range(self.options.rtp_port_count, exclude=used_rtp_ranges)
         self._ports_released = False
         self.cpu = cpu
+        self.node_id = f"{name}-{uuid.uuid4().hex[:6]}"
         self.stdout_path = workdir / f"{name}.stdout.log"
         self.stderr_path = workdir / f"{name}.stderr.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -140,6 +142,9 @@ class NodeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env[ENV_PREFIX + "LOG_LEVEL"] = self.options.log_level
         env[ENV_PREFIX + "API_HOST"] = self.host
+        # A node id of its own (not the host name every node here shares): nodes on one
+        # Redis must differ, or the second refuses to start (its id is alive elsewhere).
+        env[ENV_PREFIX + "NODE_ID"] = self.node_id
         env.update(self.options.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
