@@ -1,11 +1,13 @@
 """Calls per second through Kamailio: one node behind it against two.
 
     python -m loadtest.cluster [--rates 100,200,300] [--step-s 15] [--hold-ms 1000]
+                               [--children 2]
 
 For each layout — a node direct (no balancer; SIPp's ``uac``), Kamailio + 1 node,
 Kamailio + 2 nodes (``loadtest/scenarios/proxied_call.xml``: a record-routed call) —
 SIPp offers each rate for ``--step-s`` (calls held ``--hold-ms``, no RTP; the nodes
-run ``agent = none``; Kamailio with one UDP worker, so it relays replies in order) and
+run ``agent = none``; Kamailio with ``--children`` UDP workers — the scenario takes a
+180 relayed after its 200, as any UAC must) and
 the step counts calls completed per second and failed calls. A layout's figure is the
 highest rate it held with no failed call; the ratio of two nodes to one is the
 scale-out. Every process shares this machine's cores (say how many with the figures):
@@ -46,7 +48,8 @@ class Step:
 
 
 def run_layout(
-    layout: str, nodes: int, rates: list[float], step_s: float, hold_ms: int, workdir: Path
+    layout: str, nodes: int, rates: list[float], step_s: float, hold_ms: int, workdir: Path,
+    children: int = 2,
 ) -> list[Step]:
     factory = NodeFactory(workdir / layout, {"VOXSWITCH_AGENT": "none"})
     balancer: Kamailio | None = None
@@ -63,7 +66,7 @@ def run_layout(
             balancer = Kamailio(
                 workdir / layout / "kamailio",
                 [(n.host, n.sip_port, n.name) for n in started],
-                children=1,  # replies relayed in order: SIPp fails a 180 after the 200
+                children=children,  # Kamailio's UDP workers
             )
             balancer.start()
             target = balancer.sip_address
@@ -97,12 +100,14 @@ def main() -> None:
     parser.add_argument("--rates", default="50,100,150,200,300")
     parser.add_argument("--step-s", type=float, default=15.0)
     parser.add_argument("--hold-ms", type=int, default=1000)
+    parser.add_argument("--children", type=int, default=2, help="Kamailio's UDP workers")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     summary: dict[str, object] = {"cpus": os.cpu_count(), "machine": platform.processor()}
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
         for layout, nodes in (("direct", 1), ("kamailio-1", 1), ("kamailio-2", 2)):
-            steps = run_layout(layout, nodes, rates, args.step_s, args.hold_ms, Path(tmp))
+            steps = run_layout(layout, nodes, rates, args.step_s, args.hold_ms, Path(tmp),
+                               args.children)  # fmt: skip
             summary[layout] = held(steps)
     one, two = summary["kamailio-1"], summary["kamailio-2"]
     if isinstance(one, float) and isinstance(two, float) and one:

@@ -20,6 +20,7 @@ from pathlib import Path
 from loadtest.ports import LOOPBACK, free_port
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "kamailio" / "kamailio.cfg"
+SHM_MB, PKG_MB = 256, 16  # the default 64 MB of shared memory ran out at 450 calls/s
 
 
 class KamailioError(RuntimeError):
@@ -94,6 +95,7 @@ class Kamailio:
     def command(self, *extra: str) -> list[str]:
         return [
             kamailio_path(), "-f", str(CONFIG), "-Y", str(self.workdir),
+            "-m", str(SHM_MB), "-M", str(PKG_MB),
             "-A", f'DS_LIST="{self.list_path}"',
             "-A", f"LB_LISTEN=udp:{self.host}:{self.port}",
             "-A", f"PROBE_S={self.probe_s}",

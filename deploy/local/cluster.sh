@@ -120,7 +120,7 @@ cmd_up() {
     if ! pid_of "$cluster_dir/kamailio.pid" >/dev/null; then
         log "kamailio: SIP 127.0.0.1:$LB_PORT in front of $n nodes (probe every ${PROBE_S}s)"
         ( exec nohup "$(command -v kamailio || echo /usr/sbin/kamailio)" \
-            -f "$repo/deploy/kamailio/kamailio.cfg" -DD -E -Y "$cluster_dir" \
+            -f "$repo/deploy/kamailio/kamailio.cfg" -DD -E -Y "$cluster_dir" -m 256 -M 16 \
             -A "DS_LIST=\"$cluster_dir/dispatcher.list\"" -A "LB_LISTEN=udp:127.0.0.1:$LB_PORT" \
             -A "PROBE_S=$PROBE_S" -A "CHILDREN=2" -A "CTL_SOCKET=\"unix:$cluster_dir/ctl\"" \
         ) >> "$cluster_dir/kamailio.log" 2>&1 < /dev/null &
