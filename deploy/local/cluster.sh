@@ -13,7 +13,8 @@
 #   VOXSWITCH_LB_PORT        Kamailio's SIP port (UDP)          default 5060
 #   VOXSWITCH_NODE_SIP_BASE  node i's SIP port is BASE+i        default 5070 (5071, 5072...)
 #   VOXSWITCH_NODE_API_BASE  node i's HTTP API port is BASE+i   default 8080 (8081, 8082...)
-#   VOXSWITCH_NODE_RTP_BASE  node i's RTP ports: BASE+(i-1)*2000, 2000 of them  default 20000
+#   VOXSWITCH_NODE_RTP_BASE  node i's RTP ports start at BASE+(i-1)*COUNT   default 20000
+#   VOXSWITCH_NODE_RTP_PORTS COUNT, each node's RTP ports              default 2000
 #   VOXSWITCH_PROBE_S        Kamailio's OPTIONS probe interval  default 2
 #   VOXSWITCH_AGENT          the nodes' agent                   default demo
 #   VOXSWITCH_CLUSTER        the nodes' cluster name            default local
@@ -28,6 +29,7 @@ LB_PORT="${VOXSWITCH_LB_PORT:-5060}"
 SIP_BASE="${VOXSWITCH_NODE_SIP_BASE:-5070}"
 API_BASE="${VOXSWITCH_NODE_API_BASE:-8080}"
 RTP_BASE="${VOXSWITCH_NODE_RTP_BASE:-20000}"
+RTP_PORTS="${VOXSWITCH_NODE_RTP_PORTS:-2000}"
 PROBE_S="${VOXSWITCH_PROBE_S:-2}"
 voxswitch="$repo/.venv/bin/voxswitch"
 python="$repo/.venv/bin/python"
@@ -90,21 +92,21 @@ cmd_up() {
     : > "$cluster_dir/dispatcher.list"
     for (( i = 1; i <= n; i++ )); do
         dir="$cluster_dir/node-$i"
-        sip=$((SIP_BASE + i)) api=$((API_BASE + i)) rtp=$((RTP_BASE + (i - 1) * 2000))
+        sip=$((SIP_BASE + i)) api=$((API_BASE + i)) rtp=$((RTP_BASE + (i - 1) * RTP_PORTS))
         mkdir -p "$dir"
         printf '1 sip:127.0.0.1:%d 0 0 duid=local-%d\n' "$sip" "$i" >> "$cluster_dir/dispatcher.list"
         if pid=$(pid_of "$dir/pid"); then
             log "node local-$i: already running (pid $pid)"
             continue
         fi
-        log "node local-$i: SIP 127.0.0.1:$sip, API :$api, RTP $rtp-$((rtp + 1999))"
+        log "node local-$i: SIP 127.0.0.1:$sip, API :$api, RTP $rtp-$((rtp + RTP_PORTS - 1))"
         (
             cd "$dir"
             VOXSWITCH_NODE_ID="local-$i" VOXSWITCH_CLUSTER="${VOXSWITCH_CLUSTER:-local}" \
             VOXSWITCH_API_HOST=127.0.0.1 \
             VOXSWITCH_AGENT="${VOXSWITCH_AGENT:-demo}" \
                 exec nohup "$voxswitch" serve --sip-host 127.0.0.1 --sip-port "$sip" \
-                --api-port "$api" --rtp-ports "$rtp-$((rtp + 1999))"
+                --api-port "$api" --rtp-ports "$rtp-$((rtp + RTP_PORTS - 1))"
         ) >> "$dir/node.log" 2>&1 < /dev/null &
         echo $! > "$dir/pid"
     done
@@ -165,5 +167,5 @@ case "${1:-}" in
     up) shift; cmd_up "$@" ;;
     down) shift; cmd_down ;;
     status) shift; cmd_status ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.ports import free_port, free_port_range
+from loadtest.ports import free_port, free_port_range, release
 from loadtest.sipp import SippResult, run_sipp
 
 SERVICES = Path(__file__).resolve().parents[2] / "deploy" / "local" / "services.sh"
@@ -22,7 +22,7 @@ SERVICES = Path(__file__).resolve().parents[2] / "deploy" / "local" / "services.
 
 @pytest.fixture
 def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    rtp = free_port_range(4000)[0]
+    rtp, rtp_end = free_port_range(400)
     env = {
         **os.environ,
         "VOXSWITCH_CLUSTER_DIR": str(tmp_path / "cluster"),
@@ -30,12 +30,14 @@ def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "VOXSWITCH_NODE_SIP_BASE": str(free_port(span=3) - 1),
         "VOXSWITCH_NODE_API_BASE": str(free_port(udp=False, span=3) - 1),
         "VOXSWITCH_NODE_RTP_BASE": str(rtp),
+        "VOXSWITCH_NODE_RTP_PORTS": "200",
         "VOXSWITCH_PROBE_S": "1",
         "VOXSWITCH_AGENT": "none",
         "VOXSWITCH_CLUSTER": f"local-{uuid.uuid4().hex[:8]}",  # not another run's nodes
     }
     yield env
     subprocess.run([str(SERVICES), "cluster", "down"], env=env, timeout=90, check=False)
+    release(range(rtp, rtp_end + 1))  # other tests' nodes may have them now
 
 
 def cluster(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
