@@ -693,10 +693,18 @@ class CallActor:
             "reason": record.reason or None,
             "metadata": dict(record.metadata),
             "campaign_id": record.campaign_id or None,
+            "agent_name": record.agent or None,
         }
+        conversation = self.conversation
+        state = conversation.state if conversation is not None else None
+        # The console's live list: the last thing said, and how fast the agent answered.
+        out["last_line"] = (
+            {"role": state.transcript[-1].role, "content": state.transcript[-1].content[:200]}
+            if state and state.transcript else None
+        )  # fmt: skip
+        last_turn = state.turns[-1] if state and state.turns else None
+        out["last_latency_s"] = last_turn.as_record()["latency_s"] if last_turn else None
         if detail:
-            conversation = self.conversation
-            state = conversation.state if conversation is not None else None
             out["step"] = state.step if state else None
             out["dtmf"] = state.dtmf if state else ""
             out["transcript"] = (

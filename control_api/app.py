@@ -14,10 +14,17 @@ from typing import Any, Protocol
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, Field
 
 from control_api.campaigns import campaign_router
+from control_api.console import console_files, phone_router, stream_router
 from control_api.guard import guard_router
 from control_api.keys import ApiKeys
 from control_api.knowledge import knowledge_router
@@ -29,6 +36,7 @@ from switch.knowledge import KnowledgeBase
 from switch.trunking.campaigns import Campaigns
 from switch.trunking.dialer import Dialer
 from switch.trunking.trunks import TrunkBook
+from switch.webrtc.phone import WebPhone
 
 MAX_BODY_BYTES = 64 * 1024
 CAMPAIGN_BODY_BYTES = 16 * 1024 * 1024  # a campaign's numbers: 100,000 with variables
@@ -100,6 +108,7 @@ def create_app(
     reports: FetchDaily | None = None,
     knowledge: KnowledgeBase | None = None,
     agents: Sequence[str] = (),
+    phone: WebPhone | None = None,
 ) -> FastAPI:
     # Every endpoint is ``async def``: it runs on the node's loop, where the calls live
     # (a plain ``def`` would run in a worker thread and race the actors).
@@ -120,6 +129,13 @@ def create_app(
         async def prometheus() -> Response:
             """The node's counters, gauges and histograms in Prometheus' text format."""
             return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    # The web console's pages (open: they hold no data; every call they make needs a key).
+    app.mount("/console", console_files(), name="console")
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/console/")
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -263,6 +279,9 @@ def create_app(
     if guard is not None:
         app.include_router(guard_router(guard, require))
     app.include_router(report_router(reports, require))
+    app.include_router(stream_router(calls.live_calls, node.health, require))
+    if phone is not None:
+        app.include_router(phone_router(phone, agents, require))
     if knowledge is not None:
         app.include_router(knowledge_router(knowledge, agents, require))
 

@@ -46,6 +46,7 @@ from actors.messages import (
     RequestArrived,
 )
 from actors.outbound import DialTarget, Origination, OutboundCallActor, build_invite
+from actors.webcall import WebCallActor, WebFlow, web_invite
 from media.session import VadConfig
 from sip.auth import DigestAuthenticator
 from sip.dialog import Dialog, new_tag
@@ -495,6 +496,42 @@ class CallManager:
         self._start(actor)
         return actor
 
+    # ---- web calls (the console's WebRTC test phone) ----------------------------------
+
+    def admit_web_call(self) -> None:
+        """Raise CallRefused when a web call cannot be taken now (as for a SIP call)."""
+        if self.draining:
+            raise CallRefused(503, "the node is draining", 30)
+        if len(self._tasks) >= self.max_calls:
+            raise CallRefused(503, f"the node is at its {self.max_calls} calls", RETRY_AFTER_BUSY_S)
+
+    def web_call(
+        self, media: MediaLeg, remote: tuple[str, int], agent: str, *, caller: str = "phone"
+    ) -> CallActor:
+        """Start a call whose line is a WebRTC peer connection (``media``): answered at
+        once, the agent ``agent`` talks, supervised and recorded like any call."""
+        self.admit_web_call()
+        agent = agent if agent in self.voices else "default"
+        actor = WebCallActor(
+            invite=web_invite(caller, agent),
+            invite_txn=None,
+            flow=WebFlow(remote),
+            local_tag=new_tag(),
+            endpoint=self.endpoint,
+            media=media,
+            local=self.local,
+            config=self.call_config,
+            clock=self.loop.time,
+            voice=self.voices.get(agent, self.voice),
+            vad=self.vad,
+        )
+        actor.record.agent = agent
+        actor.record.trunk = "webrtc"
+        actor.record_to = self.recording_path(actor.call_id, None)
+        self.stats.calls_offered += 1
+        self._start(actor)
+        return actor
+
     def _place_bridge(self, actor: CallActor, target: str) -> CallActor | None:
         """The second leg of a transfer the peer would not take by REFER; its answer
         and its end go to ``actor``'s mailbox. None when it cannot be placed."""
@@ -621,7 +658,7 @@ class CallManager:
     def _remember(self, actor: CallActor) -> None:
         """The API still shows an ended call (its outcome) for a while."""
         record = actor.record
-        view = actor.view()
+        view = actor.view(detail=True)  # with its transcript and turns, for the console
         view.update(
             state="ended",
             disposition=record.disposition,
@@ -629,7 +666,6 @@ class CallManager:
             reason=record.reason,
             ended_at=record.ended_at,
             duration_s=round(record.duration_s, 3),
-            turns=len(record.turns),
             recording=record.recording or None,
         )
         self.recent[record.call_id] = view

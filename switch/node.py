@@ -55,6 +55,7 @@ from switch.trunking.monitor import TrunkMonitor
 from switch.trunking.store import PostgresTrunkStore, TrunkStoreError
 from switch.trunking.trunks import TrunkBook
 from switch.voice import build_voices, vad_config
+from switch.webrtc.phone import WebPhone
 
 if TYPE_CHECKING:
     from switch.recording.archive import RecordingArchive
@@ -750,6 +751,7 @@ async def run_node(settings: Settings) -> int:
             can_sign=bool(settings.webhook_secret), campaigns=node.campaigns,
             guard=node.sources, reports=node.reports.fetch if node.reports else None,
             knowledge=node.knowledge, agents=node.agent_names(),
+            phone=WebPhone(node.manager) if node.manager is not None else None,
         )  # fmt: skip
         server = make_server(app, settings.api_host, settings.api_port)
         api_task = loop.create_task(server.serve(sockets=[api_sock] if api_sock else None))

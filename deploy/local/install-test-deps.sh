@@ -10,10 +10,14 @@
 #                 systemd machine the package enables one on :9090: disable it if unwanted)
 #   kamailio      the SIP load balancer in front of several nodes (deploy/kamailio/,
 #                 tests/e2e/test_cluster.py runs its own; Debian's service stays off)
+#   chromium, chromium-driver
+#                 a real browser, headless, for the web console's tests
+#                 (tests/e2e/test_console.py, through Selenium) and its screenshots
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-"$here/apt-ensure.sh" sip-tester util-linux baresip-core prometheus kamailio
+"$here/apt-ensure.sh" sip-tester util-linux baresip-core prometheus kamailio chromium chromium-driver
 command -v sipp >/dev/null || { echo "install-test-deps: sipp still missing" >&2; exit 1; }
 command -v baresip >/dev/null || { echo "install-test-deps: baresip still missing" >&2; exit 1; }
 command -v promtool >/dev/null || { echo "install-test-deps: promtool still missing" >&2; exit 1; }
 command -v kamailio >/dev/null || [[ -x /usr/sbin/kamailio ]] || { echo "install-test-deps: kamailio still missing" >&2; exit 1; }
+command -v chromedriver >/dev/null || { echo "install-test-deps: chromedriver still missing" >&2; exit 1; }

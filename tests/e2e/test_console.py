@@ -1,0 +1,134 @@
+"""The web console in a real headless Chromium (Debian's, through chromedriver):
+
+- it loads, refuses a wrong key and logs in with the right one;
+- a SIPp call with a spoken question is listed live, then (ended) opens on its
+  transcript, with the agent's answer, and its turn timeline;
+- the test phone: Chromium's fake microphone asks a question over WebRTC (aiortc on the
+  node), the agent answers, the page shows it, and the call's record says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from loadtest.browser import Console, chromium, wait_for, write_wav
+from loadtest.node import NodeFactory, NodeOptions, NodeProcess
+from loadtest.runner import caller_audio
+from loadtest.sipp import SippResult, run_sipp
+from media.resample import upsample_8k_to_16k
+from media.tts import EspeakSynthesizer
+from tests.e2e.api_client import ADMIN, api
+from tests.e2e.test_voice_agent import answer
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = "what are your opening hours"
+
+
+@pytest.fixture(scope="module")
+def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
+    options = NodeOptions(media_timeout_s=0, max_call_duration_s=120,
+                          env={"VOXSWITCH_API_KEY": ADMIN})  # fmt: skip
+    return voxswitch_nodes.start("console", options)
+
+
+def question_wav(path: Path) -> Path:
+    """The fake microphone: 2 s of silence, the question, 10 s of silence (looped)."""
+    speech = asyncio.run(EspeakSynthesizer(rate_wpm=150).synthesize(QUESTION))
+    pcm = np.concatenate([np.zeros(16000 * 2, np.int16), upsample_8k_to_16k(speech),
+                          np.zeros(16000 * 10, np.int16)])  # fmt: skip
+    return write_wav(path, pcm, 16000)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    driver = chromium(microphone=question_wav(tmp_path / "question.wav"))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def base_url(node: NodeProcess) -> str:
+    return node.health_url.removesuffix("/health")
+
+
+def test_the_console_logs_in_and_shows_a_call_live_then_its_transcript(
+    node: NodeProcess, browser: WebDriver, tmp_path: Path
+) -> None:
+    console = Console(browser, base_url(node))
+    console.open()
+    # A wrong key is refused, in the page.
+    browser.find_element(By.ID, "api-key").send_keys("not-a-key")
+    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait_for("the refusal", lambda: "not accepted" in console.text("#login-error"))
+    browser.find_element(By.ID, "api-key").clear()
+    console.log_in(ADMIN)
+    wait_for("the node's name", lambda: node.node_id in console.text("#node"))
+
+    runs: list[SippResult] = []
+    thread = threading.Thread(target=lambda: runs.append(run_sipp(
+        node.sip_address, "media_call.xml", workdir=tmp_path / "sipp", calls=1,
+        pause_ms=14000, timeout_s=60, files={"caller.ulaw": caller_audio(seconds_before=2.0)},
+    )))  # fmt: skip
+    thread.start()
+    row = wait_for("the call in the live list", lambda: console.rows("calls-table"), 10)[0]
+    call_id = row.get_attribute("data-call-id")
+    assert "inbound" in row.text and "confirmed" in row.text, row.text
+    expected = answer("hours")
+    # The live list shows the last thing said: the agent's answer, once given.
+    wait_for("the answer in the live list", lambda: expected[:30] in console.text(
+        f'#calls-table tr[data-call-id="{call_id}"]'), 15)
+    thread.join(60)
+    assert runs and runs[0].successful_calls == 1, runs
+    ended = wait_for("the call among the ended", lambda: console.rows("ended-table"), 10)
+    assert ended[0].get_attribute("data-call-id") == call_id
+    ended[0].find_element(By.TAG_NAME, "a").click()
+    wait_for("the call page", lambda: console.visible("page-call"))
+    wait_for("its state", lambda: console.text("#call-state") == "ended")
+    said = browser.find_elements(By.CSS_SELECTOR, "#call-transcript li.assistant")
+    assert any(expected in li.text for li in said), [li.text for li in said]
+    heard = browser.find_elements(By.CSS_SELECTOR, "#call-transcript li.user")
+    assert any("hours" in li.text for li in heard), [li.text for li in heard]
+    bars = browser.find_elements(By.CSS_SELECTOR, "#call-timeline svg rect")
+    assert len(bars) > 6, "a turn's bar segments and the legend"  # six legend swatches
+    assert "completed" in console.text("#call-facts")
+
+
+def test_the_test_phone_talks_to_the_agent_over_webrtc(
+    node: NodeProcess, browser: WebDriver
+) -> None:
+    console = Console(browser, base_url(node))
+    console.open()
+    console.log_in(ADMIN)
+    console.go("#/phone", "page-phone")
+    wait_for("the agents", lambda: browser.find_elements(By.CSS_SELECTOR, "#phone-agent option"))
+    browser.find_element(By.ID, "phone-call").click()
+    call_id = wait_for("the call id", lambda: console.text("#phone-call-id"), 15)
+    wait_for("connected", lambda: console.text("#phone-status") == "connected", 15)
+    expected = answer("hours")
+    wait_for("the answer in the page", lambda: any(
+        expected in li.text for li in browser.find_elements(
+            By.CSS_SELECTOR, "#phone-transcript li.assistant")), 25)  # fmt: skip
+    browser.find_element(By.ID, "phone-hangup").click()
+    wait_for("the end", lambda: console.text("#phone-status").startswith("ended"), 10)
+
+    def ended_view() -> Any:
+        status, view = api(node, "GET", f"/v1/calls/{call_id}")
+        return view if status == 200 and view["state"] == "ended" else None
+
+    view = wait_for("the call's end", ended_view, 10)
+    assert view["disposition"] == "completed" and view["trunk"] == "webrtc", view
+    turns = [t for t in view["turns"] if t["source"] == "speech"]
+    assert turns and turns[0]["agent"] == expected, view["turns"]
+    assert turns[0]["knowledge"] == ["hours"] and 0 < turns[0]["latency_s"] < 3.0, turns[0]
+    assert "hours" in turns[0]["caller"]
