@@ -63,9 +63,9 @@ class WebPhone:
             await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             answer = await asyncio.wait_for(pc.createAnswer(), ANSWER_TIMEOUT_S)
             await asyncio.wait_for(pc.setLocalDescription(answer), ANSWER_TIMEOUT_S)
-        except (ValueError, TimeoutError) as exc:  # aiortc's bad SDP, a gathering stuck
+        except Exception as exc:  # aiortc, given untrusted SDP, raises many kinds
             await pc.close()
-            raise WebRtcError(f"offer not answered: {exc}") from exc
+            raise WebRtcError(f"offer not answered: {type(exc).__name__}: {exc}"[:300]) from exc
         if not heard.is_set():
             await pc.close()
             raise WebRtcError("the offer has no audio to send us")

@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +135,24 @@ def test_the_test_phone_talks_to_the_agent_over_webrtc(
     assert turns and turns[0]["agent"] == expected, view["turns"]
     assert turns[0]["knowledge"] == ["hours"] and 0 < turns[0]["latency_s"] < 3.0, turns[0]
     assert "hours" in turns[0]["caller"]
+
+
+def test_the_live_calls_stream_needs_a_key_and_sends_events(node: NodeProcess) -> None:
+    url = f"{base_url(node)}/v1/stream/calls?interval_s=0.2"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)
+    assert refused.value.code == 401
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = []
+        while len(events) < 3:  # three events, 0.2 s apart
+            block = b""
+            while not block.endswith(b"\n\n"):
+                block += response.readline()
+            events.append(block.decode())
+    for block in events:
+        kind, data = block.strip().split("\n")
+        assert kind == "event: calls" and data.startswith("data: ")
+        body = json.loads(data.removeprefix("data: "))
+        assert body["calls"] == [] and body["node"]["node_id"] == node.node_id
