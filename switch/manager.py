@@ -446,10 +446,7 @@ class CallManager:
     ) -> CallActor:
         """Start an outbound call actor (it is ``queued`` until its trunk's pace);
         ``record``: the call's or its trunk's word (None: the node's setting)."""
-        if self.draining:
-            raise CallRefused(503, "the node is draining", 30)
-        if len(self._tasks) >= self.max_calls:
-            raise CallRefused(503, f"the node is at its {self.max_calls} calls", RETRY_AFTER_BUSY_S)
+        self.refuse_if_full()
         if self.admission is not None and not self.admission.admit(self.loop.time(), outbound=True):
             # Past the node's measured limit: a campaign puts the number back for
             # Retry-After, so it slows to what the node carries beside its inbound calls.
@@ -498,8 +495,9 @@ class CallManager:
 
     # ---- web calls (the console's WebRTC test phone) ----------------------------------
 
-    def admit_web_call(self) -> None:
-        """Raise CallRefused when a web call cannot be taken now (as for a SIP call)."""
+    def refuse_if_full(self) -> None:
+        """Raise CallRefused when the node takes no call it starts itself now (an
+        outbound or a web call): draining, or at ``max_calls``."""
         if self.draining:
             raise CallRefused(503, "the node is draining", 30)
         if len(self._tasks) >= self.max_calls:
@@ -510,7 +508,7 @@ class CallManager:
     ) -> CallActor:
         """Start a call whose line is a WebRTC peer connection (``media``): answered at
         once, the agent ``agent`` talks, supervised and recorded like any call."""
-        self.admit_web_call()
+        self.refuse_if_full()
         agent = agent if agent in self.voices else "default"
         actor = WebCallActor(
             invite=web_invite(caller, agent),

@@ -199,12 +199,7 @@ class RtpLeg:
     ) -> MediaSession:
         """From the fixed greeting to a conversation: decode, VAD, DTMF in; playout out.
         ``record``: the path of the call's stereo WAV."""
-        recorder = None
-        if record is not None:
-            try:
-                recorder = CallRecorder(record)
-            except OSError as exc:  # the call goes on unrecorded, and says so
-                log.warning("call %s: cannot record to %s: %s", self.call_id, record, exc)
+        recorder = open_recorder(record, self.call_id)
         session = MediaSession(
             codec=self.codec or "PCMU",
             payload_type=self._payload_type,
@@ -242,12 +237,7 @@ class RtpLeg:
 
     def silence_s(self, now: float) -> float:
         """Seconds since the last RTP packet from the peer (or since play started)."""
-        started = self._play_started
-        if started is None:
-            return 0.0
-        last = self._last_rx
-        since = started if last is None or last < started else last
-        return max(0.0, now - since)
+        return silence_since(self._play_started, self._last_rx, now)
 
     @property
     def packets_sent(self) -> int:
@@ -511,6 +501,27 @@ class RtpLeg:
         if events and self._on_event is not None:
             for event in events:
                 self._on_event(event, now)
+
+
+def open_recorder(path: str | None, call_id: str) -> CallRecorder | None:
+    """The call's recorder (None: not recorded, or the file cannot be opened: the call
+    goes on unrecorded, and says so)."""
+    if path is None:
+        return None
+    try:
+        return CallRecorder(path)
+    except OSError as exc:
+        log.warning("call %s: cannot record to %s: %s", call_id, path, exc)
+        return None
+
+
+def silence_since(play_started: float | None, last_rx: float | None, now: float) -> float:
+    """Seconds the peer has sent nothing: since its last packet, or since we started
+    playing if it has sent none since (0 before that)."""
+    if play_started is None:
+        return 0.0
+    since = play_started if last_rx is None or last_rx < play_started else last_rx
+    return max(0.0, now - since)
 
 
 class MediaPlant:

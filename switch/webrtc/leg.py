@@ -25,10 +25,10 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from media.g711 import ulaw_decode, ulaw_encode
-from media.recording import CallRecorder
 from media.session import FRAME_SAMPLES, SILENCE, MediaEvent, MediaSession, VadConfig
 from media.speech import Pcm
 from media.srtp import SrtpKeys
+from switch.mediaplant.leg import open_recorder, silence_since
 
 log = logging.getLogger("voxswitch.webrtc")
 
@@ -168,12 +168,7 @@ class WebRtcLeg:
         vad: VadConfig | None = None,
         record: str | None = None,
     ) -> MediaSession:
-        recorder = None
-        if record is not None:
-            try:
-                recorder = CallRecorder(record)
-            except OSError as exc:
-                log.warning("recording %s not started: %s", record, exc)
+        recorder = open_recorder(record, "web call")
         self._on_event = on_event
         self._session = MediaSession(codec="PCMU", payload_type=PCMU, vad=vad, recorder=recorder)
         return self._session
@@ -192,12 +187,7 @@ class WebRtcLeg:
         return {"transport": "webrtc", "codec": self.codec}
 
     def silence_s(self, now: float) -> float:
-        started = self._play_started
-        if started is None:
-            return 0.0
-        last = self._last_rx
-        since = started if last is None or last < started else last
-        return max(0.0, now - since)
+        return silence_since(self._play_started, self._last_rx, now)
 
     def rtp_state(self) -> dict[str, int | None]:
         return {"ssrc": None, "sequence": None, "timestamp": None}

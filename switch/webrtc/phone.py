@@ -42,7 +42,7 @@ class WebPhone:
 
     async def answer(self, offer_sdp: str, agent: str, remote: tuple[str, int]) -> Answered:
         """Answer the browser's offer with a call to ``agent``."""
-        self.manager.admit_web_call()  # CallRefused before any ICE work
+        self.manager.refuse_if_full()  # CallRefused before any ICE work
         # Imported at the first web call: aiortc (and PyAV) cost every node's start.
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
