@@ -354,7 +354,7 @@ def test_a_killed_nodes_live_calls_are_adopted_and_go_on(
     adoption = next(e for e in unique if e["type"] == "call.adopted"
                     and e["call_id"] == phone_call["call_id"])  # fmt: skip
     assert adoption["from_node"] == doomed_id and adoption["node_id"] == survivor_id
-    assert 0 < adoption["rebind_s"] < 1.0
+    assert 0 <= adoption["rebind_s"] < 1.0  # uvloop's clock counts whole milliseconds
 
 
 def test_a_draining_node_hands_its_calls_over_when_its_grace_runs_out(
