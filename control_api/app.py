@@ -272,8 +272,10 @@ def create_app(
             """Place an outbound call: 202 with its call id; follow it at /v1/calls/{id}."""
             return place_call(dialer, body, can_sign=can_sign)
 
-        agents = tuple(dialer.manager.voices)
-        app.include_router(trunk_router(book, require, trunk_status or (lambda _n: {}), agents))
+        route_agents = tuple(dialer.manager.voices)  # "none" too: a route may answer silently
+        app.include_router(
+            trunk_router(book, require, trunk_status or (lambda _n: {}), route_agents)
+        )
     if campaigns is not None:
         app.include_router(campaign_router(campaigns, require, can_sign=can_sign))
     if guard is not None:

@@ -156,3 +156,16 @@ def test_the_live_calls_stream_needs_a_key_and_sends_events(node: NodeProcess) -
         assert kind == "event: calls" and data.startswith("data: ")
         body = json.loads(data.removeprefix("data: "))
         assert body["calls"] == [] and body["node"]["node_id"] == node.node_id
+
+
+def test_the_phone_endpoint_answers_bad_offers_with_a_clear_4xx(node: NodeProcess) -> None:
+    offer = {"sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n", "type": "offer"}
+    assert api(node, "POST", "/v1/webrtc/calls", key=None, body=offer)[0] == 401
+    status, body = api(node, "POST", "/v1/webrtc/calls", body={**offer, "agent": "nobody"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "agent"]
+    status, body = api(node, "POST", "/v1/webrtc/calls", body={**offer, "type": "answer"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "type"]
+    status, body = api(node, "POST", "/v1/webrtc/calls", body=offer)  # no audio, no ICE
+    assert status == 400 and "offer not answered" in body["detail"], body
+    assert api(node, "POST", "/v1/webrtc/calls/web-nothing/hangup")[0] == 404
+    assert api(node, "GET", "/v1/agents")[1] == {"agents": ["default"]}
