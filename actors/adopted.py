@@ -43,7 +43,6 @@ from actors.messages import (
 from sip.dialog import Dialog
 from sip.message import Headers, Request, Response
 from sip.sdp import SdpAnswerer, SdpError, SessionDescription
-from sip.transaction import ResponseReceived, TransactionEvent, TransactionTimedOut
 
 log = logging.getLogger("voxswitch.adopted")
 
@@ -146,14 +145,7 @@ class AdoptedCallActor(CallActor):
             headers=[("Allow", ALLOW), ("Content-Type", "application/sdp")],
             body=bytes(offer),
         )
-
-        def on_event(event: TransactionEvent) -> None:
-            if isinstance(event, ResponseReceived):
-                self.mailbox.put(InviteResponded(event.response))
-            elif isinstance(event, TransactionTimedOut):
-                self.mailbox.put(InviteTimedOut())
-
-        self.endpoint.send_request(self.invite, self.flow, on_event)
+        self._send_invite()
 
     async def _final_response(self, deadline: float) -> Response | None:
         """The re-INVITE's final response (None: none in time); in-dialog requests and

@@ -27,6 +27,8 @@ from actors.messages import (
     CancelArrived,
     DtmfRequested,
     Hangup,
+    InviteResponded,
+    InviteTimedOut,
     MediaArrived,
     MediaTimedOut,
     ReferAnswered,
@@ -755,6 +757,17 @@ class CallActor:
         }
 
     # ---- an INVITE we sent (outbound, or a takeover's re-INVITE) ------------------------
+
+    def _send_invite(self) -> None:
+        """Send ``self.invite`` (ours); its responses and its timeout come to the mailbox."""
+
+        def on_event(event: TransactionEvent) -> None:
+            if isinstance(event, ResponseReceived):
+                self.mailbox.put(InviteResponded(event.response))
+            elif isinstance(event, TransactionTimedOut):
+                self.mailbox.put(InviteTimedOut())
+
+        self.endpoint.send_request(self.invite, self.flow, on_event)
 
     def _send_ack(self) -> None:
         """ACK the 2xx (§13.2.2.4: a request of its own in the dialog, kept to be sent

@@ -31,9 +31,6 @@ from sip.errors import SipError
 from sip.message import Headers, Request, Response, make_response
 from sip.sdp import SdpAnswerer, SrtpPolicy
 from sip.transaction import (
-    ResponseReceived,
-    TransactionEvent,
-    TransactionTimedOut,
     make_cancel,
     new_branch,
 )
@@ -283,15 +280,6 @@ class OutboundCallActor(CallActor):
             sdp=sdp,
             headers=o.headers,
         )
-
-    def _send_invite(self) -> None:
-        def on_event(event: TransactionEvent) -> None:
-            if isinstance(event, ResponseReceived):
-                self.mailbox.put(InviteResponded(event.response))
-            elif isinstance(event, TransactionTimedOut):
-                self.mailbox.put(InviteTimedOut())
-
-        self.endpoint.send_request(self.invite, self.flow, on_event)
 
     def _authenticate(self, target: DialTarget, response: Response, offer: bytes) -> bool:
         """Send the INVITE again with credentials for the challenge (§22.2)."""
