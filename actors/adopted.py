@@ -120,6 +120,8 @@ class AdoptedCallActor(CallActor):
             status = response.status
             if 200 <= status < 300:
                 self.rebind_s = self.clock() - sent_at
+                log.info("call %s: the caller's media moved here (%.0f ms after the re-INVITE)",
+                         self.call_id, 1000 * self.rebind_s)  # fmt: skip
                 return self._accept(response)
             if status == 491 and attempt < GLARE_RETRIES:
                 await asyncio.sleep(random.uniform(*GLARE_WAIT_S))
