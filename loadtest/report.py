@@ -21,6 +21,10 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _quantiles(figures: dict[str, Any], prefix: str) -> str:
+    return " / ".join(_fmt(figures[f"{prefix}{q}_s"]) for q in ("p50", "p95", "p99", "max"))
+
+
 def markdown(s: dict[str, Any]) -> str:
     settings = s["settings"]
     lines = [
@@ -44,10 +48,10 @@ def markdown(s: dict[str, Any]) -> str:
         f"| node CPU, mean / peak (% of one core) | {_fmt(s['node']['cpu_pct_avg'])} / "
         f"{_fmt(s['node']['cpu_pct_peak'])} |",
         f"| node RSS peak (MB, with media workers) | {_fmt(s['node']['rss_mb_peak'])} |",
-        f"| agent turns | {_fmt(s['turn_latency']['turns'])} |",
-        f"| turn latency p50 / p95 / p99 (s, histogram bucket) | "
-        f"{_fmt(s['turn_latency']['p50_s'])} / {_fmt(s['turn_latency']['p95_s'])} / "
-        f"{_fmt(s['turn_latency']['p99_s'])} |",
+        f"| agent turns (answered) | {_fmt(s['turn_latency']['turns'])} "
+        f"({_fmt(s['turn_latency']['answered'])}) |",
+        f"| turn latency p50 / p95 / p99 / max (s) | {_quantiles(s['turn_latency'], '')} |",
+        f"| recognition p50 / p95 / p99 / max (s) | {_quantiles(s['turn_latency'], 'asr_')} |",
         "",
     ]
     if s["failed_by_reason"]:

@@ -14,7 +14,8 @@ node and its media workers) and writes, in ``--out`` (default
 - ``report.json``: attempted, succeeded, failed (by reason: SIPp's failure classes,
   the outbound calls' dispositions), calls per second achieved, peak concurrency, SIP
   response times (p50/p95/p99/max, from SIPp's per-call ``-trace_rtt``), the node's
-  CPU and RSS, the turn latencies from its ``/metrics``, and the per-second series;
+  CPU and RSS, the turn and recognition latencies from its call records, and the
+  per-second series;
 - ``report.md``: the same as tables;
 - ``report.png``: calls up, calls per second, and SIP response time and node CPU,
   over time (matplotlib).
@@ -253,30 +254,18 @@ def run_outbound_part(node: NodeProcess, part: Part, args: argparse.Namespace,
 # ---- the node's view at the end -------------------------------------------------------
 
 
-def turn_latencies(metrics: str) -> dict[str, Any]:
-    """p50/p95/p99 of ``voxswitch_turn_latency_seconds`` from its histogram buckets (the
-    upper bound of the bucket the quantile falls in)."""
-    buckets: list[tuple[float, float]] = []
-    count = 0.0
-    for line in metrics.splitlines():
-        match = re.match(r'voxswitch_turn_latency_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
-        if match:
-            buckets.append((float(match.group(1)), float(match.group(2))))
-        elif line.startswith("voxswitch_turn_latency_seconds_count"):
-            count = float(line.split()[-1])
-    out: dict[str, Any] = {"turns": int(count)}
-    for q in (50, 95, 99):
-        bound = next((le for le, cum in sorted(buckets) if count and cum >= q / 100 * count),
-                     None)  # fmt: skip
-        out[f"p{q}_s"] = bound if bound is None or bound != float("inf") else None
+def turn_latencies(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The agents' answers, from the node's call records: every turn's latency (end of
+    the caller's speech to the first reply packet) and its recognition time."""
+    turns = [t for r in records for t in r.get("turns", [])]
+    latency = [float(t["latency_s"]) for t in turns if t.get("latency_s") is not None]
+    asr = [float(t["asr_s"]) for t in turns if t.get("asr_s") is not None]
+    out: dict[str, Any] = {"turns": len(turns), "answered": len(latency)}
+    for name, values in (("", latency), ("asr_", asr)):
+        for q in (50, 95, 99):
+            out[f"{name}p{q}_s"] = percentile(values, q)
+        out[f"{name}max_s"] = max(values, default=None)
     return out
-
-
-def _metrics(node: NodeProcess) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(node.health_url.replace("/health", "/metrics"), timeout=5) as r:
-        return str(r.read().decode())
 
 
 def _ms(text: str | None) -> float | None:
@@ -351,9 +340,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.node_env:
         name, _, value = item.partition("=")
         env[name] = value
-    peak = args.rate * (args.hold_s * 4 + 10)
-    options = NodeOptions(log_level="warning", rtp_port_count=int(min(8000, 2 * peak + 400)),
-                          env=env)  # fmt: skip
+    # Two ports a call up; a long call lasts four holds. At most what the loopback RTP
+    # regions give one block (loadtest/ports.py): past it, --node-env VOXSWITCH_RTP_PORTS.
+    held_s = args.hold_s * (4 if args.scenario == "long-calls" else 1) + 5
+    ports = int(min(4000, 2 * args.rate * held_s + 200))
+    options = NodeOptions(log_level="warning", rtp_port_count=ports, env=env)
     node = NodeProcess(out / "node", options, name="load-node")
     node.start()
     audio = caller_audio() if any(p.caller_audio for p in scenario.parts) else None
@@ -390,17 +381,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 thread.start()
             for thread in threads:
                 thread.join(args.duration_s * 4 + args.hold_s * 6 + 300)
-        metrics = _metrics(node)
     finally:
         node.stop(timeout_s=30)
     elapsed = time.monotonic() - began
-    return summarize(args, scenario, results, sampler.samples, metrics, started_at, elapsed,
-                     out)  # fmt: skip
+    return summarize(args, scenario, results, sampler.samples, node.records(), started_at,
+                     elapsed, out)  # fmt: skip
 
 
 def summarize(args: argparse.Namespace, scenario: Scenario, results: list[PartResult],
-              samples: list[dict[str, Any]], metrics: str, started_at: float, elapsed: float,
-              out: Path) -> dict[str, Any]:  # fmt: skip
+              samples: list[dict[str, Any]], records: Sequence[dict[str, Any]],
+              started_at: float, elapsed: float, out: Path) -> dict[str, Any]:  # fmt: skip
     failed: dict[str, int] = {}
     for r in results:
         for reason, n in r.failed.items():
@@ -449,7 +439,7 @@ def summarize(args: argparse.Namespace, scenario: Scenario, results: list[PartRe
             "cpu_pct_peak": max(cpu, default=None),
             "rss_mb_peak": max((s["rss_mb"] for s in samples), default=None),
         },
-        "turn_latency": turn_latencies(metrics),
+        "turn_latency": turn_latencies(records),
         "series": {"node": samples, "sipp": sipp_series(results)},
     }
     write_reports(summary, out)

@@ -63,3 +63,15 @@ def test_refused_calls_are_failures_by_reason_and_fail_the_run(tmp_path: Path) -
     assert report["failed"] == 7, report
     assert report["failed_by_reason"] == {"unexpected SIP/2.0 503 Service Unavailable": 7}
     assert "| failed | 7 |" in (tmp_path / "report.md").read_text()
+
+
+def test_an_inbound_run_with_the_agent_reports_its_turns(tmp_path: Path) -> None:
+    code, report = run("inbound", tmp_path, "--rate", "2", "--duration-s", "2",
+                       "--hold-s", "6", "--agent", "demo")  # fmt: skip
+    assert code == 0 and report["attempted"] == report["succeeded"] == 4, report
+    turns = report["turn_latency"]
+    # Each caller asks once (at 3 s) within its 6 s: every question answered.
+    assert turns["turns"] >= 4 and turns["answered"] >= 4, turns
+    assert 0 < turns["p50_s"] <= turns["p95_s"] <= turns["max_s"] < 5.0, turns
+    assert 0 < turns["asr_p50_s"] < turns["p50_s"], turns
+    assert "| agent turns (answered) |" in (tmp_path / "report.md").read_text()
