@@ -69,6 +69,27 @@ def free_port(*, udp: bool = True, tcp: bool = True, span: int = 1, host: str = 
     raise RuntimeError(f"no free port (udp={udp}, tcp={tcp}, span={span}) on {host}")
 
 
+def free_listen_ports(
+    span: int, *, udp: bool = True, tcp: bool = True, host: str = LOOPBACK
+) -> int:
+    """The first of `span` consecutive ports free for UDP and/or TCP, chosen out of the
+    kernel's ephemeral range: for a listener started seconds after the pick (a script
+    that checks services first), where a client socket's ephemeral port — its own
+    connection to Redis, say — could otherwise take the port in between."""
+    regions = [(lo, hi - span + 1) for lo, hi in RTP_RANGE_REGIONS if hi - lo + 1 >= span]
+    rng = random.Random(os.getpid() ^ random.getrandbits(32))
+    for _ in range(500):
+        lo, hi = rng.choice(regions)
+        start = rng.randint(lo, hi)
+        ports = range(start, start + span)
+        if any(p in _handed_out for p in ports):
+            continue
+        if all(port_is_free(p, udp=udp, tcp=tcp, host=host) for p in ports):
+            _handed_out.update(ports)
+            return start
+    raise RuntimeError(f"no {span} free ports (udp={udp}, tcp={tcp}) out of the ephemeral range")
+
+
 def free_port_range(
     size: int,
     *,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.ports import free_port, free_port_range, release
+from loadtest.ports import free_listen_ports, free_port_range, release
 from loadtest.sipp import SippResult, run_sipp
 
 SERVICES = Path(__file__).resolve().parents[2] / "deploy" / "local" / "services.sh"
@@ -26,9 +26,10 @@ def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {
         **os.environ,
         "VOXSWITCH_CLUSTER_DIR": str(tmp_path / "cluster"),
-        "VOXSWITCH_LB_PORT": str(free_port(udp=True, tcp=False)),
-        "VOXSWITCH_NODE_SIP_BASE": str(free_port(span=3) - 1),
-        "VOXSWITCH_NODE_API_BASE": str(free_port(udp=False, span=3) - 1),
+        # Out of the ephemeral range: `cluster up` binds them seconds after this pick.
+        "VOXSWITCH_LB_PORT": str(free_listen_ports(1, tcp=False)),
+        "VOXSWITCH_NODE_SIP_BASE": str(free_listen_ports(3) - 1),
+        "VOXSWITCH_NODE_API_BASE": str(free_listen_ports(3, udp=False) - 1),
         "VOXSWITCH_NODE_RTP_BASE": str(rtp),
         "VOXSWITCH_NODE_RTP_PORTS": "200",
         "VOXSWITCH_PROBE_S": "1",
