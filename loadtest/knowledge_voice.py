@@ -1,13 +1,15 @@
 """The knowledge base by voice: paraphrased questions asked through real phone calls.
 
 Each question of :data:`loadtest.paraphrases.PARAPHRASES` is one baresip call to a node
-running the demo agent: the phone's microphone says the question (espeak-ng at 150 wpm)
-a second after the call is answered, over the greeting (barge-in), and the call's record
-says what pocketsphinx heard and which knowledge entry the agent answered from. The
+running the demo agent: the phone's microphone says the question (a person-like neural
+voice by default, or espeak-ng at 150 wpm: ``loadtest/caller.py``) a second after the
+call is answered, over the greeting (barge-in), and the call's record says what the
+recogniser heard and which knowledge entry the agent answered from. The
 score is the share of questions answered from the right entry; the same questions as
 text (no recognition) are scored too, so a miss is placed: the words or the lookup.
 
-    python -m loadtest.knowledge_voice [--asr whisper] [--weaviate] [--limit N]
+    python -m loadtest.knowledge_voice [--asr whisper] [--caller-voice espeak]
+                                       [--weaviate] [--limit N]
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ import numpy as np
 import numpy.typing as npt
 
 from loadtest.baresip import RATE, Baresip
+from loadtest.caller import CALLER_VOICES, CallerVoice, say
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.paraphrases import PARAPHRASES
-from media.tts import EspeakSynthesizer
 
-CALLER_WPM = 150
 LEAD_S = 1.0  # after the answer, before the caller speaks (over the greeting)
 ANSWER_WAIT_S = 12.0
 
@@ -51,16 +52,23 @@ class Asked:
         return self.answered_from[:1] == [self.expected]
 
 
-def _microphone(question: str) -> npt.NDArray[np.int16]:
-    speech = asyncio.run(EspeakSynthesizer(rate_wpm=CALLER_WPM).synthesize(question))
+def _microphone(question: str, voice: CallerVoice) -> npt.NDArray[np.int16]:
+    speech = say(question, voice)
     lead = np.zeros(round(LEAD_S * RATE), dtype=np.int16)
     tail = np.zeros(round(20 * RATE), dtype=np.int16)
     return np.concatenate([lead, speech, tail])
 
 
-def ask(node: NodeProcess, baresip: str, workdir: Path, question: str, expected: str) -> Asked:
+def ask(
+    node: NodeProcess,
+    baresip: str,
+    workdir: Path,
+    question: str,
+    expected: str,
+    voice: CallerVoice = "piper",
+) -> Asked:
     """One call: dial, say the question, wait for the agent's answer, hang up."""
-    phone = Baresip(baresip, workdir, microphone=_microphone(question))
+    phone = Baresip(baresip, workdir, microphone=_microphone(question, voice))
     log_from = len(node.stderr_text())
     records_before = len(node.records())
     try:
@@ -99,14 +107,32 @@ def ask(node: NodeProcess, baresip: str, workdir: Path, question: str, expected:
     )
 
 
-def run(baresip: str, workdir: Path, env: dict[str, str], limit: int | None = None) -> list[Asked]:
+def ask_all(
+    node: NodeProcess,
+    baresip: str,
+    workdir: Path,
+    voice: CallerVoice = "piper",
+    limit: int | None = None,
+) -> list[Asked]:
+    """The voice question set, one call per question, one call at a time."""
+    questions = PARAPHRASES[:limit] if limit else PARAPHRASES
+    return [
+        ask(node, baresip, workdir / f"phone-{i}", q, e, voice)
+        for i, (q, e) in enumerate(questions)
+    ]
+
+
+def run(
+    baresip: str,
+    workdir: Path,
+    env: dict[str, str],
+    voice: CallerVoice = "piper",
+    limit: int | None = None,
+) -> list[Asked]:
     factory = NodeFactory(workdir, env)
     try:
         node = factory.start("kb-voice", NodeOptions(max_call_duration_s=60, media_timeout_s=0))
-        questions = PARAPHRASES[:limit] if limit else PARAPHRASES
-        return [
-            ask(node, baresip, workdir / f"phone-{i}", q, e) for i, (q, e) in enumerate(questions)
-        ]
+        return ask_all(node, baresip, workdir, voice, limit)
     finally:
         factory.stop_all()
 
@@ -142,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weaviate", action="store_true", help="the node uses Weaviate")
     parser.add_argument("--asr", choices=("pocketsphinx", "whisper"), default="pocketsphinx")
+    parser.add_argument("--caller-voice", choices=CALLER_VOICES, default="piper")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     baresip = shutil.which("baresip")
@@ -158,7 +185,7 @@ def main() -> None:
     if args.asr == "whisper":
         env["VOXSWITCH_ASR_POOL_SIZE"] = "1"  # one caller at a time: all cores per decode
     with tempfile.TemporaryDirectory(prefix="kb-voice-") as tmp:
-        asked = run(baresip, Path(tmp), env, args.limit)
+        asked = run(baresip, Path(tmp), env, args.caller_voice, args.limit)
     for a in asked:
         mark = "right" if a.right else "WRONG"
         print(
@@ -176,6 +203,7 @@ def main() -> None:
                 "right_by_text": text_score(env),
                 "store": "weaviate" if args.weaviate else "embedded",
                 "asr": args.asr,
+                "caller_voice": args.caller_voice,
                 "asr_s_p50": round(float(np.median(asr)), 3) if asr else None,
                 "turn_latency_s_p50": round(float(np.median(latency)), 3) if latency else None,
                 "turn_latency_s_max": round(max(latency), 3) if latency else None,
