@@ -422,16 +422,16 @@ class CallManager:
         actor.record.trunk = trunk
         actor.record.agent = agent
         trunk_says = self.inbound.record_for(trunk) if self.inbound and trunk else None
-        actor.record_to = self.recording_path(call_id, trunk_says)
-        actor.record_announcement = self.record_announcement
+        self._arm_recording(actor, trunk_says)
         self._start(actor)
 
-    def recording_path(self, call_id: str, record: bool | None) -> str | None:
-        """Where the call's recording goes (None: not recorded). ``record`` is the
-        call's own or its trunk's word; None leaves it to the node's setting."""
-        if not (self.record_all if record is None else record) or not self.recordings_dir:
-            return None
-        return recording_path(self.recordings_dir, call_id)
+    def _arm_recording(self, actor: CallActor, record: bool | None) -> None:
+        """Where the call's recording goes (none: not recorded) and the notice said
+        first when it is. ``record`` is the call's own or its trunk's word; None leaves
+        it to the node's setting."""
+        if (self.record_all if record is None else record) and self.recordings_dir:
+            actor.record_to = recording_path(self.recordings_dir, actor.call_id)
+        actor.record_announcement = self.record_announcement
 
     # ---- outbound ------------------------------------------------------------------
 
@@ -487,8 +487,7 @@ class CallManager:
             pace=self.pace,
             on_answered=on_answered,
         )
-        actor.record_to = self.recording_path(call_id, record)
-        actor.record_announcement = self.record_announcement
+        self._arm_recording(actor, record)
         actor.record.agent = agent if agent in self.voices else "default"
         self._start(actor)
         return actor
@@ -525,7 +524,7 @@ class CallManager:
         )
         actor.record.agent = agent
         actor.record.trunk = "webrtc"
-        actor.record_to = self.recording_path(actor.call_id, None)
+        self._arm_recording(actor, None)  # the node's setting, as for a SIP call
         self.stats.calls_offered += 1
         self._start(actor)
         return actor
