@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from control_api.outbound import refused
 from switch.manager import CallRefused
 from switch.webrtc.phone import WebPhone, WebRtcError
 
@@ -105,8 +106,7 @@ def phone_router(
         try:
             answered = await phone.answer(offer.sdp, offer.agent, remote)
         except CallRefused as exc:
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status,
-                                headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
+            return refused(exc)
         except WebRtcError as exc:
             raise HTTPException(400, str(exc)) from None
         return Answer(call_id=answered.call_id, sdp=answered.sdp)
