@@ -230,12 +230,13 @@ def tone(freq: float, *, seconds: float, level: float) -> npt.NDArray[np.int16]:
     return np.round(level * 32767 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
 
 
-def write_wav(path: Path, pcm: npt.NDArray[np.int16]) -> None:
+def write_wav(path: Path, pcm: npt.NDArray[np.int16], rate: int = RATE) -> Path:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(RATE)
+        out.setframerate(rate)
         out.writeframes(pcm.astype("<i2").tobytes())
+    return path
 
 
 def read_wav(path: Path) -> FloatArray:

@@ -8,21 +8,24 @@ without asking, so the console's test phone can call an agent with no human.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
-import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
+
+from loadtest.baresip import write_wav
+from media.resample import upsample_8k_to_16k
+from media.tts import EspeakSynthesizer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -55,13 +58,12 @@ def chromium(*, microphone: Path | None = None, width: int = 1400, height: int =
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-def write_wav(path: Path, pcm: npt.NDArray[np.int16], rate: int) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.astype("<i2").tobytes())
-    return path
+def question_microphone(path: Path, question: str, lead_s: float = 2.0) -> Path:
+    """A WAV for Chromium's fake microphone (16 kHz; it loops the file): ``lead_s`` of
+    silence, ``question`` said by espeak-ng at 150 wpm, 10 s of silence."""
+    speech = asyncio.run(EspeakSynthesizer(rate_wpm=150).synthesize(question))
+    lead, tail = np.zeros(round(16000 * lead_s), np.int16), np.zeros(16000 * 10, np.int16)
+    return write_wav(path, np.concatenate([lead, upsample_8k_to_16k(speech), tail]), 16000)
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 10.0) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 from selenium.webdriver.common.by import By
 
-from loadtest.browser import Console, chromium, wait_for, write_wav
+from loadtest.browser import Console, chromium, question_microphone, wait_for
 from loadtest.node import NodeOptions, NodeProcess
 from loadtest.runner import QUESTION, caller_audio
 from loadtest.sipp import run_sipp
@@ -40,20 +40,6 @@ def api(node: NodeProcess, method: str, path: str, body: Any = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
-def microphone(path: Path) -> Path:
-    import asyncio
-
-    import numpy as np
-
-    from media.resample import upsample_8k_to_16k
-    from media.tts import EspeakSynthesizer
-
-    speech = asyncio.run(EspeakSynthesizer(rate_wpm=150).synthesize(QUESTION))
-    pcm = np.concatenate([np.zeros(32000, np.int16), upsample_8k_to_16k(speech),
-                          np.zeros(16000 * 10, np.int16)])  # fmt: skip
-    return write_wav(path, pcm, 16000)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "docs"))
@@ -66,7 +52,7 @@ def main() -> None:
                                     "VOXSWITCH_TRUNKS_FILE": str(work / "trunks.json")},
         ), name="demo-node")  # fmt: skip
         node.start()
-        driver = chromium(microphone=microphone(work / "question.wav"))
+        driver = chromium(microphone=question_microphone(work / "question.wav", QUESTION))
         try:
             api(node, "PUT", "/v1/trunks/carrier-a", {"host": "127.0.0.1", "port": 5999,
                                                        "options_interval_s": 30})  # fmt: skip

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import urllib.error
@@ -18,17 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from loadtest.browser import Console, chromium, wait_for, write_wav
+from loadtest.browser import Console, chromium, question_microphone, wait_for
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.runner import caller_audio
 from loadtest.sipp import SippResult, run_sipp
-from media.resample import upsample_8k_to_16k
-from media.tts import EspeakSynthesizer
 from tests.e2e.api_client import ADMIN, api
 from tests.e2e.test_voice_agent import answer
 
@@ -44,17 +40,9 @@ def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
     return voxswitch_nodes.start("console", options)
 
 
-def question_wav(path: Path) -> Path:
-    """The fake microphone: 2 s of silence, the question, 10 s of silence (looped)."""
-    speech = asyncio.run(EspeakSynthesizer(rate_wpm=150).synthesize(QUESTION))
-    pcm = np.concatenate([np.zeros(16000 * 2, np.int16), upsample_8k_to_16k(speech),
-                          np.zeros(16000 * 10, np.int16)])  # fmt: skip
-    return write_wav(path, pcm, 16000)
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    driver = chromium(microphone=question_wav(tmp_path / "question.wav"))
+    driver = chromium(microphone=question_microphone(tmp_path / "question.wav", QUESTION))
     try:
         yield driver
     finally:
