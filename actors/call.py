@@ -44,7 +44,7 @@ from media.session import MediaEvent, SessionControl, VadConfig
 from media.srtp import SrtpKeys
 from sip.dialog import Dialog
 from sip.endpoint import Flow, SipEndpoint
-from sip.message import Request, Response, make_response
+from sip.message import Request, Response, clean_text, make_response
 from sip.sdp import (
     Negotiated,
     NoCommonCodec,
@@ -262,8 +262,9 @@ class CallActor:
         self.record = CallRecord(
             call_id=self.invite.call_id,
             direction="inbound",
-            from_uri=str(self.invite.from_.uri),
-            to_uri=str(self.invite.to.uri),
+            # Clean Unicode: the record goes to JSON, Kafka and PostgreSQL as it is.
+            from_uri=clean_text(str(self.invite.from_.uri)),
+            to_uri=clean_text(str(self.invite.to.uri)),
             node_id=self.config.node_id,
             offered_at=time.time(),
             sip_headers=custom_headers(self.invite),
@@ -911,7 +912,7 @@ def custom_headers(request: Request) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, value in request.headers:
         if name.lower().startswith("x-") and len(found) < MAX_CUSTOM_HEADERS:
-            found[name] = value[:MAX_CUSTOM_HEADER_CHARS]
+            found[clean_text(name)] = clean_text(value[:MAX_CUSTOM_HEADER_CHARS])
     return found
 
 

@@ -134,6 +134,57 @@ MUTATIONS: tuple[Mutation, ...] = (
 )  # fmt: skip
 
 
+# What a hostile caller puts where call setup reads it (records, events, file names,
+# logs, the agent's routing): not UTF-8, controls, path tricks, huge, injection-shaped.
+HOSTILE_VALUES: tuple[bytes, ...] = (
+    b"\xff\xfe", b"caf\xe9", b"\xed\xa0\x80", b"\xc3\x28", b"\x00", b"\x1b[31m", b"%FF%00%C0",
+    "\U0001f4a5".encode(), b"../../etc/passwd", b"'; DROP TABLE calls;--", b"${jndi:x}",
+    b"a" * 600, b"<>\\\"", b"",
+)  # fmt: skip
+HOSTILE_SPOTS = ("x-header", "display", "from-user", "to-user", "ruri-user", "call-id",
+                 "user-agent", "subject", "contact-user", "many-x", "via-branch")  # fmt: skip
+
+
+def hostile_invite(host: str, port: int, local_port: int, rng: random.Random) -> bytes:
+    """A well-framed INVITE with an offer and something hostile in one field that call
+    setup reads (the message may still be malformed there: then it must get a 400)."""
+    value = rng.choice(HOSTILE_VALUES)
+    spot = rng.choice(HOSTILE_SPOTS)
+    data = valid_request("INVITE", host, port, local_port, SDP)
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    if spot == "x-header":
+        lines.insert(2, b"X-Account: " + value)
+    elif spot == "many-x":
+        lines[2:2] = [b"X-H%d: %s" % (i, value) for i in range(rng.choice([30, 200]))]
+    elif spot == "user-agent":
+        lines.insert(2, b"User-Agent: " + value)
+    elif spot == "subject":
+        lines.insert(2, b"Subject: " + value)
+    else:
+        name, old = {
+            "display": (b"From:", b"From: "), "from-user": (b"From:", b"fuzz@"),
+            "to-user": (b"To:", b"agent@"), "ruri-user": (b"INVITE", b"agent@"),
+            "call-id": (b"Call-ID:", b"Call-ID: "), "contact-user": (b"Contact:", b"fuzz@"),
+            "via-branch": (b"Via:", b"branch="),
+        }[spot]  # fmt: skip
+        for i, line in enumerate(lines):
+            if line.startswith(name):
+                new = {b"From: ": b'From: "' + value + b'" ', b"Call-ID: ": b"Call-ID: " + value}
+                lines[i] = line.replace(
+                    old,
+                    new.get(
+                        old,
+                        old.replace(b"@", b"") + value + b"@"
+                        if old.endswith(b"@")
+                        else old + value,
+                    ),
+                    1,
+                )
+                break
+    return b"\r\n".join(lines) + sep + body
+
+
 def mutate(seed: bytes, rng: random.Random) -> bytes:
     data = seed
     for _ in range(rng.choice([1, 1, 2, 3])):
@@ -176,7 +227,10 @@ class Fuzzer:
         self.udp.close()
 
     def case(self) -> bytes:
-        if self.rng.random() < 0.3:
+        roll = self.rng.random()
+        if roll < 0.15:  # well framed, hostile where call setup reads: must not leak
+            return hostile_invite("127.0.0.1", self.node.sip_port, self.port, self.rng)
+        if roll < 0.4:
             method = self.rng.choice(["INVITE", "OPTIONS", "BYE", "CANCEL", "REGISTER", "ACK"])
             seed = valid_request(method, "127.0.0.1", self.node.sip_port, self.port,
                                  SDP if method == "INVITE" else "")  # fmt: skip
@@ -286,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         fuzzer.close()
         node.stop()
     tracebacks = node.tracebacks()
-    print(f"{fuzzer.sent} messages in {batches} batches; node failures {failures}; "
-          f"calls left {stuck}; tracebacks {len(tracebacks)}; "
-          f"parse errors {parse_errors}; logs in {workdir}")
+    print(
+        f"{fuzzer.sent} messages in {batches} batches; node failures {failures}; "
+        f"calls left {stuck}; tracebacks {len(tracebacks)}; "
+        f"parse errors {parse_errors}; logs in {workdir}"
+    )
     for tb in tracebacks[:3]:
         print(tb)
     return 0 if not failures and not tracebacks and not stuck else 1

@@ -310,8 +310,35 @@ class SipEndpoint:
             txn = NonInviteServerTransaction(
                 request, reliable=flow.reliable, now=now, timers=self.timers
             )
-        self._server[key] = _Entry(txn, flow, key)
-        self.handler.request_received(request, txn, flow)
+        entry = _Entry(txn, flow, key)
+        self._server[key] = entry
+        try:
+            self.handler.request_received(request, txn, flow)
+        except Exception as exc:
+            self._handler_failed(entry, request, exc)
+
+    def _handler_failed(self, entry: _Entry, request: Request, exc: Exception) -> None:
+        """The TU failed on a new request: it must not keep its transaction forever.
+        Unanswered, it gets a final response (400 if the request was the peer's
+        fault, 500 if ours) and ends by its timers like any other."""
+        self.stats.handler_errors += 1
+        txn = entry.txn
+        assert isinstance(txn, InviteServerTransaction | NonInviteServerTransaction)
+        peer_fault = isinstance(exc, RemoteProtocolError | UriError)
+        if peer_fault:
+            log.info("%s from %s refused: %s", request.method, entry.flow.remote, exc)
+        else:  # a bug above us: its traceback, once; the transport goes on
+            log.exception("error handling %s from %s", request.method, entry.flow.remote)
+        if txn.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
+            return
+        if isinstance(exc, RemoteProtocolError):
+            status, reason = exc.status, _reason(exc)
+        elif peer_fault:
+            status, reason = 400, f"Bad Request ({_printable(str(exc))})"
+        else:
+            status, reason = 500, "Server Internal Error"
+        response = make_response(request, status, reason, to_tag=_refusal_tag(entry.key))
+        self._respond_entry(entry, response)
 
     def _refuse(self, request: Request, flow: Flow, key: object, refusal: Refusal) -> None:
         if refusal.status == 0:
@@ -522,12 +549,16 @@ def _refusal_tag(key: object) -> str:
 
 def _reason(exc: RemoteProtocolError) -> str:
     # The reason phrase tells the peer what was wrong; keep it one clean line.
-    text = "".join(c for c in exc.reason if c.isprintable())[:100]
+    text = _printable(exc.reason)
     return f"{reason_phrase(exc.status)} ({text})" if text else reason_phrase(exc.status)
 
 
 def _stamp_via(request: Request, flow: Flow) -> None:
     """Add ``received``/``rport`` to the top Via (RFC 3261 §18.2.1, RFC 3581 §4)."""
+def _printable(text: str) -> str:
+    return "".join(c for c in text if c.isprintable() and c.isascii())[:100]
+
+
     via = request.top_via
     host, port = flow.remote
     add_received = via.host_bare != host

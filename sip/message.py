@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sip.errors import UriError
 from sip.uri import Address, Params, Uri, parse_address, parse_params, parse_uri, split_hostport
@@ -437,6 +437,24 @@ REASON_PHRASES = {
     600: "Busy Everywhere",
     603: "Decline",
 }
+
+
+def clean_text(value: Any) -> Any:
+    """``value`` (text, or lists and dicts of it) as valid Unicode: the parser keeps a
+    peer's non-UTF-8 bytes as lone surrogates (to send them back byte for byte), which
+    JSON, file names and databases above us cannot take; each becomes U+FFFD."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a surrogate no byte decoding made
+            return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {clean_text(k): clean_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_text(v) for v in value]
+    return value
 
 
 def reason_phrase(status: int) -> str:

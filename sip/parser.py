@@ -166,6 +166,10 @@ def _content_length(message: Message) -> int | None:
 
 
 REQUIRED_HEADERS = ("via", "from", "to", "call-id", "cseq")
+# RFC 3261 §25.1 callid = word ["@" word]. Tolerant: any visible ASCII (real UAs put
+# '#', '=' and more in it), but never empty, blank, a control byte or non-ASCII: the
+# Call-ID names the call in file names, logs, events and the API.
+_CALL_ID_RE = re.compile(r"[!-~]{1,256}")
 
 
 def validate_request(request: Request) -> None:
@@ -181,6 +185,9 @@ def validate_request(request: Request) -> None:
     for name in SINGLE_HEADERS:
         if counts.get(name, 0) > 1:
             raise ParseError(f"more than one {name} header", partial=request)
+    call_id = request.headers.get("call-id") or ""
+    if _CALL_ID_RE.fullmatch(call_id) is None:
+        raise ParseError("malformed Call-ID", partial=request)
     try:
         request.vias  # noqa: B018 - parse to validate
         request.from_  # noqa: B018

@@ -9,13 +9,14 @@ a crashed actor is ended cleanly on the wire and nothing else is touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -471,6 +472,19 @@ class CallManager:
             contact=self.local.contact(first.transport), local_host=self.local.host, sdp=b"",
         )  # fmt: skip
         actor = OutboundCallActor(
+        # Whatever fails between the leg's port and the actor's task frees the port;
+        # the endpoint then answers the INVITE (400/500) and its transaction ends.
+        with released_on_failure(media):
+            self._start_inbound(request, txn, flow, trunk, media)
+
+    def _start_inbound(
+        self,
+        request: Request,
+        txn: InviteServerTransaction,
+        flow: Flow,
+        trunk: str,
+        media: MediaLeg,
+    ) -> None:
             invite=invite,
             invite_txn=None,
             flow=flow,
@@ -528,7 +542,24 @@ class CallManager:
         self.stats.calls_offered += 1
         self._start(actor)
         return actor
+        with released_on_failure(media):
+            actor = self._start_outbound(
+                call_id, media, origination, agent, on_answered=on_answered, record=record
+            )
 
+        return actor
+
+    def _start_outbound(
+        self,
+        call_id: str,
+        media: MediaLeg,
+        origination: Origination,
+        agent: str,
+        *,
+        on_answered: Callable[[OutboundCallActor], None] | None,
+        record: bool | None,
+    ) -> CallActor:
+        assert self.flow_to is not None
     def _place_bridge(self, actor: CallActor, target: str) -> CallActor | None:
         """The second leg of a transfer the peer would not take by REFER; its answer
         and its end go to ``actor``'s mailbox. None when it cannot be placed."""
@@ -575,6 +606,12 @@ class CallManager:
             return await self.tcp_connect(host, port)
         if transport == "tls":
             if self.tls_connect is None:
+        with released_on_failure(media):
+            return self._start_web(media, remote, agent, caller)
+
+    def _start_web(
+        self, media: MediaLeg, remote: tuple[str, int], agent: str, caller: str
+    ) -> CallActor:
                 raise OSError("no TLS transport")
             return await self.tls_connect(host, port, server_name)
         return self.flow_to((host, port))
@@ -647,6 +684,8 @@ class CallManager:
             except Exception:  # a campaign's bug must not stop the supervision
                 log.exception("call %s: end watcher failed", record.call_id)
         if self.on_record is not None:
+        """Supervise the actor from here on. What can fail comes before the actor is
+        registered: a failure leaves nothing behind (the caller frees the leg)."""
             self.on_record(record)
         if self.checkpointer is not None:
             self.checkpointer.ended(record.call_id)
@@ -713,7 +752,6 @@ class CallManager:
     def adopt(self, snapshot: dict[str, Any], from_node: str) -> None:
         """Take over a checkpointed call this node has just claimed: rebind its media
         here and let its agent go on; a call that cannot be adopted is ended."""
-        me = self.call_config.node_id
         call_id = snapshot["call_id"]
         why = ""
         try:
@@ -801,7 +839,12 @@ class CallManager:
 
     def live_ids(self) -> set[str]:
         return {a.call_id for a in self._tasks}
+        with released_on_failure(media):
+            self._start_adopted(snapshot, from_node, media)
 
+    def _start_adopted(self, snapshot: dict[str, Any], from_node: str, media: MediaLeg) -> None:
+
+        me, call_id = self.call_config.node_id, snapshot["call_id"]
     def _reply(
         self,
         txn: ServerTransaction,
@@ -867,3 +910,25 @@ def _accepts_sdp(request: Request) -> bool:
 
 
 __all__ = ["CallManager", "CallRefused", "UriError"]
+@contextlib.contextmanager
+def released_on_failure(media: MediaLeg) -> Iterator[None]:
+    """Close ``media`` (its RTP port back to the pool) if the block raises: a call
+    that failed to start must not hold a leg nobody supervises."""
+    try:
+        yield
+    except BaseException:
+        media.close()
+        raise
+
+
+def _target(request: Request) -> str:
+    """Whom a request is for: the Request-URI's user (or tel: number), else the To
+    URI's (a REGISTER names its user there)."""
+    for uri in (request.parsed_uri, request.to.uri):
+        if isinstance(uri, SipUri) and uri.user:
+            return uri.user
+        if isinstance(uri, TelUri):
+            return uri.number
+    return ""
+
+

@@ -200,6 +200,8 @@ class Node:
 
     def _build_guard(self) -> None:
         s = self.settings
+                # Requests our own code failed on (answered 500): each one is a bug.
+                "handler_errors": stats.handler_errors if stats else 0,
         self.admission = AdmissionControl(
             AdmissionConfig(
                 max_cps=s.max_cps,

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sip.message import clean_text
+
 log = logging.getLogger("voxswitch.spool")
 
 SEGMENT_BYTES = 16 * 1024 * 1024
@@ -80,7 +82,14 @@ class Spool:
 
     def append(self, event: dict[str, Any]) -> int:
         """Write one event durably (against a process crash); returns its sequence number."""
-        line = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        try:
+            line = text.encode() + b"\n"
+        except UnicodeEncodeError:
+            # A lone surrogate (a peer's non-UTF-8 byte kept by the SIP parser): no sink
+            # downstream (Kafka, PostgreSQL) could take it either. U+FFFD, not a loss.
+            line = json.dumps(clean_text(event), separators=(",", ":"),
+                              ensure_ascii=False).encode() + b"\n"  # fmt: skip
         segment = self._segments[-1]
         if segment.size and segment.size + len(line) > self.segment_bytes:
             segment = self._rotate()

@@ -16,6 +16,7 @@ def recording_path(root: str, call_id: str, now: float | None = None) -> str:
     the name is the Call-ID made safe for a file system, with a digest of the original
     so two Call-IDs never share a file."""
     safe = _UNSAFE_FILE_CHARS.sub("_", call_id)[:80]
-    digest = hashlib.sha256(call_id.encode()).hexdigest()[:12]
+    # surrogateescape: a peer's non-UTF-8 byte kept by the parser is its own byte here.
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
     return str(Path(root) / day / f"{safe}-{digest}.wav")

@@ -1,7 +1,8 @@
 """A live node fuzzed: mutated RFC 4475 messages and mutated valid requests over UDP
 and TCP, malformed RTP/RTCP into a live call's ports (loadtest/fuzz.py's mutations,
-drawn by hypothesis). The node answers OPTIONS after every case batch, keeps no call
-at the end, and writes no traceback (the e2e fixture checks the last)."""
+drawn by hypothesis). The node answers OPTIONS after every case batch, keeps no call,
+RTP leg or transaction at the end, and writes no traceback (the e2e fixture checks
+the last)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ def test_malformed_media_into_a_live_call(node: NodeProcess, fuzzer: Fuzzer) -> 
 def test_after_the_fuzz_no_call_is_left(node: NodeProcess, fuzzer: Fuzzer) -> None:
     # A mutated INVITE that was answered and never ACKed ends at Timer H (32 s).
     wait_for("no call left", lambda: node.health()["active_calls"] == 0, timeout_s=60)
+    # ... and nothing a call or a request took is held after the RFC timers (Timer
+    # H/J: 32 s): no RTP leg, no transaction; no request our code failed on.
+    def settled() -> bool:
+        health = node.health()
+        return health["media"]["legs"] == 0 and health["sip"]["transactions"] == 0
+
+    wait_for("no leg or transaction left", settled, timeout_s=45)
+    assert node.health()["sip"]["handler_errors"] == 0
     assert fuzzer.options_ok()
     assert fuzzer.sent >= 500
     fuzzer.close()
