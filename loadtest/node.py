@@ -145,6 +145,9 @@ class NodeProcess:
         # A node id of its own (not the host name every node here shares): nodes on one
         # Redis must differ, or the second refuses to start (its id is alive elsewhere).
         env[ENV_PREFIX + "NODE_ID"] = self.node_id
+        # Test nodes send webhooks and calls to receivers on loopback, which the SSRF
+        # policy refuses by default; a test of that policy sets this to "".
+        env[ENV_PREFIX + "ALLOWED_PRIVATE_TARGETS"] = "127.0.0.0/8,::1/128"
         env.update(self.options.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

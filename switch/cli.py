@@ -69,7 +69,10 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("-k", dest="kb_k", type=int, default=3, help="search: hits shown")
         _add_settings(command, skip=("agent",))  # --agent names the knowledge's agent here
-    for command in (serve, worker):
+    doctor = sub.add_parser(
+        "doctor", help="the risky settings of a configuration, one line each (exit 1: critical)"
+    )
+    for command in (serve, worker, doctor):
         _add_settings(command)
     return parser
 
@@ -113,7 +116,7 @@ def _leave(code: int) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     needs_settings = getattr(args, "jobs_command", "") in ("run", "enqueue") or args.command == "kb"
-    if args.command in ("serve", "worker") or needs_settings:
+    if args.command in ("serve", "worker", "doctor") or needs_settings:
         try:
             settings = _settings(args)
         except ConfigError as exc:
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "worker":
         return _worker(settings, args.concurrency, args.beat)
+    if args.command == "doctor":
+        return _doctor(settings, args)
     if args.command == "jobs":
         return _jobs(args, settings if args.jobs_command != "list" else None)
     if args.command == "serve":
@@ -147,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "apikey":
         return _apikey_create(args.name, tuple(args.scopes or ["admin"]), args.api_keys_file)
     return 2
+
+
+def _doctor(settings: Any, args: argparse.Namespace) -> int:
+    from switch.doctor import check, exit_code, observe, report
+
+    names = {f.name for f in settings_fields()}
+    given = [k for k, v in vars(args).items() if k in names and v is not None]
+    findings = check(settings, observe(settings, given, args.config))
+    print("\n".join(report(findings)))
+    return exit_code(findings)
 
 
 def _worker(settings: Any, concurrency: int, beat: bool) -> int:

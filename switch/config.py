@@ -19,8 +19,17 @@ from typing import Any
 
 from sip.sdp import SRTP_POLICIES
 from switch.guard.sources import SCANNER_AGENTS, parse_networks
+from switch.guard.targets import TargetPolicy
 
 ENV_PREFIX = "VOXSWITCH_"
+# Settings that hold secrets: each may be read from a file instead (VOXSWITCH_<NAME>_FILE
+# in the environment, <name>_file in the config file), the way Docker and Kubernetes
+# mount secrets, so the value is in neither the environment nor the command line.
+SECRET_SETTINGS = (
+    "api_key", "sip_auth_users", "sip_auth_secret", "secrets_key", "llm_api_key", "asr_api_key",
+    "tts_api_key", "webhook_secret", "weaviate_api_key", "s3_url", "postgres_dsn", "redis_url",
+    "jobs_broker_url",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -61,6 +70,30 @@ class Settings:
     api_keys_file: str = field(
         default="voxswitch-api-keys.json",
         metadata={"help": "API keys made by 'voxswitch apikey create' (hashed)"},
+    )
+    api_public_paths: str = field(
+        default="/health",
+        metadata={
+            "help": "API paths open without a key, comma-separated (e.g. /health,/metrics,"
+            "/docs; /docs opens /openapi.json too); every other path needs a key"
+        },
+    )
+    api_max_connections: int = field(
+        default=512, metadata={"help": "open API connections at most; more get 503 and close"}
+    )
+    api_max_connections_per_source: int = field(
+        default=64,
+        metadata={"help": "open API connections per client address; more get 429 and close"},
+    )
+    api_header_timeout_s: float = field(
+        default=10.0,
+        metadata={"help": "a request's line and headers must arrive within this (slowloris)"},
+    )
+    api_body_timeout_s: float = field(
+        default=30.0, metadata={"help": "a request's body must arrive within this of its head"}
+    )
+    api_idle_timeout_s: float = field(
+        default=10.0, metadata={"help": "an idle API connection is closed after this long"}
     )
     max_calls: int = field(
         default=2000, metadata={"help": "concurrent calls; beyond it INVITEs get 503"}
@@ -198,9 +231,24 @@ class Settings:
     webhook_secret: str = field(
         default="", metadata={"help": "HMAC-SHA256 key of the webhook signature"}
     )
+    allowed_private_targets: str = field(
+        default="",
+        metadata={
+            "help": "CIDRs the node may send webhooks, trunk traffic and dialed SIP URIs to "
+            "although loopback/private/link-local (e.g. 10.20.0.0/16 for a receiver in the "
+            "VPC); cloud metadata addresses stay refused"
+        },
+    )
     trunks_file: str = field(
         default="voxswitch-trunks.json",
         metadata={"help": "trunks and routes (JSON, written by the API; '' keeps them in memory)"},
+    )
+    secrets_key: str = field(
+        default="",
+        metadata={
+            "help": "seals trunk passwords in trunks_file and PostgreSQL, the same on every "
+            "node, 16+ characters (default: a random key in a 0600 file beside trunks_file)"
+        },
     )
     transfer_fallback: str = field(
         default="bridge",
@@ -269,6 +317,69 @@ class Settings:
         metadata={
             "help": "User-Agent substrings of SIP scanners: their source is banned at "
             "once ('' turns this off)"
+        },
+    )
+    ban_max_unknown_targets: int = field(
+        default=10,
+        metadata={
+            "help": "distinct users/numbers no inbound route or trunk knows (or that were "
+            "refused) one source may try within ban_window_s before it is banned (0: off)"
+        },
+    )
+    ban_max_failures: int = field(
+        default=30,
+        metadata={
+            "help": "error answers (4xx but 487, 6xx) one source may get within "
+            "ban_window_s before it is banned (0: off)"
+        },
+    )
+    ban_window_s: float = field(
+        default=60.0, metadata={"help": "window of ban_max_unknown_targets and ban_max_failures"}
+    )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "help": "addresses/CIDRs of SIP proxies (Kamailio) whose X-Source-IP header "
+            "names a request's real source; never counted or banned themselves"
+        },
+    )
+    server_header: str = field(
+        default="",
+        metadata={"help": "Server header of our SIP responses ('' sends none)"},
+    )
+    sip_tcp_max_connections: int = field(
+        default=2048,
+        metadata={
+            "help": "SIP connections open at once, on each of the TCP and TLS listeners; "
+            "past it new ones are reset (0: no cap)"
+        },
+    )
+    sip_tcp_max_per_source: int = field(
+        default=64,
+        metadata={
+            "help": "SIP TCP/TLS connections one source IP may hold open (trunks and "
+            "trusted_sources are exempt; 0: no cap)"
+        },
+    )
+    sip_tcp_idle_timeout_s: float = field(
+        default=300.0,
+        metadata={
+            "help": "close a SIP TCP/TLS connection with no message or CRLF keepalive for "
+            "this long, unless a call runs on it (0: never)"
+        },
+    )
+    sip_tcp_message_timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "a SIP message over TCP/TLS, and a new connection's first one, must "
+            "arrive whole within this long or the connection is closed (0: no limit)"
+        },
+    )
+    sip_tcp_max_message_bytes: int = field(
+        default=65535,
+        metadata={
+            "help": "largest SIP body a TCP/TLS peer may send (413 and the connection "
+            "closed past it; header sections are capped at 32 KiB)"
         },
     )
     tls_port: int = field(
@@ -408,6 +519,15 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         raise ConfigError(f"{name}: invalid value {value!r}") from exc
 
 
+def _secret_file(what: str, path: Any) -> str:
+    from switch.secret_box import SecretError, read_secret_file  # cryptography: only if used
+
+    try:
+        return read_secret_file(str(path), what)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -423,11 +543,23 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
         for key, value in data.items():
+            secret = key.removesuffix("_file")
+            if key not in known and secret in SECRET_SETTINGS:
+                if secret in data:
+                    raise ConfigError(f"config file {path}: {secret}, {key}: give one of them")
+                values[secret] = _secret_file(key, value)
+                continue
             if key not in known:
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[key] = _convert(key, known[key].type, value)
     for name, f in known.items():
         raw = env.get(ENV_PREFIX + name.upper())
+        file = env.get(ENV_PREFIX + name.upper() + "_FILE") if name in SECRET_SETTINGS else None
+        if file:
+            if raw is not None:
+                variable = ENV_PREFIX + name.upper()
+                raise ConfigError(f"{variable}, {variable}_FILE: give one of them")
+            raw = _secret_file(name + "_file", file)
         if raw is not None:
             values[name] = _convert(name, f.type, raw)
     for name, value in (cli or {}).items():
@@ -458,13 +590,24 @@ def load_settings(
         value = getattr(settings, name)
         if value < 20 or value % 20:
             raise ConfigError(f"{name}: must be a multiple of 20 ms, at least 20")
+    try:
+        targets = TargetPolicy.from_setting(settings.allowed_private_targets)
+    except ValueError as exc:
+        raise ConfigError(f"allowed_private_targets: {exc}") from exc
     if settings.webhook_url:
         if not settings.webhook_url.startswith(("http://", "https://")):
             raise ConfigError("webhook_url: must be an http:// or https:// URL")
+        from switch.backbone.webhooks import webhook_url_refusal  # httpx: only if used
+
+        refusal = webhook_url_refusal(settings.webhook_url, targets)
+        if refusal is not None:  # a name is checked at each POST, by what it resolves to
+            raise ConfigError(f"webhook_url: {refusal}")
         if not settings.webhook_secret:
             raise ConfigError("webhook_secret: set it with webhook_url (it signs every POST)")
     if settings.transfer_fallback not in ("bridge", "hangup"):
         raise ConfigError("transfer_fallback: expected bridge or hangup")
+    if settings.secrets_key and len(settings.secrets_key) < 16:
+        raise ConfigError("secrets_key: at least 16 characters (e.g. openssl rand -base64 32)")
     if settings.trunks_reload_s <= 0:
         raise ConfigError("trunks_reload_s: must be above 0")
     if settings.spool_max_mb < 1:
@@ -473,6 +616,15 @@ def load_settings(
         raise ConfigError("retention_days: must be 0 (keep everything) or more")
     if settings.jobs_visibility_s < 1:
         raise ConfigError("jobs_visibility_s: must be at least 1")
+    for name in ("api_max_connections", "api_max_connections_per_source"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1")
+    for name in ("api_header_timeout_s", "api_body_timeout_s", "api_idle_timeout_s"):
+        if not 0 < getattr(settings, name) < 86400:  # NaN fails too
+            raise ConfigError(f"{name}: must be above 0 (seconds, under a day)")
+    for path in filter(None, (p.strip() for p in settings.api_public_paths.split(","))):
+        if not path.startswith("/") or any(c.isspace() or c in "?#*" for c in path):
+            raise ConfigError(f"api_public_paths: {path!r} is not a path (e.g. /metrics)")
     if settings.weaviate_url and not re.match(r"^https?://[^/\s]+/?$", settings.weaviate_url):
         raise ConfigError("weaviate_url: expected http(s)://host:port")
     if not 1 <= settings.kb_top_k <= 50:
@@ -489,6 +641,14 @@ def load_settings(
         raise ConfigError(f"srtp: expected required, optional or off, got {settings.srtp!r}")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key: set both (or neither)")
+    for name in ("sip_tcp_max_connections", "sip_tcp_max_per_source"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{name}: must be 0 (no cap) or more")
+    for name in ("sip_tcp_idle_timeout_s", "sip_tcp_message_timeout_s"):
+        if not 0 <= getattr(settings, name) <= 86400:  # NaN and infinity fail too
+            raise ConfigError(f"{name}: must be 0 (off) to 86400 seconds")
+    if not 1024 <= settings.sip_tcp_max_message_bytes <= 1024 * 1024:
+        raise ConfigError("sip_tcp_max_message_bytes: must be 1024 to 1048576")
     if settings.max_cps < 0:
         raise ConfigError("max_cps: must be 0 (no ceiling) or more")
     if not 0 <= settings.overload_busy < 1:
@@ -496,13 +656,21 @@ def load_settings(
     for name in ("overload_lag_ms", "overload_media_late_ms", "ban_s", "auth_failure_window_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name}: must be above 0")
-    for name in ("overload_retry_after_s", "source_max_rps", "auth_max_failures"):
+    for name in ("overload_retry_after_s", "source_max_rps", "auth_max_failures",
+                 "ban_max_unknown_targets", "ban_max_failures"):  # fmt: skip
         if getattr(settings, name) < 0:
             raise ConfigError(f"{name}: must be 0 or more")
-    try:
-        parse_networks(settings.trusted_sources.split(","))
-    except ValueError as exc:
-        raise ConfigError(f"trusted_sources: {exc}") from exc
+    if not 0 < settings.ban_window_s <= 86400:  # NaN fails too
+        raise ConfigError("ban_window_s: must be above 0 and at most 86400")
+    for name in ("trusted_sources", "trusted_proxies"):
+        try:
+            parse_networks(getattr(settings, name).split(","))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from exc
+    if len(settings.server_header) > 100 or not all(
+        " " <= c <= "~" for c in settings.server_header
+    ):
+        raise ConfigError("server_header: printable ASCII on one line, at most 100 characters")
     if settings.asr_pool_size < 1:
         raise ConfigError("asr_pool_size: must be at least 1")
     if settings.sip_auth_realm:

@@ -18,17 +18,20 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from actors.call import CallActor, CallConfig, CallRecord, LocalAddress
 from actors.conversation import Voice
 from actors.messages import DtmfRequested, Hangup, SayRequested, TransferRequested
 from control_api.app import create_app, make_server
+from control_api.connections import ApiLimits
 from control_api.keys import ApiKeys
 from control_api.metrics import NodeMetrics
 from sip.auth import DigestAuthenticator
 from sip.message import Message
 from sip.sdp import SrtpPolicy
+from sip.transport.limits import StreamLimits
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.tls import client_context, server_context
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
@@ -40,9 +43,11 @@ from switch.cluster.membership import Membership
 from switch.cluster.takeover import NodeIdInUse, Takeover, TakeoverConfig
 from switch.config import Settings, auth_algorithms, auth_users
 from switch.guard.admission import AdmissionConfig, AdmissionControl
+from switch.guard.conduct import ConductLimits
 from switch.guard.load import LoadMonitor
 from switch.guard.shared import SharedGuardStore
 from switch.guard.sources import SourceGuard, SourceLimits
+from switch.guard.targets import TargetPolicy
 from switch.jobs.analytics import DailyReports
 from switch.knowledge import KnowledgeBase, KnowledgeUnavailable, build_knowledge
 from switch.knowledge.entries import KnowledgeEntry
@@ -53,7 +58,7 @@ from switch.trunking.campaigns import Campaigns
 from switch.trunking.dialer import Dialer
 from switch.trunking.monitor import TrunkMonitor
 from switch.trunking.store import PostgresTrunkStore, TrunkStoreError
-from switch.trunking.trunks import TrunkBook
+from switch.trunking.trunks import TrunkBook, stored_problem
 from switch.voice import build_voices, vad_config
 from switch.webrtc.phone import WebPhone
 
@@ -123,7 +128,10 @@ class Node:
         self._takeover_task: asyncio.Task[None] | None = None
         self._handed_over = False  # the drain left its calls to the other nodes
         store = PostgresTrunkStore(settings.postgres_dsn) if settings.postgres_dsn else None
-        self.book = TrunkBook.load(settings.trunks_file or None, store)
+        self.targets = TargetPolicy.from_setting(settings.allowed_private_targets)  # SSRF
+        self.book = TrunkBook.load(
+            settings.trunks_file or None, store, settings.secrets_key, targets=self.targets
+        )
         # What the daily_report job computed, for GET /v1/reports/daily.
         self.reports = DailyReports(settings.postgres_dsn) if settings.postgres_dsn else None
         self.dialer: Dialer | None = None
@@ -193,15 +201,18 @@ class Node:
                 "dropped": stats.dropped if stats else 0,
                 "responses_by_code": dict(stats.by_status_sent) if stats else {},
                 "transactions": manager.endpoint.transaction_count if manager else 0,
+                # Requests our own code failed on (answered 500): each one is a bug.
+                "handler_errors": stats.handler_errors if stats else 0,
                 # Read from the UDP socket but dropped: the transport's queue was full.
                 "udp_queue_dropped": self._udp.queue_dropped if self._udp else 0,
+                # Stream connections: open, opened, refused and closed by reason.
+                "tcp_connections": self._tcp.status() if self._tcp else {},
+                "tls_connections": self._tls.status() if self._tls else {},
             },
         }
 
     def _build_guard(self) -> None:
         s = self.settings
-                # Requests our own code failed on (answered 500): each one is a bug.
-                "handler_errors": stats.handler_errors if stats else 0,
         self.admission = AdmissionControl(
             AdmissionConfig(
                 max_cps=s.max_cps,
@@ -221,6 +232,8 @@ class Node:
             ban_s=s.ban_s,
             scanner_agents=tuple(a.strip() for a in s.scanner_user_agents.split(",")),
             trusted=tuple(s.trusted_sources.split(",")),
+            trusted_proxies=tuple(s.trusted_proxies.split(",")),
+            conduct=ConductLimits(s.ban_max_unknown_targets, s.ban_max_failures, s.ban_window_s),
         )
         self.sources = SourceGuard(
             limits, clock=time.time, node=s.name,
@@ -262,6 +275,7 @@ class Node:
             webhook_url=s.webhook_url,
             webhook_secret=s.webhook_secret,
             spool_dir=s.spool_dir,
+            webhook_targets=self.targets,
         )
         try:
             self.backbone = Backbone(s.spool_dir, sinks, max_bytes=s.spool_max_mb * 1024 * 1024)
@@ -335,6 +349,7 @@ class Node:
             checkpointer=self.checkpointer,
             admission=self.admission,
             sources=self.sources,
+            server_header=s.server_header,
         )
         endpoint = self.manager.endpoint
         if self.book.store is not None:
@@ -366,7 +381,7 @@ class Node:
         self.trunk_monitor = TrunkMonitor(
             self.book, endpoint, local, self.manager.connect, loop.time
         )
-        self._tcp = TcpServer(self._receive_tcp)
+        self._tcp = self._stream_server("TCP")
         try:
             await self._tcp.start(s.sip_host, s.sip_port)
         except OSError as exc:
@@ -400,6 +415,32 @@ class Node:
             local.host,
         )
 
+    def _stream_server(
+        self,
+        name: str,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> TcpServer:
+        """A SIP TCP or TLS listener bounded by the sip_tcp_ settings: a banned source's
+        connections are refused, the guard's exempt sources (trusted, proxies, trunks)
+        skip the per-source cap, and a connection a live call runs on is never idle."""
+        s, manager, sources = self.settings, self.manager, self.sources
+        assert manager is not None
+        limits = StreamLimits(
+            max_connections=s.sip_tcp_max_connections,
+            max_per_source=s.sip_tcp_max_per_source,
+            idle_timeout_s=s.sip_tcp_idle_timeout_s,
+            message_timeout_s=s.sip_tcp_message_timeout_s,
+            max_message_bytes=s.sip_tcp_max_message_bytes,
+        )
+        return TcpServer(
+            self._receive_tcp, name=name, server_ssl=server_ssl, client_ssl=client_ssl,
+            limits=limits,
+            banned=sources.banned if sources is not None else None,
+            unlimited=sources.exempt if sources is not None else None,
+            in_use=lambda: {actor.flow for actor in manager.live()},
+        )  # fmt: skip
+
     async def _start_tls(self) -> None:
         """TLS to trunks always (their certificates checked against ``tls_ca`` or the
         system's CAs); a TLS listener when we have a certificate."""
@@ -410,7 +451,7 @@ class Node:
             server = server_context(s.tls_cert, s.tls_key, s.tls_ca) if s.tls_cert else None
         except (OSError, ssl.SSLError) as exc:  # a missing file, a key that does not match
             raise StartupError(f"TLS: cannot load {s.tls_cert or s.tls_ca}: {exc}") from None
-        self._tls = TcpServer(self._receive_tcp, name="TLS", server_ssl=server, client_ssl=client)
+        self._tls = self._stream_server("TLS", server_ssl=server, client_ssl=client)
         if server is not None:
             try:
                 await self._tls.start(s.sip_host, s.tls_port)
@@ -540,6 +581,9 @@ class Node:
             await self.book.reload()
         except TrunkStoreError as exc:
             log.warning("trunks not reloaded (%s); dialing by the last known", exc)
+        except ValidationError as exc:  # written by an older node: this one refuses it
+            log.warning("trunks not reloaded (%s); dialing by the last known",
+                        stored_problem(exc))  # fmt: skip
 
     # InboundPolicy (the call manager asks)
 
@@ -726,7 +770,12 @@ def _api_socket(host: str, port: int) -> socket.socket:
 
 
 async def run_node(settings: Settings) -> int:
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except ValidationError as exc:  # trunks_file holds what this version refuses
+        print(f"voxswitch: trunks_file {settings.trunks_file}: {stored_problem(exc)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     api_sock: socket.socket | None = None
     try:
         if settings.api_port:
@@ -754,8 +803,10 @@ async def run_node(settings: Settings) -> int:
             guard=node.sources, reports=node.reports.fetch if node.reports else None,
             knowledge=node.knowledge, agents=node.agent_names(),
             phone=WebPhone(node.manager) if node.manager is not None else None,
+            public_paths=settings.api_public_paths,
         )  # fmt: skip
-        server = make_server(app, settings.api_host, settings.api_port)
+        limits = ApiLimits.from_settings(settings)
+        server = make_server(app, settings.api_host, settings.api_port, limits)
         api_task = loop.create_task(server.serve(sockets=[api_sock] if api_sock else None))
     await node.wait_stopped()
     log.info("stopping: draining calls")

@@ -18,6 +18,7 @@ from typing import Any
 from switch.backbone.sinks import Event, FileSink, KafkaSink, PostgresSink, Sink
 from switch.backbone.spool import Spool
 from switch.backbone.webhooks import WebhookSink
+from switch.guard.targets import TargetPolicy
 
 log = logging.getLogger("voxswitch.backbone")
 
@@ -82,6 +83,7 @@ class Courier:
             "failures": self.failures,
             "last_error": self.last_error,
             "rejected": getattr(self.sink, "rejected", 0),  # kept aside (webhook 4xx)
+            "refused": getattr(self.sink, "refused", 0),  # of those: target refused (SSRF)
         }
 
 
@@ -145,6 +147,7 @@ def build_sinks(
     webhook_url: str = "",
     webhook_secret: str = "",
     spool_dir: str | Path = ".",
+    webhook_targets: TargetPolicy | None = None,
 ) -> list[Sink]:
     """Kafka and/or PostgreSQL when configured, else the local events file; and the
     webhook when one is set, or a secret to sign the calls' own webhooks with."""
@@ -157,5 +160,5 @@ def build_sinks(
         sinks.append(FileSink(events_file))
     if webhook_url or webhook_secret:
         dead = Path(spool_dir) / "webhook-dead-letters.jsonl"
-        sinks.append(WebhookSink(webhook_url, webhook_secret, dead))
+        sinks.append(WebhookSink(webhook_url, webhook_secret, dead, targets=webhook_targets))
     return sinks

@@ -19,10 +19,12 @@ from actors.outbound import DialTarget, Origination, OutboundCallActor
 from sip.errors import UriError
 from sip.sdp import SrtpPolicy
 from sip.uri import SipUri, parse_uri
+from switch.guard.targets import TargetPolicy, TargetRefused
 from switch.manager import CallManager, CallRefused
 from switch.trunking.trunks import Trunk, TrunkBook, valid_host
 
 TRUNK_FULL_RETRY_S = 1
+NO_PRIVATE_TARGETS = TargetPolicy()  # the default: nothing private allowed
 
 
 class Pacer:
@@ -112,7 +114,7 @@ class Dialer:
                 raise NoRoute("trunk", f"no trunk named {request.trunk!r}")
             trunks = [trunk]
         elif to.startswith(("sip:", "sips:")):
-            return [_direct(to, self.srtp)]
+            return [_direct(to, self.srtp, self.book.targets)]
         else:
             trunks = self.book.trunks_for(to)
             if not trunks:
@@ -219,15 +221,21 @@ def _offered_srtp(policy: SrtpPolicy, transport: str) -> SrtpPolicy:
     return policy
 
 
-def _direct(uri: str, srtp: SrtpPolicy) -> DialTarget:
+def _direct(uri: str, srtp: SrtpPolicy, policy: TargetPolicy = NO_PRIVATE_TARGETS) -> DialTarget:
     """A SIP URI dialed without a trunk (a test UA, a PBX on the LAN); a ``sips:``
-    URI or ``;transport=tls`` goes over TLS to port 5061 unless it names one."""
+    URI or ``;transport=tls`` goes over TLS to port 5061 unless it names one. An
+    address the node may not be sent to (loopback, private, metadata: the SSRF
+    policy, ``allowed_private_targets``) is no route."""
     try:
         parsed = parse_uri(uri)
     except UriError as exc:
         raise NoRoute("to", str(exc)) from exc
     if not isinstance(parsed, SipUri) or not valid_host(parsed.host):
         raise NoRoute("to", f"{uri!r} is not a SIP URI with a valid host")
+    try:
+        policy.check_host(parsed.host_bare)
+    except TargetRefused as exc:
+        raise NoRoute("to", exc.reason) from None
     named = parsed.transport
     transport = "tls" if parsed.secure or named == "tls" else "tcp" if named == "tcp" else "udp"
     return DialTarget(

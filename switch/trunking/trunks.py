@@ -14,16 +14,43 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sip.sdp import SrtpPolicy
-from switch.trunking.store import PostgresTrunkStore
+from switch.guard.targets import (
+    Resolver,
+    TargetPolicy,
+    TargetRefused,
+    ipv4_prefix_spanned,
+    resolve_checked,
+)
+from switch.secret_box import SecretError
+from switch.trunking.patterns import PatternError, compile_pattern, fullmatch
+from switch.trunking.sealing import (
+    ENV_NAME,
+    PROBLEMS,
+    SECRET_FIELDS,
+    TrunkKeys,
+    check_reference,
+    resolve_references,
+)
+from switch.trunking.store import PostgresTrunkStore, TrunkStoreError
+
+log = logging.getLogger("voxswitch.trunks")
 
 Codec = Literal["PCMU", "PCMA"]
 CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")
@@ -60,6 +87,12 @@ class Trunk(BaseModel):
         description="inbound INVITEs only over TLS with a verified client certificate "
         "for tls_peer_name (or host)",
     )
+    # Before inbound_ips: its check reads this field.
+    allow_any_source: bool = Field(
+        default=False,
+        description="take inbound_ips wider than /8 (IPv4) or /32 (IPv6), even 0.0.0.0/0: "
+        "any such source passes as this carrier (and is never banned)",
+    )
     inbound_ips: list[str] = Field(
         default_factory=list, max_length=64,
         description="addresses/CIDRs whose INVITEs are this trunk's (default: host)",
@@ -69,8 +102,22 @@ class Trunk(BaseModel):
         description="digest user the carrier may authenticate its INVITEs with",
     )  # fmt: skip
     inbound_password: str = Field(default="", max_length=128)
+    inbound_password_env: str = Field(
+        default="", pattern=ENV_NAME, description="inbound_password from this variable of the node"
+    )
+    inbound_password_file: str = Field(
+        default="", max_length=1024, description="inbound_password from this file on the node"
+    )
     username: str = Field(default="", max_length=128, description="outbound digest user")
     password: str = Field(default="", max_length=128, description="outbound digest password")
+    password_env: str = Field(
+        default="", pattern=ENV_NAME,
+        description="the password from this environment variable of the node (never stored)",
+    )  # fmt: skip
+    password_file: str = Field(
+        default="", max_length=1024,
+        description="the password from this file on the node, e.g. a mounted secret",
+    )  # fmt: skip
     registration: bool = Field(default=False, description="REGISTER to the carrier")
     register_expires_s: int = Field(default=3600, ge=60, le=86400)
     codecs: list[Codec] = Field(default_factory=lambda: list(CODECS), min_length=1, max_length=2)
@@ -99,6 +146,19 @@ class Trunk(BaseModel):
             return {**data, "port": 5061}
         return data
 
+    @field_validator(
+        "inbound_password_env", "inbound_password_file", "password_env", "password_file"
+    )
+    @classmethod
+    def _secret_reference(cls, value: str, info: ValidationInfo) -> str:
+        return check_reference(info.field_name or "", value, info.data, info.context)
+
+    @model_validator(mode="after")
+    def _secret_references(self, info: ValidationInfo) -> Trunk:
+        """password_env/password_file (and inbound_*) fill the password in memory."""
+        resolve_references(self, info.context)
+        return self
+
     @property
     def peer_name(self) -> str:
         """What the carrier's certificate must name (outbound and client checks)."""
@@ -113,12 +173,18 @@ class Trunk(BaseModel):
 
     @field_validator("inbound_ips")
     @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
+    def _networks(cls, values: list[str], info: ValidationInfo) -> list[str]:
         for value in values:
             try:
-                ipaddress.ip_network(value, strict=False)
+                network = ipaddress.ip_network(value, strict=False)
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not an IP address or CIDR") from exc
+            if too_wide(network) and not info.data.get("allow_any_source", False):
+                raise ValueError(
+                    f"{value!r} is wider than a /8 of IPv4 or a /32 of IPv6 (IPv4 inside "
+                    "IPv6 counts as IPv4): an allow-list for everyone (set allow_any_source "
+                    "to mean it)"
+                )
         return values
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -140,7 +206,7 @@ class Trunk(BaseModel):
     def public(self) -> dict[str, Any]:
         """The trunk as the API shows it: the password never leaves."""
         data = self.model_dump()
-        for secret in ("password", "inbound_password"):
+        for secret in SECRET_FIELDS:
             data[secret] = "********" if data[secret] else ""
         return data
 
@@ -155,7 +221,8 @@ class OutboundRoute(BaseModel):
 
 
 class InboundRoute(BaseModel):
-    """Calls to a number matching ``pattern`` (a regular expression) go to ``agent``."""
+    """Calls to a number matching ``pattern`` (a regular expression, RE2's syntax:
+    matched in linear time, see ``patterns.py``) go to ``agent``."""
 
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     pattern: str = Field(max_length=200)
@@ -166,10 +233,50 @@ class InboundRoute(BaseModel):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from exc
+            compile_pattern(value)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
         return value
+
+
+# The widest source network an inbound allow-list takes without allow_any_source. A /8
+# is the largest block ever assigned to one organisation (IPv4), a /32 the usual
+# allocation to one provider (IPv6); a carrier's signalling hosts sit in far less.
+# Anything wider lets strangers pass as the carrier: calls unauthenticated, never banned.
+NARROWEST_SOURCE_PREFIX = {4: 8, 6: 32}
+
+
+def too_wide(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Wider than the narrowest prefix, counting IPv4 inside IPv6 (``::ffff:0:0/96`` is
+    every IPv4 source as a dual-stack socket shows it)."""
+    return (
+        network.prefixlen < NARROWEST_SOURCE_PREFIX[network.version]
+        or ipv4_prefix_spanned(network) < NARROWEST_SOURCE_PREFIX[4]
+    )
+
+
+async def trunk_target_refusal(
+    trunk: Trunk, policy: TargetPolicy, resolve: Resolver
+) -> tuple[str, str] | None:
+    """(field, reason) when the trunk's host is an address the node may not be sent
+    to (``switch.guard.targets``; a name by what it resolves to now), else None. A
+    name that does not resolve now passes: a carrier's DNS may lag its set-up."""
+    try:
+        await resolve_checked(policy, trunk.host.strip("[]"), trunk.port, resolve)
+    except TargetRefused as exc:
+        return "host", exc.reason
+    except OSError:
+        return None
+    return None
+
+
+def stored_problem(exc: ValidationError) -> str:
+    """One line for a stored trunk or route this node does not take (a file or table
+    written before a check was added: a 0.0.0.0/0 allow-list, a backtracking pattern)."""
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"a stored {exc.title}: {where}: {first['msg']}{more}"
 
 
 def valid_host(host: str) -> bool:
@@ -196,34 +303,88 @@ class TrunkBook:
     trunks: dict[str, Trunk] = field(default_factory=dict)
     outbound: dict[str, OutboundRoute] = field(default_factory=dict)
     inbound: dict[str, InboundRoute] = field(default_factory=dict)
+    keys: TrunkKeys | None = None  # default: a key file beside ``path`` (sealing.py)
+    _warned: set[str] = field(default_factory=set, repr=False)
+    # Where trunks and directly dialed SIP URIs may send us (allowed_private_targets).
+    targets: TargetPolicy = field(default_factory=TargetPolicy)
+
+    def _keys(self) -> TrunkKeys:
+        if self.keys is None or (self.keys.key_file is None and self.path is not None):
+            self.keys = TrunkKeys.beside(self.path, self.keys.secrets_key if self.keys else "")
+        return self.keys
 
     @classmethod
-    def load(cls, path: str | Path | None, store: PostgresTrunkStore | None = None) -> TrunkBook:
-        book = cls(Path(path) if path else None, store)
+    def load(
+        cls,
+        path: str | Path | None,
+        store: PostgresTrunkStore | None = None,
+        secrets_key: str = "",
+        *,
+        targets: TargetPolicy | None = None,
+    ) -> TrunkBook:
+        file = Path(path) if path else None
+        book = cls(file, store, keys=TrunkKeys.beside(file, secrets_key),
+                   targets=targets or TargetPolicy())  # fmt: skip
         if book.path is None or not book.path.exists():
             return book
         data = json.loads(book.path.read_text())
-        book.apply(data)
+        clear = book.apply(data)
+        if clear:
+            log.warning("%s holds %d trunk password(s) in the clear: they are sealed on its "
+                        "next save", book.path, clear)  # fmt: skip
         return book
 
-    def apply(self, data: dict[str, Any]) -> None:
-        self.trunks = {t["name"]: Trunk(**t) for t in data.get("trunks", [])}
-        self.outbound = {r["name"]: OutboundRoute(**r) for r in data.get("outbound_routes", [])}
-        self.inbound = {r["name"]: InboundRoute(**r) for r in data.get("inbound_routes", [])}
+    def apply(self, data: dict[str, Any]) -> int:
+        """Take a stored document (the file's or PostgreSQL's); returns how many
+        passwords it held in the clear."""
+        self.trunks, self.outbound, self.inbound, clear = self._parse(data)
+        return clear
+
+    def _parse(self, data: dict[str, Any]) -> tuple[
+            dict[str, Trunk], dict[str, OutboundRoute], dict[str, InboundRoute], int]:  # fmt: skip
+        problems: list[str] = []
+        clear = 0
+        trunks: dict[str, Trunk] = {}
+        for stored in data.get("trunks", []):
+            opened, found = self._keys().opened(stored, problems)
+            clear += found
+            trunks[opened["name"]] = Trunk.model_validate(opened, context={PROBLEMS: problems})
+        for problem in problems:  # once each: a reload every 10 s must not repeat them
+            if problem not in self._warned:
+                self._warned.add(problem)
+                log.warning("%s", problem)
+        outbound = {r["name"]: OutboundRoute(**r) for r in data.get("outbound_routes", [])}
+        inbound = {r["name"]: InboundRoute(**r) for r in data.get("inbound_routes", [])}
+        return trunks, outbound, inbound, clear
 
     def dump(self) -> dict[str, Any]:
+        """Everything in memory, passwords included: compare it, never write it."""
         return {
             "trunks": [t.model_dump() for t in self.trunks.values()],
             "outbound_routes": [r.model_dump() for r in self.outbound.values()],
             "inbound_routes": [r.model_dump() for r in self.inbound.values()],
         }
 
+    def stored(self) -> dict[str, Any]:
+        """What the file holds: passwords sealed or named by reference, never clear."""
+        keys = self._keys()
+        box = keys.file_box(create=True)
+        if box is None:
+            raise SecretError("no secrets_key and no trunks_file to keep a key beside")
+        data = self.dump()
+        data["trunks"] = [keys.sealed(t, box) for t in data["trunks"]]
+        return data
+
     def save(self) -> None:
         if self.path is None:
             return
+        try:
+            text = json.dumps(self.stored(), indent=2)
+        except SecretError as exc:
+            raise TrunkStoreError(f"trunk passwords not sealed: {exc}") from exc
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.dump(), indent=2))
-        os.chmod(tmp, 0o600)  # it holds carrier passwords
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)  # sealed, but still the carriers' addresses and users
         os.replace(tmp, self.path)
 
     # ---- changes (PostgreSQL first: if it fails, nothing changed) ----------------------------
@@ -231,14 +392,16 @@ class TrunkBook:
     async def reload(self) -> None:
         """Take PostgreSQL's trunks and routes (what other nodes changed)."""
         if self.store is not None:
-            data = await self.store.load()
-            if data != self.dump():
-                self.apply(data)
+            trunks, outbound, inbound, _ = self._parse(await self.store.load())
+            if (trunks, outbound, inbound) != (self.trunks, self.outbound, self.inbound):
+                self.trunks, self.outbound, self.inbound = trunks, outbound, inbound
                 self.save()
 
     async def put_trunk(self, trunk: Trunk) -> None:
         if self.store is not None:
-            await self.store.put_trunk(trunk.name, trunk.model_dump())
+            keys = self._keys()
+            stored = keys.sealed(trunk.model_dump(), keys.shared_box())
+            await self.store.put_trunk(trunk.name, stored)
         self.trunks[trunk.name] = trunk
         self.save()
 
@@ -304,6 +467,6 @@ class TrunkBook:
     def agent_for(self, number: str) -> str | None:
         """The agent of the first inbound route matching the dialed number."""
         for route in sorted(self.inbound.values(), key=lambda r: (r.priority, r.name)):
-            if re.fullmatch(route.pattern, number):
+            if fullmatch(route.pattern, number):
                 return route.agent
         return None
