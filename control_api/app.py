@@ -1,7 +1,11 @@
 """The HTTP API, served by the node on its own event loop (FastAPI + uvicorn).
 
-Health and Prometheus metrics (open), live calls and their commands, outbound
-calls, trunks and routes (``control_api/outbound.py``), all behind API keys.
+Health (open), Prometheus metrics (scope ``reports:read``, or open when listed in
+``api_public_paths``), live calls and their commands, outbound calls, trunks and
+routes (``control_api/outbound.py``), all behind API keys. The key is checked and the
+body capped before it is read (``control_api/gate.py``); numbers must be finite and
+every error is JSON (``control_api/strict.py``); connections are capped and timed
+(``control_api/connections.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from fastapi.responses import (
 )
 from pydantic import BaseModel, Field
 
+from control_api import strict
 from control_api.campaigns import campaign_router
+from control_api.connections import ApiLimits, ApiServerConfig
 from control_api.console import console_files, phone_router, stream_router
+from control_api.gate import ApiGate, bearer_token, key_of, parse_public_paths, unauthorized_detail
 from control_api.guard import guard_router
 from control_api.keys import ApiKeys
 from control_api.knowledge import knowledge_router
@@ -37,9 +44,6 @@ from switch.trunking.campaigns import Campaigns
 from switch.trunking.dialer import Dialer
 from switch.trunking.trunks import TrunkBook
 from switch.webrtc.phone import WebPhone
-
-MAX_BODY_BYTES = 64 * 1024
-CAMPAIGN_BODY_BYTES = 16 * 1024 * 1024  # a campaign's numbers: 100,000 with variables
 
 
 class NodeStatus(Protocol):
@@ -109,23 +113,35 @@ def create_app(
     knowledge: KnowledgeBase | None = None,
     agents: Sequence[str] = (),
     phone: WebPhone | None = None,
+    public_paths: str = "/health",
 ) -> FastAPI:
     # Every endpoint is ``async def``: it runs on the node's loop, where the calls live
     # (a plain ``def`` would run in a worker thread and race the actors).
-    app = FastAPI(title="voxswitch", version="0.1.0")
+    app = FastAPI(title="voxswitch", version="0.1.0", dependencies=[Depends(strict.finite_numbers)])
+    strict.install(app)
+    open_paths = parse_public_paths(public_paths)
+    app.add_middleware(ApiGate, keys=keys, public_paths=open_paths)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        bulk = request.url.path == "/v1/campaigns" or request.url.path.endswith("/kb")
-        limit = CAMPAIGN_BODY_BYTES if bulk else MAX_BODY_BYTES
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
-        return await call_next(request)
+    def require(scope: str) -> Any:
+        def check(request: Request, authorization: str | None = Header(default=None)) -> None:
+            assert keys is not None
+            key = key_of(request.state)  # the gate verified it before the body was read
+            if key is None:
+                token = bearer_token(request.scope)
+                key = keys.verify(token) if token else None
+            if key is None:
+                raise HTTPException(401, unauthorized_detail(keys),
+                                    headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            if not key.allows(scope):
+                raise HTTPException(403, f"this key lacks the scope {scope!r}")
+
+        return Depends(check)
 
     if metrics is not None:
+        # Aggregates without caller data: the reports' scope, unless the path is public.
+        keyed = keys is not None and "/metrics" not in open_paths
 
-        @app.get("/metrics")
+        @app.get("/metrics", dependencies=[require("reports:read")] if keyed else [])
         async def prometheus() -> Response:
             """The node's counters, gauges and histograms in Prometheus' text format."""
             return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -145,20 +161,6 @@ def create_app(
 
     if keys is None or calls is None or commands is None:
         return app
-
-    def require(scope: str) -> Any:
-        def check(authorization: str | None = Header(default=None)) -> None:
-            scheme, _, token = (authorization or "").partition(" ")
-            key = keys.verify(token.strip()) if scheme.lower() == "bearer" else None
-            if key is None:
-                detail = "missing or invalid API key (Authorization: Bearer <key>)"
-                if not keys.configured:
-                    detail = "no API keys: set VOXSWITCH_API_KEY or run 'voxswitch apikey create'"
-                raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
-            if not key.allows(scope):
-                raise HTTPException(403, f"this key lacks the scope {scope!r}")
-
-        return Depends(check)
 
     def find(call_id: str) -> LiveCall:
         call = calls.live_call(call_id)
@@ -211,7 +213,7 @@ def create_app(
             raise HTTPException(404, f"call {call_id!r} was not recorded")
         headers = {
             "X-Recording-SHA256": recording["sha256"],
-            "Content-Disposition": f'attachment; filename="{call_id}.wav"',
+            "Content-Disposition": strict.attachment(f"{call_id}.wav"),
         }
         location = str(recording["location"])
         if location.startswith("s3://"):
@@ -270,7 +272,7 @@ def create_app(
         )  # fmt: skip
         async def place(body: CallBody) -> JSONResponse:
             """Place an outbound call: 202 with its call id; follow it at /v1/calls/{id}."""
-            return place_call(dialer, body, can_sign=can_sign)
+            return await place_call(dialer, body, can_sign=can_sign)
 
         route_agents = tuple(dialer.manager.voices)  # "none" too: a route may answer silently
         app.include_router(
@@ -310,8 +312,11 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def make_server(app: FastAPI, host: str, port: int) -> EmbeddedServer:
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
-    )
+def make_server(
+    app: FastAPI, host: str, port: int, limits: ApiLimits | None = None
+) -> EmbeddedServer:
+    config = ApiServerConfig(
+        app, limits=limits or ApiLimits(), host=host, port=port,
+        log_level="warning", access_log=False, lifespan="off",
+    )  # fmt: skip
     return EmbeddedServer(config)

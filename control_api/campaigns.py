@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from control_api.outbound import field_error
+from switch.backbone.webhooks import check_webhook_url
 from switch.trunking.campaigns import Campaign, CampaignBody, Campaigns
 from switch.trunking.dialer import NoRoute
 
@@ -30,6 +31,10 @@ def campaign_router(
         """Start dialing ``numbers`` at ``cps``, at most ``max_concurrent`` at once."""
         if body.webhook_url and not can_sign:
             return field_error("webhook_url", "the node has no webhook_secret to sign events with")
+        if body.webhook_url:  # SSRF: not to the node's own or private addresses, nor metadata
+            refusal = await check_webhook_url(body.webhook_url, campaigns.dialer.book.targets)
+            if refusal is not None:
+                return field_error("webhook_url", refusal, "target_refused")
         try:
             campaign = campaigns.create(body)
         except NoRoute as exc:

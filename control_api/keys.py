@@ -7,7 +7,8 @@ kept in memory only. Tokens are 32 random bytes, so a plain hash is the right st
 (nothing to brute-force); comparison is constant-time.
 
 Scopes: ``calls:read``, ``calls:write``, ``recordings:read`` (a call's audio is
-more sensitive than its record), ``admin`` (everything).
+more sensitive than its record), ``reports:read`` (daily reports and ``/metrics``:
+aggregates, no caller's data), ``kb:read``, ``kb:write``, ``admin`` (everything).
 """
 
 from __future__ import annotations

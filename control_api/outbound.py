@@ -16,6 +16,8 @@ from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from switch.backbone.webhooks import check_webhook_url
+from switch.guard.targets import system_resolve
 from switch.manager import CallRefused
 from switch.trunking.dialer import CallRequest, Dialer, NoRoute
 from switch.trunking.store import TrunkStoreError
@@ -29,6 +31,7 @@ from switch.trunking.trunks import (
     OutboundRoute,
     Trunk,
     TrunkBook,
+    trunk_target_refusal,
 )
 
 DESTINATION = E164 + r"|^sips?:[^\s<>\"]{3,250}$"  # a number or a SIP URI
@@ -116,9 +119,13 @@ def refused(exc: CallRefused) -> JSONResponse:
     )
 
 
-def place_call(dialer: Dialer, body: CallBody, *, can_sign: bool) -> JSONResponse:
+async def place_call(dialer: Dialer, body: CallBody, *, can_sign: bool) -> JSONResponse:
     if body.webhook_url and not can_sign:
         return field_error("webhook_url", "the node has no webhook_secret to sign events with")
+    if body.webhook_url:  # SSRF: not to the node's own or private addresses, nor metadata
+        refusal = await check_webhook_url(body.webhook_url, dialer.book.targets)
+        if refusal is not None:
+            return field_error("webhook_url", refusal, "target_refused")
     try:
         actor = dialer.dial(body.request())
     except NoRoute as exc:
@@ -165,12 +172,17 @@ def trunk_router(
     async def put_trunk(body: Trunk, name: str = name_param) -> dict[str, Any]:
         """Create or replace a trunk (the password is kept when sent as ********)."""
         old = book.trunks.get(name)
-        kept = {  # a secret sent back as shown stays what it was
-            secret: getattr(old, secret)
+        kept = {  # a secret sent back as shown stays what it was (and where it came from)
+            field: getattr(old, field)
             for secret in ("password", "inbound_password")
             if old is not None and getattr(body, secret) == "********"
+            for field in (secret, secret + "_env", secret + "_file")
         }
         trunk = body.model_copy(update={"name": name, **kept})
+        refusal = await trunk_target_refusal(trunk, book.targets, system_resolve)
+        if refusal is not None:  # SSRF: the node is not sent to its own or private hosts
+            raise HTTPException(422, [{"loc": ["body", refusal[0]], "type": "target_refused",
+                                       "msg": refusal[1]}])  # fmt: skip
         await stored(book.put_trunk(trunk))
         return {**trunk.public(), "status": status(name)}
 

@@ -166,7 +166,9 @@ def _callers(result: SippResult) -> dict[str, int]:
 def refused_for_overload(node: NodeProcess) -> int:
     """Attempts the node's admission control refused (ours while overloaded; any
     inbound ones for overload or max_cps)."""
-    with urllib.request.urlopen(node.health_url.replace("/health", "/metrics"), timeout=5) as r:
+    url = node.health_url.replace("/health", "/metrics")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
         text = r.read().decode()
     total = 0.0
     for line in text.splitlines():

@@ -9,12 +9,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippRunner
+from tests.e2e.api_client import ADMIN
 from tests.e2e.polling import wait_for
 
 
 def scrape(node: NodeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics with the admin key (the node must have it: /metrics is keyed)."""
     url = node.health_url.replace("/health", "/metrics")
-    with urllib.request.urlopen(url, timeout=5) as response:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
@@ -28,7 +31,8 @@ def scrape(node: NodeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 def test_metrics_count_calls_responses_and_the_spool(
     voxswitch_nodes: NodeFactory, sipp: SippRunner
 ) -> None:
-    node = voxswitch_nodes.start("metrics", NodeOptions(media_timeout_s=0))
+    env = {"VOXSWITCH_API_KEY": ADMIN}
+    node = voxswitch_nodes.start("metrics", NodeOptions(media_timeout_s=0, env=env))
     before = scrape(node)
     assert before[("voxswitch_up", ())] == 1
     assert before[("voxswitch_active_calls", ())] == 0

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from loadtest.node import NodeFactory, NodeOptions
+from tests.e2e.api_client import ADMIN
 
 pytestmark = pytest.mark.e2e
 
@@ -45,9 +46,11 @@ def asked_for() -> dict[str, set[str]]:
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(
     voxswitch_nodes: NodeFactory,
 ) -> None:
-    node = voxswitch_nodes.start("metrics", NodeOptions(env={"VOXSWITCH_AGENT": "none"}))
+    env = {"VOXSWITCH_AGENT": "none", "VOXSWITCH_API_KEY": ADMIN}
+    node = voxswitch_nodes.start("metrics", NodeOptions(env=env))
     url = f"http://{node.host}:{node.api_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         names = exported(response.read().decode())
     assert len(names) > 30
     for where, metrics in asked_for().items():

@@ -75,7 +75,9 @@ def test_call_to_sipp_uas_connects_and_delete_sends_bye(
     assert view["direction"] == "outbound" and view["trunk"] == "carrier-a"
     assert view["sip_code"] == 200 and view["codec"] == "PCMU"
     assert view["metadata"] == {"customer": "c-42"}
-    metrics = urllib.request.urlopen(node.health_url.replace("/health", "/metrics")).read()
+    url = node.health_url.replace("/health", "/metrics")
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    metrics = urllib.request.urlopen(urllib.request.Request(url, headers=auth), timeout=5).read()
     placed = re.search(rb"^voxswitch_calls_placed_total (\S+)$", metrics, re.MULTILINE)
     assert placed is not None and float(placed.group(1)) >= 1
     status, listed = api(node, "GET", "/v1/calls?direction=outbound&state=confirmed")

@@ -14,6 +14,7 @@ import pytest
 
 from loadtest.node import NodeFactory, NodeOptions, NodeProcess
 from loadtest.sipp import SippRunner
+from tests.e2e.api_client import ADMIN
 from tests.e2e.raw_sip import SDP, RawUdp
 from tests.e2e.test_metrics import scrape
 
@@ -25,6 +26,7 @@ def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
     options = NodeOptions(
         media_timeout_s=0, max_call_duration_s=5,
         extra_args=["--agent", "none", "--max-cps", str(MAX_CPS), "--overload-busy", "0"],
+        env={"VOXSWITCH_API_KEY": ADMIN},  # for /metrics
     )  # fmt: skip
     return voxswitch_nodes.start("overload", options)
 

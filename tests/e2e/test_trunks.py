@@ -62,7 +62,9 @@ def test_registration_answers_the_challenge_and_refreshes_before_expiry(
 
 
 def api_text(node: NodeProcess, path: str) -> tuple[int, str]:
-    with urllib.request.urlopen(node.health_url.replace("/health", path), timeout=5) as r:
+    url = node.health_url.replace("/health", path)
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return r.status, r.read().decode()
 
 
