@@ -91,10 +91,23 @@ def finite_json(value: Any) -> Any:
     return value
 
 
+# A 422 quotes the value it refused; never one of these (a password sent by mistake
+# in the wrong shape would come back in the answer, and in any log of it).
+SECRET_FIELDS = frozenset({"password", "inbound_password", "secret", "api_key", "key", "token"})
+
+
+def _without_secrets(error: dict[str, Any]) -> dict[str, Any]:
+    names = {str(part).lower() for part in error.get("loc", ())}
+    if names & SECRET_FIELDS or "password" in str(error.get("loc", "")).lower():
+        error = {k: v for k, v in error.items() if k not in ("input", "ctx")}
+    return error
+
+
 async def validation_failed(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422, safe to render whatever input it quotes."""
+    """FastAPI's 422, safe to render whatever input it quotes (never a secret's)."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": finite_json(jsonable_encoder(exc.errors()))}, status_code=422)
+    errors = [_without_secrets(e) for e in jsonable_encoder(exc.errors())]
+    return JSONResponse({"detail": finite_json(errors)}, status_code=422)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

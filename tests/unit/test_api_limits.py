@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel, Field
 
 from control_api.app import create_app
 from control_api.keys import ApiKeys
@@ -234,3 +235,27 @@ async def test_an_answer_before_the_body_is_read_closes_rather_than_drains(
     await app(chunked_post("/health", None), sender.receive, sender.send)
     assert sender.status == 405
     assert sender.closes  # uvicorn would otherwise read and drop all 20 MB
+
+
+class _Secretive(BaseModel):
+    name: str = Field(max_length=8)
+    password: str = Field(max_length=8)
+
+
+async def test_a_422_never_quotes_a_secret_back() -> None:
+    from control_api import strict
+
+    app = FastAPI()
+    strict.install(app)
+
+    @app.put("/trunk")
+    async def put(trunk: _Secretive) -> dict[str, str]:
+        return {}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+        answer = await api.put("/trunk", json={"name": "n" * 9, "password": "hunter2-secret"})
+    assert answer.status_code == 422
+    assert "hunter2-secret" not in answer.text
+    assert ["body", "password"] in field_of(answer.json())
+    assert "n" * 9 in answer.text  # other fields still say what was refused

@@ -59,9 +59,18 @@ def test_every_alert_says_what_and_how_bad() -> None:
         assert rule["for"], rule["alert"]
 
 
-def test_the_prometheus_config_is_valid() -> None:
-    done = promtool("check", "config", "prometheus.yaml")
+def test_the_prometheus_config_is_valid_and_scrapes_with_a_key(tmp_path: Path) -> None:
+    # /metrics needs a reports:read key: Prometheus reads it from a file beside its config.
+    for name in ("prometheus.yaml", "alerts.yaml"):
+        shutil.copy(MONITORING / name, tmp_path / name)
+    (tmp_path / "voxswitch-metrics.key").write_text("a-reports-read-key\n")
+    path = shutil.which("promtool")
+    assert path
+    done = subprocess.run([path, "check", "config", "prometheus.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    job = yaml.safe_load((MONITORING / "prometheus.yaml").read_text())["scrape_configs"][0]
+    assert job["authorization"]["type"] == "Bearer"
 
 
 @pytest.fixture(scope="module")
