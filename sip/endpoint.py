@@ -135,13 +135,15 @@ class SipEndpoint:
         *,
         loop: asyncio.AbstractEventLoop,
         timers: TimerConfig = DEFAULT_TIMERS,
-        user_agent: str = "voxswitch",
+        user_agent: str = "",
         allow: str = "",
     ) -> None:
         self.handler = handler
         self.allow = allow  # the Allow header of a 405/501 we send ourselves (§20.5)
         self.loop = loop
         self.timers = timers
+        # Our Server header (RFC 3261 §20.35: optional, and a product/version helps
+        # only whoever fingerprints us): empty sends none.
         self.user_agent = user_agent
         self.stats = EndpointStats()
         self._server: dict[object, _Entry] = {}
@@ -425,7 +427,7 @@ class SipEndpoint:
         self._respond_entry(entry, response)
 
     def _respond_entry(self, entry: _Entry, response: Response) -> None:
-        if "server" not in response.headers:
+        if self.user_agent and "server" not in response.headers:
             response.headers.add("Server", self.user_agent)
         counts = self.stats.by_status_sent
         counts[response.status] = counts.get(response.status, 0) + 1
@@ -471,7 +473,7 @@ class SipEndpoint:
         if isinstance(message, Response):
             counts = self.stats.by_status_sent
             counts[message.status] = counts.get(message.status, 0) + 1
-            if "server" not in message.headers:
+            if self.user_agent and "server" not in message.headers:
                 message.headers.add("Server", self.user_agent)
         self._send_bytes(bytes(message), flow)
 
@@ -553,12 +555,12 @@ def _reason(exc: RemoteProtocolError) -> str:
     return f"{reason_phrase(exc.status)} ({text})" if text else reason_phrase(exc.status)
 
 
-def _stamp_via(request: Request, flow: Flow) -> None:
-    """Add ``received``/``rport`` to the top Via (RFC 3261 §18.2.1, RFC 3581 §4)."""
 def _printable(text: str) -> str:
     return "".join(c for c in text if c.isprintable() and c.isascii())[:100]
 
 
+def _stamp_via(request: Request, flow: Flow) -> None:
+    """Add ``received``/``rport`` to the top Via (RFC 3261 §18.2.1, RFC 3581 §4)."""
     via = request.top_via
     host, port = flow.remote
     add_received = via.host_bare != host

@@ -58,11 +58,12 @@ from sip.parser import KNOWN_METHODS
 from sip.quick import QuickRequest
 from sip.sdp import SrtpPolicy
 from sip.transaction import InviteServerTransaction
-from sip.uri import SipUri
+from sip.uri import SipUri, TelUri
 from switch.backbone import events
 from switch.cluster.checkpoints import Checkpointer
 from switch.guard.admission import AdmissionControl
-from switch.guard.sources import SourceGuard
+from switch.guard.conduct import is_failure
+from switch.guard.sources import SOURCE_HEADER, SourceGuard
 from switch.mediaplant import MediaUnavailable
 from switch.recording import recording_path
 
@@ -71,6 +72,9 @@ log = logging.getLogger("voxswitch.manager")
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
 ACCEPTED_BODIES = ("application/sdp", "multipart/mixed")
 RETRY_AFTER_BUSY_S = 5
+# A banned caller behind a trusted proxy: answered, since the proxy reads silence as
+# a dead node (it cannot be dropped unread: its packets are the proxy's).
+FORBIDDEN = Refusal(403, "Forbidden")
 
 
 RECENT_CALLS = 5000  # ended calls the API can still show
@@ -158,6 +162,7 @@ class CallManager:
         checkpointer: Checkpointer | None = None,
         admission: AdmissionControl | None = None,
         sources: SourceGuard | None = None,
+        server_header: str = "",
     ) -> None:
         self.loop = loop
         self.admission = admission  # overload control: new INVITEs by measured load
@@ -176,7 +181,8 @@ class CallManager:
         self.voice = voice
         self.voices = voices if voices is not None else {"default": voice, "none": None}
         self.vad = vad
-        self.endpoint = SipEndpoint(self, loop=loop, allow=ALLOW)
+        # server_header: our Server/User-Agent ('' sends none: no product to fingerprint)
+        self.endpoint = SipEndpoint(self, loop=loop, allow=ALLOW, user_agent=server_header)
         self.endpoint.screen = self.screen
         self.endpoint.quick_screen = self.quick_screen
         self.endpoint.shedding = self.shedding
@@ -214,9 +220,14 @@ class CallManager:
 
     def screen(self, request: Request, flow: Flow) -> Refusal | None:
         """Called by the endpoint for every new request (not ACK, not retransmissions)."""
-        return self._screen(
-            request.method, request.to.tag is not None, request.headers.get("user-agent"), flow
-        )
+        source = self._source(request, flow)
+        in_dialog = request.to.tag is not None
+        why = self._source_verdict(source, request.headers.get("user-agent"))
+        if why is None and not in_dialog and request.method != "CANCEL":
+            why = self._probed(request, source)
+        if why is not None:
+            return self._source_refusal(request.method, source, flow, why)
+        return self._screen(request.method, in_dialog, flow)
 
     def shedding(self) -> bool:
         """New INVITEs are being refused now (the endpoint then looks at them quickly;
@@ -229,19 +240,70 @@ class CallManager:
         )
 
     def quick_screen(self, request: QuickRequest, flow: Flow) -> Refusal | None:
-        """The same for a new INVITE the endpoint has only glanced at (sip.quick)."""
-        return self._screen(request.method, request.to_tagged, request.user_agent, flow)
+        """The same for a new INVITE the endpoint has only glanced at (sip.quick). A
+        glance reads no X-Source-IP: a trusted proxy's INVITE is judged by load only."""
+        source = flow.remote[0]
+        why = self._source_verdict(source, request.user_agent)
+        if why is not None:
+            return self._source_refusal(request.method, source, flow, why)
+        return self._screen(request.method, request.to_tagged, flow)
 
-    def _screen(
-        self, method: str, in_dialog: bool, user_agent: str | None, flow: Flow
-    ) -> Refusal | None:
-        if self.sources is not None:
-            why = self.sources.request(flow.remote[0], user_agent)
-            if why is not None:
-                self.stats.refused[f"source_{why}"] += 1
-                log.info("%s from %s dropped and the source banned (%s)",
-                         method, flow.remote[0], why)  # fmt: skip
-                return DROP
+    # ---- sources: who really sent it, and what it has been doing ----------------------
+
+    def _source(self, request: Request, flow: Flow) -> str:
+        """The request's real source: its network address, or behind a trusted proxy
+        the address the proxy vouches for (switch.guard.sources.source_of)."""
+        ip = flow.remote[0]
+        if self.sources is None or not self.sources.proxies:
+            return ip
+        claimed = request.headers.get_all(SOURCE_HEADER)
+        return self.sources.source_of(ip, claimed[-1] if claimed else None)
+
+    def _source_verdict(self, source: str, user_agent: str | None) -> str | None:
+        return self.sources.request(source, user_agent) if self.sources is not None else None
+
+    def _probed(self, request: Request, source: str) -> str | None:
+        """An out-of-dialog request to a user or number no inbound route or trunk knows
+        counts toward its source's distinct unknown targets (svwar's sweep)."""
+        sources = self.sources
+        if sources is None or sources.exempt(source):
+            return None
+        target = _target(request)
+        if not target or self._known_target(target):
+            return None
+        return sources.unknown_target(source, target)
+
+    def _known_target(self, target: str) -> bool:
+        inbound = self.inbound
+        return inbound is not None and (
+            inbound.agent_for(target) is not None or inbound.trunk_of_user(target) is not None
+        )
+
+    def _source_refusal(self, method: str, source: str, flow: Flow, why: str) -> Refusal:
+        """A refused source's request: dropped unanswered (a scanner learns nothing),
+        but answered 403 through a trusted proxy, which would take silence for a dead
+        node and fail every call over to the next."""
+        self.stats.refused[f"source_{why}"] += 1
+        if why != "banned":
+            log.info("%s from %s refused and the source banned (%s)", method, source, why)
+        if source != flow.remote[0]:
+            return FORBIDDEN
+        return DROP
+
+    def _answered(self, request: Request, flow: Flow, status: int) -> None:
+        """What we answered a new request counts toward its source's conduct: too many
+        error answers (or distinct unknown targets among them) ban it."""
+        sources = self.sources
+        if sources is None or not is_failure(status):
+            return
+        source = self._source(request, flow)
+        target = "" if request.to.tag is not None else _target(request)
+        why = sources.answered(source, status, target)
+        if why is not None:
+            self.stats.refused[f"source_{why}"] += 1
+            log.info("%s banned: too many %s (last: %s %d)", source, why, request.method, status)
+
+    def _screen(self, method: str, in_dialog: bool, flow: Flow) -> Refusal | None:
         if method != "INVITE" or in_dialog:
             return None  # in-dialog work belongs to calls we already have: always served
         return self._admission_refusal(flow)
@@ -274,17 +336,17 @@ class CallManager:
     def request_received(self, request: Request, txn: ServerTransaction | None, flow: Flow) -> None:
         to_tag = request.to.tag
         if to_tag is not None:
-            self._in_dialog(request, to_tag, txn)
+            self._in_dialog(request, to_tag, txn, flow)
             return
         if txn is None:
             return  # an ACK outside any dialog: nothing to do (§17.2.3 already absorbed ours)
         method = request.method
         if method not in KNOWN_METHODS:
-            self._reply(txn, request, 501, [("Allow", ALLOW)])
+            self._reply(txn, request, 501, [("Allow", ALLOW)], flow=flow)
             return
         unsupported = _unsupported_extensions(request)
         if unsupported:
-            self._reply(txn, request, 420, [("Unsupported", ", ".join(unsupported))])
+            self._reply(txn, request, 420, [("Unsupported", ", ".join(unsupported))], flow=flow)
             return
         if method == "INVITE":
             assert isinstance(txn, InviteServerTransaction)
@@ -303,9 +365,9 @@ class CallManager:
                 [("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en")],
             )
         elif method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"):
-            self._reply(txn, request, 481)
+            self._reply(txn, request, 481, flow=flow)
         else:  # REGISTER, MESSAGE, SUBSCRIBE...: we are not a registrar or presence server
-            self._reply(txn, request, 405, [("Allow", ALLOW)])
+            self._reply(txn, request, 405, [("Allow", ALLOW)], flow=flow)
 
     def cancel_received(self, invite_txn: InviteServerTransaction, cancel: Request) -> None:
         actor = self._by_invite.get(id(invite_txn))
@@ -316,11 +378,13 @@ class CallManager:
 
     # ---- routing -------------------------------------------------------------------
 
-    def _in_dialog(self, request: Request, to_tag: str, txn: ServerTransaction | None) -> None:
+    def _in_dialog(
+        self, request: Request, to_tag: str, txn: ServerTransaction | None, flow: Flow
+    ) -> None:
         actor = self._dialogs.get((request.call_id, to_tag))
         if actor is None:
             if txn is not None:
-                self._reply(txn, request, 481)
+                self._reply(txn, request, 481, flow=flow)
             return
         if txn is None:
             actor.mailbox.put(AckArrived(request))
@@ -337,7 +401,7 @@ class CallManager:
             return True
         log.info("INVITE %s from %s (trunk %s): no TLS client certificate for %s: 403",
                  request.call_id, flow.remote[0], trunk, name)  # fmt: skip
-        self._reply(txn, request, 403, reason="Client Certificate Required")
+        self._reply(txn, request, 403, reason="Client Certificate Required", flow=flow)
         return False
 
     def _forbidden(self, request: Request, txn: ServerTransaction, flow: Flow) -> bool:
@@ -350,7 +414,7 @@ class CallManager:
         self.stats.forbidden += 1
         log.info("INVITE %s from %s: no trunk has this address: 403",
                  request.call_id, flow.remote[0])  # fmt: skip
-        self._reply(txn, request, 403, reason="Unknown Trunk")
+        self._reply(txn, request, 403, reason="Unknown Trunk", flow=flow)
         return True
 
     def _auth_on(self) -> bool:
@@ -366,7 +430,10 @@ class CallManager:
             return ""
         now = time.time()  # wall clock: nonces are shared between nodes
         result = auth.verify_request(request, now)
+        source = self._source(request, flow)
         if result.ok:
+            if self.sources is not None:
+                self.sources.authenticated(source)  # its challenges on the way do not count
             user = result.username or ""
             return (self.inbound.trunk_of_user(user) if self.inbound else None) or ""
         if result.reason not in ("missing", "stale"):
@@ -376,11 +443,11 @@ class CallManager:
                 request.from_.uri,
                 result.reason,
             )
-            if self.sources is not None and self.sources.auth_failed(flow.remote[0]):
-                log.warning("%s banned: too many failed authentications", flow.remote[0])
+            if self.sources is not None and self.sources.auth_failed(source):
+                log.warning("%s banned: too many failed authentications", source)
                 self.stats.refused["source_auth"] += 1
         challenges = auth.challenges(now, stale=result.stale)
-        self._reply(txn, request, 401, [("WWW-Authenticate", c) for c in challenges])
+        self._reply(txn, request, 401, [("WWW-Authenticate", c) for c in challenges], flow=flow)
         return None
 
     def _new_call(
@@ -405,6 +472,19 @@ class CallManager:
             log.warning("call %s: no media port: %s", call_id, exc)
             self._reply(txn, request, 503, [("Retry-After", str(RETRY_AFTER_BUSY_S))])
             return
+        # Whatever fails between the leg's port and the actor's task frees the port;
+        # the endpoint then answers the INVITE (400/500) and its transaction ends.
+        with released_on_failure(media):
+            self._start_inbound(request, txn, flow, trunk, media)
+
+    def _start_inbound(
+        self,
+        request: Request,
+        txn: InviteServerTransaction,
+        flow: Flow,
+        trunk: str,
+        media: MediaLeg,
+    ) -> None:
         agent = self._inbound_agent(request)
         actor = CallActor(
             invite=request,
@@ -462,7 +542,24 @@ class CallManager:
             media = self.media_factory(call_id, near=near)
         except MediaUnavailable as exc:
             raise CallRefused(503, f"no RTP port: {exc}", RETRY_AFTER_BUSY_S) from exc
+        with released_on_failure(media):
+            actor = self._start_outbound(
+                call_id, media, origination, agent, on_answered=on_answered, record=record
+            )
         self.stats.calls_placed += 1
+        return actor
+
+    def _start_outbound(
+        self,
+        call_id: str,
+        media: MediaLeg,
+        origination: Origination,
+        agent: str,
+        *,
+        on_answered: Callable[[OutboundCallActor], None] | None,
+        record: bool | None,
+    ) -> CallActor:
+        assert self.flow_to is not None
         first = origination.targets[0]
         flow = self.flow_to((first.host, first.port))
         local_tag = new_tag()
@@ -472,19 +569,6 @@ class CallManager:
             contact=self.local.contact(first.transport), local_host=self.local.host, sdp=b"",
         )  # fmt: skip
         actor = OutboundCallActor(
-        # Whatever fails between the leg's port and the actor's task frees the port;
-        # the endpoint then answers the INVITE (400/500) and its transaction ends.
-        with released_on_failure(media):
-            self._start_inbound(request, txn, flow, trunk, media)
-
-    def _start_inbound(
-        self,
-        request: Request,
-        txn: InviteServerTransaction,
-        flow: Flow,
-        trunk: str,
-        media: MediaLeg,
-    ) -> None:
             invite=invite,
             invite_txn=None,
             flow=flow,
@@ -522,6 +606,12 @@ class CallManager:
         """Start a call whose line is a WebRTC peer connection (``media``): answered at
         once, the agent ``agent`` talks, supervised and recorded like any call."""
         self.refuse_if_full()
+        with released_on_failure(media):
+            return self._start_web(media, remote, agent, caller)
+
+    def _start_web(
+        self, media: MediaLeg, remote: tuple[str, int], agent: str, caller: str
+    ) -> CallActor:
         agent = agent if agent in self.voices else "default"
         actor = WebCallActor(
             invite=web_invite(caller, agent),
@@ -542,24 +632,7 @@ class CallManager:
         self.stats.calls_offered += 1
         self._start(actor)
         return actor
-        with released_on_failure(media):
-            actor = self._start_outbound(
-                call_id, media, origination, agent, on_answered=on_answered, record=record
-            )
 
-        return actor
-
-    def _start_outbound(
-        self,
-        call_id: str,
-        media: MediaLeg,
-        origination: Origination,
-        agent: str,
-        *,
-        on_answered: Callable[[OutboundCallActor], None] | None,
-        record: bool | None,
-    ) -> CallActor:
-        assert self.flow_to is not None
     def _place_bridge(self, actor: CallActor, target: str) -> CallActor | None:
         """The second leg of a transfer the peer would not take by REFER; its answer
         and its end go to ``actor``'s mailbox. None when it cannot be placed."""
@@ -606,17 +679,13 @@ class CallManager:
             return await self.tcp_connect(host, port)
         if transport == "tls":
             if self.tls_connect is None:
-        with released_on_failure(media):
-            return self._start_web(media, remote, agent, caller)
-
-    def _start_web(
-        self, media: MediaLeg, remote: tuple[str, int], agent: str, caller: str
-    ) -> CallActor:
                 raise OSError("no TLS transport")
             return await self.tls_connect(host, port, server_name)
         return self.flow_to((host, port))
 
     def _start(self, actor: CallActor, *, offered: bool = True) -> None:
+        """Supervise the actor from here on. What can fail comes before the actor is
+        registered: a failure leaves nothing behind (the caller frees the leg)."""
         actor.on_milestone = self._milestone
         actor.place_bridge = self._place_bridge
         if offered:  # an adopted call was offered on the node that died
@@ -684,8 +753,6 @@ class CallManager:
             except Exception:  # a campaign's bug must not stop the supervision
                 log.exception("call %s: end watcher failed", record.call_id)
         if self.on_record is not None:
-        """Supervise the actor from here on. What can fail comes before the actor is
-        registered: a failure leaves nothing behind (the caller frees the leg)."""
             self.on_record(record)
         if self.checkpointer is not None:
             self.checkpointer.ended(record.call_id)
@@ -772,7 +839,12 @@ class CallManager:
             log.warning("call %s (from %s): not adopted: %s", call_id, from_node, why)
             self.end_orphan(snapshot, from_node)
             return
+        with released_on_failure(media):
+            self._start_adopted(snapshot, from_node, media)
+
+    def _start_adopted(self, snapshot: dict[str, Any], from_node: str, media: MediaLeg) -> None:
         assert self.flow_to is not None
+        me, call_id = self.call_config.node_id, snapshot["call_id"]
         peer = snapshot["peer"]
         dialog = rebuild_dialog(snapshot, self.local.contact("UDP"))
         agent = str((snapshot.get("record") or {}).get("agent") or "default")
@@ -839,12 +911,7 @@ class CallManager:
 
     def live_ids(self) -> set[str]:
         return {a.call_id for a in self._tasks}
-        with released_on_failure(media):
-            self._start_adopted(snapshot, from_node, media)
 
-    def _start_adopted(self, snapshot: dict[str, Any], from_node: str, media: MediaLeg) -> None:
-
-        me, call_id = self.call_config.node_id, snapshot["call_id"]
     def _reply(
         self,
         txn: ServerTransaction,
@@ -853,13 +920,18 @@ class CallManager:
         headers: list[tuple[str, str]] | None = None,
         *,
         reason: str | None = None,
+        flow: Flow | None = None,
     ) -> None:
+        """Answer ``request``; with its ``flow``, an error answer counts against its
+        source (``_answered``)."""
         if status >= 300:
             self.stats.calls_rejected[status] += request.method == "INVITE"
         tag = new_tag() if status > 100 else None
         self.endpoint.respond(
             txn, make_response(request, status, reason, to_tag=tag, headers=headers)
         )
+        if flow is not None:
+            self._answered(request, flow, status)
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -894,22 +966,6 @@ class CallManager:
             task.cancel()
 
 
-def _unsupported_extensions(request: Request) -> list[str]:
-    if request.method in ("ACK", "CANCEL"):
-        return []
-    required = [v.strip() for v in request.headers.values("require") if v.strip()]
-    return [tag for tag in required if tag.lower() not in SUPPORTED_EXTENSIONS]
-
-
-def _accepts_sdp(request: Request) -> bool:
-    """An INVITE whose Accept rules out application/sdp cannot get our answer (§21.4.7)."""
-    values = [v.split(";")[0].strip().lower() for v in request.headers.values("accept")]
-    if not values or values == [""]:
-        return True
-    return any(v in ("application/sdp", "application/*", "*/*") for v in values)
-
-
-__all__ = ["CallManager", "CallRefused", "UriError"]
 @contextlib.contextmanager
 def released_on_failure(media: MediaLeg) -> Iterator[None]:
     """Close ``media`` (its RTP port back to the pool) if the block raises: a call
@@ -932,3 +988,19 @@ def _target(request: Request) -> str:
     return ""
 
 
+def _unsupported_extensions(request: Request) -> list[str]:
+    if request.method in ("ACK", "CANCEL"):
+        return []
+    required = [v.strip() for v in request.headers.values("require") if v.strip()]
+    return [tag for tag in required if tag.lower() not in SUPPORTED_EXTENSIONS]
+
+
+def _accepts_sdp(request: Request) -> bool:
+    """An INVITE whose Accept rules out application/sdp cannot get our answer (§21.4.7)."""
+    values = [v.split(";")[0].strip().lower() for v in request.headers.values("accept")]
+    if not values or values == [""]:
+        return True
+    return any(v in ("application/sdp", "application/*", "*/*") for v in values)
+
+
+__all__ = ["CallManager", "CallRefused", "UriError"]

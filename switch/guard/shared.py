@@ -10,6 +10,11 @@ takes what every node decided:
   authentications (member node/time/n, score the time), trimmed to the last
   ``auth_window_s``: more than ``max_auth_failures`` across the cluster bans it, so a
   brute force spread over the nodes behind a balancer gets no more guesses.
+- ``voxswitch:guard:targets:<ip>``: sorted set of the distinct unknown targets the
+  source tried (member the target, score when last tried), trimmed to ``ban_window_s``;
+  ``voxswitch:guard:failures:<ip>``: its error answers, like ``auth``. Past
+  ``ban_max_unknown_targets``/``ban_max_failures`` across the cluster it is banned: a
+  sweep spread over the nodes behind a balancer is judged as a whole.
 - ``voxswitch:guard:bans``: sorted set, member the address, score the ban's end
   (wall clock); ``voxswitch:guard:ban-info``: hash, address → the ban as JSON.
   Bans made here are added, lifted ones removed, expired ones trimmed, and the rest
@@ -47,6 +52,8 @@ class SharedGuardStore:
         self.info_key = prefix + "ban-info"
         self.rate_prefix = prefix + "rate:"
         self.auth_prefix = prefix + "auth:"
+        self.targets_prefix = prefix + "targets:"
+        self.failures_prefix = prefix + "failures:"
         self._member = 0  # makes each failure's member unique
         self.redis: Redis = Redis.from_url(redis_url, socket_timeout=2.0,
                                            socket_connect_timeout=2.0)  # fmt: skip
@@ -77,8 +84,12 @@ class SharedGuardStore:
         lifted, guard.lifted = guard.lifted, []
         counts, guard.unsynced_requests = guard.unsynced_requests, Counter()
         failures, guard.unsynced_auth_failures = guard.unsynced_auth_failures, []
+        targets, guard.unsynced_targets = guard.unsynced_targets, []
+        answers, guard.unsynced_failures = guard.unsynced_failures, []
+        forgiven, guard.unsynced_forgiven = guard.unsynced_forgiven, []
         second = int(now)
         window = guard.limits.auth_window_s
+        conduct = guard.limits.conduct
         try:
             pipe = self.redis.pipeline(transaction=False)
             for ip in lifted:
@@ -95,15 +106,18 @@ class SharedGuardStore:
                 pipe.incrby(key, counts[ip])
                 pipe.expire(key, RATE_TTL_S)
             for ip, when in failures:
-                self._member += 1
-                pipe.zadd(self.auth_prefix + ip, {f"{guard.node}:{when}:{self._member}": when})
-            auth_at: dict[str, int] = {}
-            for ip in dict.fromkeys(ip for ip, _ in failures):
-                key = self.auth_prefix + ip
-                pipe.zremrangebyscore(key, "-inf", now - window)
-                auth_at[ip] = len(pipe)
-                pipe.zcard(key)
-                pipe.expire(key, int(window) + 1)
+                pipe.zadd(self.auth_prefix + ip, {self._event(when): when})
+            auth_at = _counts(pipe, self.auth_prefix, [ip for ip, _ in failures], now, window)
+            for ip, target, when in targets:  # a target again only moves its score
+                pipe.zadd(self.targets_prefix + ip, {target: when})
+            targets_at = _counts(pipe, self.targets_prefix, [ip for ip, _, _ in targets],
+                                 now, conduct.window_s)  # fmt: skip
+            for ip, when in answers:
+                pipe.zadd(self.failures_prefix + ip, {self._event(when): when})
+            answers_at = _counts(pipe, self.failures_prefix, [ip for ip, _ in answers],
+                                 now, conduct.window_s)  # fmt: skip
+            for ip in dict.fromkeys(forgiven):  # banned, lifted or authenticated: start over
+                pipe.delete(self.targets_prefix + ip, self.failures_prefix + ip)
             pipe.zrangebyscore(self.bans_key, "-inf", now)
             pipe.zremrangebyscore(self.bans_key, "-inf", now)
             pipe.zrangebyscore(self.bans_key, now, "+inf", withscores=True)
@@ -115,6 +129,9 @@ class SharedGuardStore:
             guard.lifted[:0] = lifted
             guard.unsynced_requests.update(counts)
             guard.unsynced_auth_failures[:0] = failures
+            guard.unsynced_targets[:0] = targets
+            guard.unsynced_failures[:0] = answers
+            guard.unsynced_forgiven[:0] = forgiven
             raise
         expired, active, info = results[-4], results[-2], results[-1]
         if expired:
@@ -134,6 +151,19 @@ class SharedGuardStore:
                 log.info("guard: %s failed %d digest authentications across the cluster: "
                          "banned", ip, total)  # fmt: skip
                 guard.ban(ip, "auth")
+        for reason, where, limit in (("targets", targets_at, conduct.max_unknown_targets),
+                                     ("failures", answers_at, conduct.max_failures)):  # fmt: skip
+            for ip, index in where.items():
+                total = int(results[index])
+                if total > limit and ip not in guard.bans:
+                    log.info("guard: %s: %d %s across the cluster: banned", ip, total, reason)
+                    guard.ban(ip, reason)
+                    guard.conduct.forget(ip)
+
+    def _event(self, when: float) -> str:
+        """A sorted-set member unique to this node and event (members are a set)."""
+        self._member += 1
+        return f"{self.guard.node}:{when}:{self._member}"
 
     def status(self) -> dict[str, Any]:
         return {"shared": True, "up": self.up, "failures": self.failures,
@@ -141,6 +171,19 @@ class SharedGuardStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _counts(pipe: Any, prefix: str, ips: list[str], now: float, window_s: float) -> dict[str, int]:
+    """Trim each source's sorted set to the window and count it: where each count
+    will be in the pipeline's results."""
+    at: dict[str, int] = {}
+    for ip in dict.fromkeys(ips):
+        key = prefix + ip
+        pipe.zremrangebyscore(key, "-inf", now - window_s)
+        at[ip] = len(pipe)
+        pipe.zcard(key)
+        pipe.expire(key, int(window_s) + 1)
+    return at
 
 
 def _ban(member: bytes | str, until: float, info: dict[Any, Any]) -> Ban:

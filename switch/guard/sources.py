@@ -5,11 +5,21 @@ Sans-I/O (the clock is a parameter). A source is banned for ``ban_s`` when it
 - sends more than ``max_rps`` requests in a second (``max_rps`` 0: no limit),
 - fails digest authentication more than ``max_auth_failures`` times within
   ``auth_window_s`` (a brute force slowed to a handful of guesses per ban), or
-- names a known scanner in its User-Agent (sipvicious' ``friendly-scanner`` ...).
+- names a known scanner in its User-Agent (sipvicious' ``friendly-scanner`` ...), or
+- behaves like one, whatever it calls itself (``switch.guard.conduct``): too many
+  distinct targets nothing here knows, or too many error answers, in a window.
 
 A banned source's packets are dropped before they are parsed: a scanner learns
 nothing and costs a set lookup. Trusted sources (``trusted`` networks, and the
 trunks' addresses by the ``is_trunk`` callback) are never counted or banned.
+
+Behind a SIP proxy (Kamailio) every packet comes from the proxy. A request from one
+of the ``trusted_proxies`` names its real source in an ``X-Source-IP`` header
+(``source_of``); from anyone else that header is ignored (it would be a spoof). The
+proxy itself is never counted or banned; its callers are, by their real address,
+and since their packets cannot be dropped before that header is read, the screen
+answers a banned caller's requests 403 (silence would make the proxy think the node
+dead and fail over).
 
 With Redis (``switch.guard.shared``) the counts and bans are the cluster's: each
 node adds what it saw every second and takes the bans every node made.
@@ -21,6 +31,8 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from switch.guard.conduct import MAX_TARGET_CHARS, ConductCounter, ConductLimits, is_failure
 
 SCANNER_AGENTS = (
     "friendly-scanner",
@@ -36,6 +48,7 @@ SCANNER_AGENTS = (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SOURCE_HEADER = "X-Source-IP"  # what a trusted proxy adds: the request's real source
 MAX_TRACKED = 10_000  # sources remembered per table before the quiet ones are let go
 
 
@@ -47,12 +60,14 @@ class SourceLimits:
     ban_s: float = 600.0
     scanner_agents: tuple[str, ...] = SCANNER_AGENTS
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Source-IP we believe
+    conduct: ConductLimits = field(default_factory=ConductLimits)
 
 
 @dataclass
 class Ban:
     ip: str
-    reason: str  # "rate", "auth", "scanner", "api"
+    reason: str  # "rate", "auth", "scanner", "targets", "failures", "api"
     until: float  # wall-clock seconds (shared between nodes)
     since: float
     node: str = ""
@@ -95,6 +110,8 @@ class SourceGuard:
         self.node = node
         self.is_trunk = is_trunk
         self.trusted = parse_networks(limits.trusted)
+        self.proxies = parse_networks(limits.trusted_proxies)
+        self.conduct = ConductCounter(limits.conduct)
         self.agents = tuple(a.lower() for a in limits.scanner_agents if a)
         self.bans: dict[str, Ban] = {}
         self.stats = GuardStats()
@@ -102,6 +119,7 @@ class SourceGuard:
         self._requests: Counter[str] = Counter()  # this second, per source
         self._auth_failures: dict[str, list[float]] = {}
         self._trust_cache: dict[str, bool] = {}
+        self._proxy_cache: dict[str, bool] = {}
         # What the shared store has not been told yet (drained by switch.guard.shared,
         # which sets ``shared``; without it nothing is kept for it).
         self.shared = False
@@ -110,6 +128,9 @@ class SourceGuard:
         self.lifted: list[str] = []
         self.unsynced_requests: Counter[str] = Counter()
         self.unsynced_auth_failures: list[tuple[str, float]] = []  # (source, when)
+        self.unsynced_targets: list[tuple[str, str, float]] = []  # (source, target, when)
+        self.unsynced_failures: list[tuple[str, float]] = []  # (source, when)
+        self.unsynced_forgiven: list[str] = []  # sources whose conduct counts start over
 
     # ---- per packet / per request ---------------------------------------------------
 
@@ -125,11 +146,42 @@ class SourceGuard:
             return False
         return not self._trusted(ip)  # a trusted source is never cut off, whoever banned it
 
+    def source_of(self, ip: str, claimed: str | None) -> str:
+        """The real source of a request that came from network address ``ip`` and
+        carried ``claimed`` in its X-Source-IP header (the last one: a proxy appends
+        its own after the caller's): believed only from a trusted proxy."""
+        if claimed is None or not self.proxies or not self.is_proxy(ip):
+            return ip
+        try:
+            address = ipaddress.ip_address(claimed.strip().strip("[]"))
+        except ValueError:
+            return ip  # a proxy that says nothing usable: its own request
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        return str(mapped or address)
+
+    def is_proxy(self, ip: str) -> bool:
+        if not self.proxies:
+            return False
+        cached = self._proxy_cache.get(ip)
+        if cached is None:
+            cached = _within(ip, self.proxies)
+            if len(self._proxy_cache) > MAX_TRACKED:
+                self._proxy_cache.clear()
+            self._proxy_cache[ip] = cached
+        return cached
+
+    def exempt(self, ip: str) -> bool:
+        """Never counted or banned: a trusted network, a trusted proxy, a trunk."""
+        return self._trusted(ip)
+
     def request(self, ip: str, user_agent: str | None) -> str | None:
         """A new request from ``ip``: the reason it is refused (and the source banned),
-        or None to go on."""
+        or None to go on. ``"banned"``: banned already (a proxied source, whose packets
+        could not be dropped unread, or one banned since its packet was read)."""
         if self._trusted(ip):
             return None
+        if self.bans and self.banned(ip):
+            return "banned"
         if user_agent and self.agents:
             agent = user_agent.lower()
             if any(name in agent for name in self.agents):
@@ -172,6 +224,55 @@ class SourceGuard:
             return True
         return False
 
+    def unknown_target(self, ip: str, target: str) -> str | None:
+        """``ip`` sent an out-of-dialog request to ``target``, a user or number no
+        inbound route or trunk knows: the ban reason when that was one too many."""
+        if self._trusted(ip) or ip in self.bans:
+            return None
+        now = self.clock()
+        self._share(ip, target, False, now)
+        why = self.conduct.unknown_target(ip, target, now)
+        if why is not None:
+            self.ban(ip, why)
+        return why
+
+    def answered(self, ip: str, status: int, target: str) -> str | None:
+        """We answered a request from ``ip`` with ``status`` (``target``: its user or
+        number, empty in a dialog): the ban reason when an error answer was one too
+        many."""
+        if self._trusted(ip) or ip in self.bans:
+            return None
+        now = self.clock()
+        if is_failure(status):
+            self._share(ip, target, True, now)
+        why = self.conduct.failure(ip, status, target, now)
+        if why is not None:
+            self.ban(ip, why)
+        return why
+
+    def _share(self, ip: str, target: str, failed: bool, now: float) -> None:
+        """Keep a target tried (and a failure) for the shared store, so a sweep spread
+        over the nodes behind a balancer adds up. Past MAX_TRACKED unsent (Redis down
+        long): our own count only."""
+        if not self.shared:
+            return
+        limits = self.limits.conduct
+        targets, failures = self.unsynced_targets, self.unsynced_failures
+        if target and limits.max_unknown_targets > 0 and len(targets) < MAX_TRACKED:
+            targets.append((ip, target[:MAX_TARGET_CHARS], now))
+        if failed and limits.max_failures > 0 and len(failures) < MAX_TRACKED:
+            failures.append((ip, now))
+
+    def authenticated(self, ip: str) -> None:
+        """``ip`` proved a password (digest accepted): the challenges it was answered
+        (401) on the way do not count against it."""
+        self._forget(ip)
+
+    def _forget(self, ip: str) -> None:
+        self.conduct.forget(ip)
+        if self.shared and len(self.unsynced_forgiven) < MAX_TRACKED:
+            self.unsynced_forgiven.append(ip)
+
     # ---- bans -------------------------------------------------------------------------
 
     def ban(self, ip: str, reason: str, duration_s: float | None = None) -> Ban:
@@ -179,6 +280,7 @@ class SourceGuard:
         ban = Ban(ip, reason, now + (duration_s or self.limits.ban_s), now, self.node)
         self.bans[ip] = ban
         self.stats.bans[reason] += 1
+        self._forget(ip)  # its conduct is judged; a new count starts when the ban ends
         if self.shared:
             self.new_bans.append(ban)
         return ban
@@ -186,6 +288,7 @@ class SourceGuard:
     def lift(self, ip: str) -> bool:
         found = self.bans.pop(ip, None) is not None
         self._auth_failures.pop(ip, None)
+        self._forget(ip)
         if self.shared:
             self.lifted.append(ip)
         return found
@@ -215,15 +318,18 @@ class SourceGuard:
     def _trusted(self, ip: str) -> bool:
         cached = self._trust_cache.get(ip)
         if cached is None:
-            cached = self._is_trusted(ip)
+            cached = _within(ip, self.trusted) or _within(ip, self.proxies)
             if len(self._trust_cache) > MAX_TRACKED:
                 self._trust_cache.clear()
             self._trust_cache[ip] = cached
         return cached or (self.is_trunk is not None and self.is_trunk(ip))
 
-    def _is_trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in net for net in self.trusted)
+
+def _within(ip: str, networks: tuple[Network, ...]) -> bool:
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
