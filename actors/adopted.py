@@ -194,7 +194,7 @@ class AdoptedCallActor(CallActor):
             and 200 <= message.response.status < 300
             and self._ack is not None
         ):
-            self.flow.send(self._ack)  # the 2xx again: our ACK was lost
+            self._send_raw(self._ack)  # the 2xx again: our ACK was lost
 
     def _close_media(self) -> None:
         super()._close_media()

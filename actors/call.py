@@ -780,7 +780,15 @@ class CallActor:
             transport=self.flow.transport,
         )
         self._ack = bytes(ack)
-        self.flow.send(self._ack)
+        self._send_raw(self._ack)
+
+    def _send_raw(self, data: bytes) -> None:
+        """An ACK outside any transaction: a closed connection or an unreachable
+        peer is a log line (the call's timers deal with it), never a crash."""
+        try:
+            self.flow.send(data)
+        except OSError as exc:
+            log.info("call %s: ACK not sent: %s", self.call_id, exc)
 
     def _take_answer(self, response: Response, disposition: str) -> bool:
         """The SDP answer in a 2xx to our offer: the codec and the media it settles. An

@@ -328,7 +328,7 @@ class OutboundCallActor(CallActor):
         if self.dialog is not None and response.to.tag != self.dialog.remote_tag:
             self._end_fork(response)
         elif self._ack is not None:
-            self.flow.send(self._ack)  # a 2xx retransmitted (our ACK was lost): again
+            self._send_raw(self._ack)  # a 2xx retransmitted (our ACK was lost): again
 
     def _end_fork(self, response: Response) -> None:
         """A 2xx from another fork of our INVITE: ACK it, then BYE that dialog
@@ -338,7 +338,7 @@ class OutboundCallActor(CallActor):
         except SipError:
             return
         via, transport = self.local.sent_by(self.flow.transport), self.flow.transport
-        self.flow.send(bytes(fork.create_request("ACK", via_sent_by=via, transport=transport)))
+        self._send_raw(bytes(fork.create_request("ACK", via_sent_by=via, transport=transport)))
         bye = fork.create_request("BYE", via_sent_by=via, transport=transport)
         self.endpoint.send_request(bye, self.flow, lambda _event: None)
 

@@ -16,6 +16,8 @@ import contextlib
 import json
 import logging
 import math
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -65,20 +67,45 @@ class ConnectionBook:
         self.by_source: dict[str, int] = {}
         self.refused: dict[Refusal, int] = {"source_full": 0, "server_full": 0}
         self.lingering = 0  # refused connections still saying why (not counted above)
+        # Open connections with no request under way (a head not yet whole, or idle
+        # between requests), the longest waiting first: (source, how to close it).
+        self.waiting: OrderedDict[object, tuple[str, Callable[[], None]]] = OrderedDict()
+        self.evicted = 0
 
     def admit(self, source: str) -> Refusal | None:
-        """Count the connection in, or say why it may not open."""
+        """Count the connection in, or say why it may not open. When the node is full,
+        the connection that has waited longest for a request is closed to make room:
+        a flood of idle or slowloris connections from many addresses cannot lock the
+        API (and its /health) out; one with a request under way is never taken."""
         refusal: Refusal | None = None
-        if self.total >= self.limits.max_connections:
-            refusal = "server_full"
-        elif self.by_source.get(source, 0) >= self.limits.max_connections_per_source:
+        if self.by_source.get(source, 0) >= self.limits.max_connections_per_source:
             refusal = "source_full"
+        elif self.total >= self.limits.max_connections and not self._evict_one():
+            refusal = "server_full"
         if refusal is not None:
             self.refused[refusal] += 1
             return refusal
         self.total += 1
         self.by_source[source] = self.by_source.get(source, 0) + 1
         return None
+
+    def waiting_for_request(self, conn: object, source: str, close: Callable[[], None]) -> None:
+        """``conn`` has no request under way (since now): it may be evicted."""
+        self.waiting.pop(conn, None)
+        self.waiting[conn] = (source, close)
+
+    def working(self, conn: object) -> None:
+        """``conn`` has a request under way: never evicted while it lasts."""
+        self.waiting.pop(conn, None)
+
+    def _evict_one(self) -> bool:
+        if not self.waiting:
+            return False
+        _, (source, close) = self.waiting.popitem(last=False)
+        self.release(source)  # counted out now: its close comes later
+        self.evicted += 1
+        close()
+        return True
 
     def release(self, source: str) -> None:
         left = self.by_source.get(source, 0) - 1
@@ -183,12 +210,15 @@ class GuardedH11Protocol(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._source = ""
         self._refused = False
+        self._released = False  # closing: the book has counted it out already
+        self._closing = False
         self._lingering = False
         self._discarded = 0
         inner = self.app
 
         async def watched(scope: Any, receive: Any, send: Any) -> None:
             self._watch.request_started(self.loop.time(), body_complete=self._body_complete())
+            self._book.working(self)
             self._arm()
             started = False
 
@@ -198,6 +228,8 @@ class GuardedH11Protocol(H11Protocol):
                 await send(message)
                 if message["type"] == "http.response.body" and not message.get("more_body"):
                     self._watch.response_completed(self.loop.time())
+                    if not self._released:
+                        self._book.waiting_for_request(self, self._source, self._evict)
                     self._arm()
 
             try:
@@ -222,7 +254,14 @@ class GuardedH11Protocol(H11Protocol):
             return
         super().connection_made(transport)  # type: ignore[arg-type]
         self._watch = ConnectionWatch(self._book.limits, self.loop.time())
+        self._book.waiting_for_request(self, self._source, self._evict)
         self._arm()
+
+    def _evict(self) -> None:
+        """The book made room for a newcomer with this one (it waited longest)."""
+        self._released = True
+        log.debug("api: closing %s's waiting connection for a new one", self._source)
+        self._close_firmly()
 
     def _refuse(self, transport: asyncio.Transport, refusal: Refusal) -> None:
         # Closing a socket with the peer's request unread makes the kernel send a
@@ -267,7 +306,9 @@ class GuardedH11Protocol(H11Protocol):
                 self._lingering = False
                 self._book.lingering -= 1
             return
-        self._book.release(self._source)
+        self._book.working(self)  # out of the waiting line
+        if not self._released:
+            self._book.release(self._source)
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -285,6 +326,8 @@ class GuardedH11Protocol(H11Protocol):
         return self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
 
     def _arm(self) -> None:
+        if self._closing:
+            return  # the reset after a close is armed: keep it
         deadline = self._watch.deadline
         if self._timer is not None:
             if deadline is not None and self._timer.when() == deadline:
@@ -303,4 +346,18 @@ class GuardedH11Protocol(H11Protocol):
         log.debug("api: closing %s's connection (%s)", self._source, reason)
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
+        self._close_firmly()
+
+    def _close_firmly(self) -> None:
+        """Close, and reset the connection if that has not ended it a moment later: a
+        peer that reads nothing keeps our unsent bytes (and a graceful close) pending
+        for ever, and the slot with them."""
+        self._closing = True
+        if not self._released:  # out of the count now, not when the peer lets go
+            self._released = True
+            self._book.working(self)
+            self._book.release(self._source)
         self.transport.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(REFUSAL_LINGER_S, self.transport.abort)

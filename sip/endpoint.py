@@ -486,6 +486,8 @@ class SipEndpoint:
                 entry.flow.send(data)
             except OSError as exc:  # a closed TCP connection, an unreachable host
                 log.info("send to %s failed: %s", entry.flow.remote, exc)
+            except Exception:  # a transport's bug: the transaction must still run its timers
+                log.exception("send to %s failed", entry.flow.remote)
             self.stats.sent += 1
         if isinstance(txn, SuccessRetransmitter):
             if txn.timed_out:

@@ -721,12 +721,15 @@ class CallManager:
         if actor.invite_txn is not None:
             self._by_invite.pop(id(actor.invite_txn), None)
         record = actor.record
-        if task.cancelled():
-            actor.abort(asyncio.CancelledError())
-        elif (error := task.exception()) is not None:
-            self.stats.crashed += 1
-            log.error("call %s crashed: %r", actor.call_id, error, exc_info=error)
-            actor.abort(error)
+        try:
+            if task.cancelled():
+                actor.abort(asyncio.CancelledError())
+            elif (error := task.exception()) is not None:
+                self.stats.crashed += 1
+                log.error("call %s crashed: %r", actor.call_id, error, exc_info=error)
+                actor.abort(error)
+        except Exception:  # ending it on the wire failed too: still record and free it
+            log.exception("call %s: could not be ended cleanly", actor.call_id)
         if not record.disposition:
             record.disposition = "failed"
             record.ended_at = time.time()

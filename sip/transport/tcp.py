@@ -121,7 +121,8 @@ class TcpConnection(asyncio.Protocol):
             self.close()  # its source was banned since it connected
             return
         if keepalives:
-            self.send(b"\r\n")  # RFC 5626 §3.5.1 pong
+            with contextlib.suppress(OSError):
+                self.send(b"\r\n")  # RFC 5626 §3.5.1 pong
         for message in messages:
             self._receive(message, self)
 
@@ -137,8 +138,14 @@ class TcpConnection(asyncio.Protocol):
         self.close()
 
     def send(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        """Raises OSError when the connection is gone (the endpoint logs it and goes on)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError(f"{self._name} connection to {self.remote} is closed")
+        try:
+            transport.write(data)
+        except RuntimeError as exc:  # uvloop: a handle closed under us (a reset peer)
+            raise ConnectionResetError(str(exc)) from exc
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -6,6 +6,7 @@ in total, and only ``/health`` open unless ``api_public_paths`` says more."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -123,19 +124,37 @@ def test_idle_slowloris_and_stalled_connections_are_closed(node: NodeProcess) ->
     assert api(node, "GET", "/health", key=None)[0] == 200
 
 
+def _streaming(sock: socket.socket) -> socket.socket:
+    """The live calls' event stream: a request under way for as long as it is open
+    (never closed to make room for a newcomer)."""
+    sock.sendall(head("GET", "/v1/stream/calls?interval_s=30", ADMIN))
+    answer = read_answer(sock, timeout_s=3)
+    assert answer is not None and answer.status == 200, answer
+    return sock
+
+
 def test_connections_are_capped_per_source_then_in_total(node: NodeProcess) -> None:
-    mine = [connect(node) for _ in range(PER_SOURCE)]
+    # Earlier tests' keep-alive connections closed by the idle timeout first: the
+    # connection waiting longest must be this test's own.
+    time.sleep(TIMEOUT_S + 0.5)
+    mine = [_streaming(connect(node)) for _ in range(PER_SOURCE)]
     time.sleep(0.2)
     extra = connect(node)
     answer = read_answer(extra, timeout_s=3)
     assert answer is not None and answer.status == 429
     assert "per_source" in json.dumps(answer.json())
-    others = [connect(node, source="127.0.0.2") for _ in range(TOTAL - PER_SOURCE)]
+    others = [_streaming(connect(node, source="127.0.0.2"))
+              for _ in range(TOTAL - PER_SOURCE - 1)]  # fmt: skip
+    waiter = connect(node, source="127.0.0.3")  # open, no request yet
     time.sleep(0.2)
-    third = connect(node, source="127.0.0.3")
-    answer = read_answer(third, timeout_s=3)
+    # Full: the one connection waiting for a request makes room for a newcomer.
+    third = _streaming(connect(node, source="127.0.0.4"))
+    assert watch_closures([waiter], 2.0)[0] is not None
+    # Full of requests under way: refused.
+    fourth = connect(node, source="127.0.0.5")
+    answer = read_answer(fourth, timeout_s=3)
     assert answer is not None and answer.status == 503
-    for sock in (*mine, *others, extra, third):
+    for sock in (*mine, *others, extra, waiter, third, fourth):
         sock.close()
     time.sleep(0.3)  # the node sees them go: room again
     status, _ = api(node, "GET", "/health", key=None)

@@ -39,6 +39,20 @@ def test_book_caps_per_source_then_in_total_and_frees_on_close() -> None:
     assert book.total == 0 and book.by_source == {}
 
 
+def test_a_full_book_makes_room_by_closing_the_longest_waiting_connection() -> None:
+    book, closed = ConnectionBook(LIMITS), []
+    for name, source in (("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")):
+        assert book.admit(source) is None
+        book.waiting_for_request(name, source, lambda n=name: closed.append(n))
+    book.working("a")  # a request under way: never taken
+    assert book.admit("10.0.0.4") is None  # room made: b waited longest
+    assert closed == ["b"] and book.evicted == 1
+    assert book.total == 3 and "10.0.0.2" not in book.by_source
+    book.working("c")
+    assert book.admit("10.0.0.5") == "server_full"  # everyone is busy: refused
+    assert book.refused["server_full"] == 1
+
+
 def test_a_head_never_finished_expires_from_the_connection_opening() -> None:
     watch = ConnectionWatch(LIMITS, now=100.0)
     assert watch.expired(109.9) is None

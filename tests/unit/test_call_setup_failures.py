@@ -215,3 +215,26 @@ def test_clean_text_keeps_good_text_and_replaces_lone_surrogates() -> None:
 def test_a_recording_name_for_any_call_id() -> None:
     path = recording_path("/rec", "a\udcff/../b")
     assert "/../" not in path and path.endswith(".wav")
+
+
+@dataclass
+class BrokenWire(Wire):
+    """A connection that died under the call: every send raises."""
+
+    error: Exception = field(default_factory=lambda: RuntimeError("handler is closed"))
+
+    def send(self, data: bytes) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("closed"), ConnectionResetError("reset")])
+def test_a_dead_connection_does_not_keep_the_transaction(error: Exception) -> None:
+    def publish(event: dict[str, Any]) -> None:
+        raise RuntimeError("and the outbox broke")
+
+    loop, legs = FakeLoop(), Legs()
+    node = manager(loop, legs, publish=publish)
+    node.endpoint.receive(invite(), BrokenWire(reliable=True, transport="TCP", error=error))
+    assert legs.held == 0
+    loop.run_until(40.0)
+    assert node.endpoint.transaction_count == 0
