@@ -17,6 +17,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import selectors
 import socket
 import sys
@@ -103,17 +104,17 @@ def watch_closures(
                     with contextlib.suppress(OSError):
                         sock.send(b"X")
         for key, _ in selector.select(timeout=0.05):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
             try:
-                ended = not sock.recv(65536)
+                ended = not conn.recv(65536)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 ended = True
             if ended:
                 closed[key.data] = time.monotonic() - start
-                selector.unregister(sock)
+                selector.unregister(conn)
     selector.close()
     return [closed.get(i) for i in range(len(socks))]
 
@@ -129,7 +130,7 @@ def push_chunked(
         while sent < total:
             sock.sendall(b"%x\r\n" % len(CHUNK) + CHUNK + b"\r\n")
             sent += len(CHUNK)
-            readable, _, _ = selectors.select.select([sock], [], [], 0)
+            readable, _, _ = select.select([sock], [], [], 0)
             if readable:
                 break
         else:

@@ -213,12 +213,13 @@ def bad_media_packet(rng: random.Random) -> bytes:
 
 
 class Fuzzer:
-    def __init__(self, node: NodeProcess, rng: random.Random) -> None:
+    def __init__(self, node: NodeProcess, rng: random.Random, source: str = "127.0.0.1") -> None:
         self.node = node
         self.rng = rng
+        self.source = source  # a loopback address of the sender's (bans are per address)
         self.seeds = torture_seeds()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp.bind((source, 0))
         self.udp.settimeout(0.05)
         self.port = self.udp.getsockname()[1]
         self.sent = 0
@@ -252,7 +253,8 @@ class Fuzzer:
     def send_tcp(self, count: int) -> None:
         """Mutated messages back to back on one connection (framing by Content-Length)."""
         try:
-            conn = socket.create_connection(("127.0.0.1", self.node.sip_port), timeout=2)
+            conn = socket.create_connection(("127.0.0.1", self.node.sip_port), timeout=2,
+                                            source_address=(self.source, 0))  # fmt: skip
         except OSError:
             return
         with conn:

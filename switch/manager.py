@@ -64,6 +64,7 @@ from switch.cluster.checkpoints import Checkpointer
 from switch.guard.admission import AdmissionControl
 from switch.guard.conduct import is_failure
 from switch.guard.sources import SOURCE_HEADER, SourceGuard
+from switch.guard.targets import TargetPolicy, TargetRefused, resolve_checked, system_resolve
 from switch.mediaplant import MediaUnavailable
 from switch.recording import recording_path
 
@@ -163,9 +164,11 @@ class CallManager:
         admission: AdmissionControl | None = None,
         sources: SourceGuard | None = None,
         server_header: str = "",
+        targets: TargetPolicy | None = None,
     ) -> None:
         self.loop = loop
         self.admission = admission  # overload control: new INVITEs by measured load
+        self.targets = targets  # where outbound calls may go (SSRF), checked at connect
         self.sources = sources  # per-source limits and bans
         # How long the request being screened waited in the UDP socket's queue.
         self.queue_wait: Callable[[], float] | None = None
@@ -654,7 +657,17 @@ class CallManager:
         return lambda leg: first.command(BridgeAnswered(leg))
 
     async def _connect(self, target: DialTarget) -> Flow:
-        return await self.connect(target.host, target.port, target.transport, target.server_name)
+        """The flow to an outbound call's trunk or dialed host. Its name is resolved
+        and every address checked now (SSRF: the DNS may point elsewhere since the
+        trunk or number was accepted); the call goes to a checked address."""
+        host = target.host.strip("[]")
+        if self.targets is not None:
+            try:
+                host = (await resolve_checked(self.targets, host, target.port, system_resolve))[0]
+            except TargetRefused as exc:
+                raise OSError(f"target refused: {exc}") from exc
+        server_name = target.server_name or target.host.strip("[]")
+        return await self.connect(host, target.port, target.transport, server_name)
 
     async def connect(
         self, host: str, port: int, transport: str = "udp", server_name: str = ""

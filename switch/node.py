@@ -350,6 +350,7 @@ class Node:
             admission=self.admission,
             sources=self.sources,
             server_header=s.server_header,
+            targets=self.targets,
         )
         endpoint = self.manager.endpoint
         if self.book.store is not None:

@@ -238,3 +238,26 @@ def test_a_dead_connection_does_not_keep_the_transaction(error: Exception) -> No
     assert legs.held == 0
     loop.run_until(40.0)
     assert node.endpoint.transaction_count == 0
+
+
+async def test_an_outbound_target_is_checked_again_when_the_call_connects() -> None:
+    """A trunk host (or dialed name) accepted earlier may resolve somewhere else by the
+    time a call goes out: the manager resolves and checks it at connect."""
+    import asyncio
+
+    from actors.outbound import DialTarget
+    from switch.guard.targets import TargetPolicy
+
+    loop = asyncio.get_running_loop()
+    flows: list[tuple[str, int]] = []
+    node = CallManager(
+        loop=loop, local=LocalAddress("192.0.2.10", 5060), media_factory=Legs(),  # type: ignore[arg-type]
+        call_config=CallConfig(), max_calls=10, targets=TargetPolicy.from_setting(""),
+    )  # fmt: skip
+    node.flow_to = lambda peer: flows.append(peer) or Wire(remote=peer)  # type: ignore[func-returns-value]
+    for host in ("localhost", "127.0.0.1", "169.254.169.254"):
+        with pytest.raises(OSError, match="target refused"):
+            await node._connect(DialTarget("carrier", host, 5060, f"sip:1@{host}"))
+    assert flows == []
+    await node._connect(DialTarget("carrier", "192.0.2.20", 5060, "sip:1@192.0.2.20"))
+    assert flows == [("192.0.2.20", 5060)]
