@@ -43,6 +43,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from loadtest.api_flood import (
     connect,
@@ -307,7 +308,7 @@ def api_abuse(node: NodeProcess, tally: Tally) -> None:
         "PUT", "/v1/routes/inbound/evil", {"pattern": "(\\d+)+#", "agent": "default"})
     tally.notes["40_digit_number_through_that_route_s"] = dialed_in_s(node, "1" * 40 + "#")
     call_id = f"通話-{uuid.uuid4().hex[:6]}"
-    statuses["recording non-latin1"] = call("GET", f"/v1/calls/{call_id}/recording")
+    statuses["recording non-latin1"] = call("GET", f"/v1/calls/{quote(call_id)}/recording")
     for key in (None, ADMIN):
         sock = connect(node, source="127.0.50.2")
         sock.sendall(head("POST", "/v1/calls", key, Content_Type="application/json",

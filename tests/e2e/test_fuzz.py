@@ -26,7 +26,9 @@ CASES = settings(
 
 @pytest.fixture(scope="module")
 def node(voxswitch_nodes: NodeFactory) -> NodeProcess:
-    options = NodeOptions(media_timeout_s=5, max_call_duration_s=20,
+    # Hostile INVITEs are well framed: many are answered and, never ACKed, hold their
+    # RTP port until the 2xx gives up (32 s): room for them and the media test's call.
+    options = NodeOptions(media_timeout_s=5, max_call_duration_s=20, rtp_port_count=1000,
                           extra_args=["--agent", "none"])  # fmt: skip
     return voxswitch_nodes.start("fuzzed", options)
 
