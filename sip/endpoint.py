@@ -538,6 +538,21 @@ class SipEndpoint:
         if heap:
             self._arm(heap[0][0])
 
+    def close(self) -> None:
+        """Forget every transaction and disarm the timer: the transport is going away
+        (a short-lived endpoint, such as one test call's, must leave no timer behind)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = float("inf")
+        for entry in (*self._server.values(), *self._client.values()):
+            entry.done = True
+        self._heap.clear()
+        self._server.clear()
+        self._client.clear()
+        self._screened.clear()
+        self._refused.clear()
+
     @property
     def transaction_count(self) -> int:
         return len(self._server) + len(self._client)
