@@ -33,6 +33,8 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from switch.guard import sources
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -106,14 +108,7 @@ class TargetRefused(ValueError):
 
 def parse_networks(text: str) -> tuple[Network, ...]:
     """``"127.0.0.0/8, ::1/128"`` → networks; ValueError names the bad entry."""
-    nets: list[Network] = []
-    for entry in (e.strip() for e in text.split(",")):
-        if entry:
-            try:
-                nets.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError as exc:
-                raise ValueError(f"not an address or network: {entry!r}") from exc
-    return tuple(nets)
+    return sources.parse_networks(text.split(","))
 
 
 def parse_ipv4_numeric(host: str) -> ipaddress.IPv4Address | None:

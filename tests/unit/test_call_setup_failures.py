@@ -12,12 +12,13 @@ import pytest
 from actors.call import CallConfig, LocalAddress
 from sip.endpoint import Flow, ServerTransaction, SipEndpoint
 from sip.errors import ParseError, UriError
-from sip.message import Request, Response, clean_text
+from sip.message import Request, clean_text
 from sip.parser import parse_message, validate_request
 from sip.transaction import InviteServerTransaction
 from switch.backbone.spool import Spool
 from switch.manager import CallManager
 from switch.recording import recording_path
+from tests.unit.test_endpoint_screen import Wire as ScreenWire
 from tests.unit.test_lossy_link import FakeLoop
 
 SOURCE = ("203.0.113.9", 40000)
@@ -41,23 +42,11 @@ def invite(
     )
 
 
-@dataclass
-class Wire:
-    sent: list[bytes] = field(default_factory=list)
-    transport: str = "UDP"
-    reliable: bool = False
-    remote: tuple[str, int] = SOURCE
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
+class Wire(ScreenWire):
+    """A UDP peer's flow that keeps what was sent to it."""
 
     def statuses(self) -> list[int]:
-        out = []
-        for data in self.sent:
-            message = parse_message(data)
-            assert isinstance(message, Response)
-            out.append(message.status)
-        return out
+        return [response.status for response in self.responses()]
 
 
 @dataclass
