@@ -320,9 +320,8 @@ class SipEndpoint:
             self._handler_failed(entry, request, exc)
 
     def _handler_failed(self, entry: _Entry, request: Request, exc: Exception) -> None:
-        """The TU failed on a new request: it must not keep its transaction forever.
-        Unanswered, it gets a final response (400 if the request was the peer's
-        fault, 500 if ours) and ends by its timers like any other."""
+        """The TU failed on a new request: if unanswered, a final response (400: the
+        peer's fault, 500: ours), so its transaction ends by its timers."""
         self.stats.handler_errors += 1
         txn = entry.txn
         assert isinstance(txn, InviteServerTransaction | NonInviteServerTransaction)
@@ -333,14 +332,13 @@ class SipEndpoint:
             log.exception("error handling %s from %s", request.method, entry.flow.remote)
         if txn.state not in (TransactionState.TRYING, TransactionState.PROCEEDING):
             return
+        status, reason = 500, "Server Internal Error"
         if isinstance(exc, RemoteProtocolError):
             status, reason = exc.status, _reason(exc)
         elif peer_fault:
             status, reason = 400, f"Bad Request ({_printable(str(exc))})"
-        else:
-            status, reason = 500, "Server Internal Error"
-        response = make_response(request, status, reason, to_tag=_refusal_tag(entry.key))
-        self._respond_entry(entry, response)
+        tag = _refusal_tag(entry.key)
+        self._respond_entry(entry, make_response(request, status, reason, to_tag=tag))
 
     def _refuse(self, request: Request, flow: Flow, key: object, refusal: Refusal) -> None:
         if refusal.status == 0:
@@ -420,7 +418,7 @@ class SipEndpoint:
     # ---- outbound ------------------------------------------------------------
 
     def respond(self, txn: ServerTransaction, response: Response) -> None:
-        entry = self._server.get(txn_key(txn))
+        entry = self._server.get(txn.key)
         if entry is None or entry.txn is not txn:
             log.debug("response %d for a finished transaction dropped", response.status)
             return
@@ -539,27 +537,16 @@ class SipEndpoint:
             self._arm(heap[0][0])
 
     def close(self) -> None:
-        """Forget every transaction and disarm the timer: the transport is going away
-        (a short-lived endpoint, such as one test call's, must leave no timer behind)."""
+        """Disarm the timer and forget every transaction: the transport is going away."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        self._timer_at = float("inf")
-        for entry in (*self._server.values(), *self._client.values()):
-            entry.done = True
-        self._heap.clear()
-        self._server.clear()
-        self._client.clear()
-        self._screened.clear()
-        self._refused.clear()
+        self._timer, self._timer_at = None, float("inf")
+        for table in (self._heap, self._server, self._client):
+            table.clear()
 
     @property
     def transaction_count(self) -> int:
         return len(self._server) + len(self._client)
-
-
-def txn_key(txn: ServerTransaction) -> object:
-    return txn.key
 
 
 def _refusal_tag(key: object) -> str:
