@@ -74,6 +74,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     for command in (serve, worker, doctor):
         _add_settings(command)
+    from switch.eval.command import add_parser as add_eval
+
+    add_eval(sub)
     return parser
 
 
@@ -147,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
         return run_kb_command(settings, args.kb_command, args.kb_agent,
                               getattr(args, "kb_args", []), args.kb_k)  # fmt: skip
+    if args.command == "eval":
+        from switch.eval.command import run_eval_command
+
+        return run_eval_command(args)
     if args.command == "db":
         return _db_migrate(args.postgres_dsn)
     if args.command == "apikey":

@@ -138,3 +138,22 @@ def test_a_backchannel_that_got_an_answer_or_stopped_the_agent_fails() -> None:
     assert not grade_case(case, [answer, {"agent": "Sorry?"}]).passed  # cut into a turn
     stopped = grade_case(case, [answer], agent_stopped={1: True})
     assert not stopped.passed and "stopped for a backchannel" in stopped.why[0]
+
+
+def test_totals_and_the_report(tmp_path: Path) -> None:
+    from switch.eval.runner import Outcome, totals, write_report
+
+    suite = parse_suite(SUITE.replace("agent: default", "agent: default\npass_mark: 0.5"),
+                        Path("/suites/test.yaml"))  # fmt: skip
+    c = cases()
+    right = grade_case(c["hours"], [{"agent": "11", "knowledge": ["hours"]}], [0.6])
+    wrong = grade_case(c["off-topic"], [{"agent": "x", "tools": ["transfer"]}], [0.8])
+    outcomes = [Outcome(c["hours"], right), Outcome(c["off-topic"], wrong)]
+    summary = totals(suite, outcomes)
+    assert summary["right"] == 1 and summary["cases"] == len(suite.cases)
+    assert summary["wrong_actions"] == 1 and not summary["passed"]  # a wrong action fails it
+    assert summary["turn_latency_p50_s"] == 0.7
+    write_report(tmp_path, suite, outcomes)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| hours | right |" in markdown and "| off-topic | WRONG |" in markdown
+    assert "wrong action: transfer" in (tmp_path / "report.json").read_text()
