@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from media.speech import Pcm
+from media.speech import Pcm, SpeechError
 from switch.eval.caller import place_call
+from switch.eval.errors import EvalError
 from switch.eval.grade import CaseVerdict, grade_case
 from switch.eval.plan import script_for, shaped, turn_audio
 from switch.eval.result import CallResult
@@ -130,7 +131,7 @@ async def run_suite(
         async with gate:
             try:
                 outcome = await run_case(case, sip_uri, api, speak)
-            except (OSError, httpx.HTTPError, ValueError) as exc:
+            except (OSError, httpx.HTTPError, ValueError, SpeechError, EvalError) as exc:
                 why = (f"{type(exc).__name__}: {exc}",)
                 outcome = Outcome(case, CaseVerdict(case.id, False, (), why=why), error=why[0])
             done[case.id] = outcome

@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from media.resample import to_8k
-from media.speech import Pcm
+from media.speech import Pcm, SpeechError
 from media.tts import EspeakSynthesizer
 from switch.eval.errors import EvalError
 from switch.eval.suite import Case
 
 ESPEAK_WPM = 150
+# Names callers expect that eSpeak NG spells otherwise ("en" is its British English).
+ESPEAK_ALIASES = {"en-gb": "en", "en-uk": "en"}
 ESPEAK_PITCH = 50  # eSpeak's default base pitch (0-99)
 ESPEAK_PITCH_PER_SEMITONE = 4  # about: 0-99 spans roughly two octaves
 
@@ -63,6 +65,8 @@ def _say_piper(text: str, speed: float) -> Pcm:
 
 
 def _say_espeak(text: str, voice: str, speed: float, pitch_semitones: float) -> Pcm:
+    base, plus, variant = voice.partition("+")
+    voice = ESPEAK_ALIASES.get(base.lower(), base) + plus + variant
     pitch = round(ESPEAK_PITCH + ESPEAK_PITCH_PER_SEMITONE * pitch_semitones)
     synth = EspeakSynthesizer(voice=voice, rate_wpm=round(ESPEAK_WPM * speed),
                               pitch=max(0, min(99, pitch)))  # fmt: skip
@@ -81,6 +85,15 @@ def speak(case: Case, text: str) -> Pcm:
 
 
 def check_voices(cases: list[Case] | tuple[Case, ...]) -> None:
-    """Fail before any call when a case's voice cannot be had here."""
-    if any(case.voice == "piper-joe" for case in cases):
-        _piper_joe()
+    """Fail before any call when a case's voice cannot be had here (each voice says a
+    word once)."""
+    for voice in sorted({case.voice for case in cases}):
+        if voice == "piper-joe":
+            _piper_joe()
+        elif voice.startswith("espeak-"):
+            try:
+                _say_espeak("hello", voice.removeprefix("espeak-"), 1.0, 0.0)
+            except SpeechError as exc:
+                raise VoiceUnavailable(f"caller voice {voice}: {exc}") from exc
+        else:
+            raise VoiceUnavailable(f"unknown caller voice {voice!r}")
