@@ -138,8 +138,16 @@ def _records(data: Any, name: str) -> list[KnowledgeEntry]:
     return [make_entry(item, f"{name}: entries[{i}]", name) for i, item in enumerate(data)]
 
 
+AGENT_KEYS = frozenset({"greeting", "fallback", "goodbye", "intents"})  # an agent file's
+
+
 def _agent_knowledge(data: Any) -> Any:
-    """A scripted agent's ``knowledge:`` list as entries (patterns → questions)."""
+    """A scripted agent's ``knowledge:`` list as entries (patterns → questions); an
+    agent file without one (its answers loaded with ``kb load``) has none."""
+    if isinstance(data, dict) and not {"knowledge", "entries"} & data.keys() and (
+        AGENT_KEYS & data.keys()
+    ):
+        return []
     if not isinstance(data, dict) or "knowledge" not in data:
         return data
     out = []

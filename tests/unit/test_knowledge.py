@@ -192,3 +192,15 @@ async def test_an_unreachable_store_makes_the_agent_say_its_fallback_line() -> N
     assert said == agent.fallback  # not the keyword answer: an outage is said as one
     assert used[0].entries == () and used[0].error and "weaviate" in used[0].error
     await kb.aclose()
+
+
+def test_an_agent_file_without_knowledge_has_no_entries(tmp_path: Path) -> None:
+    """Its answers come from `voxswitch kb load`: the node starts with it (it stopped
+    with 'expected a list of entries' before)."""
+    path = tmp_path / "clinic.yaml"
+    path.write_text("name: Clinic\ngreeting: Hello.\nfallback: Sorry?\nintents:\n"
+                    "  - {id: bye, action: hang_up, patterns: [goodbye]}\n")  # fmt: skip
+    assert load_file(path) == []
+    (tmp_path / "odd.yaml").write_text("just: a mapping\n")
+    with pytest.raises(KnowledgeError, match="expected a list of entries"):
+        load_file(tmp_path / "odd.yaml")
