@@ -10,6 +10,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,18 +76,19 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0 if totals["passed"] else 1
 
 
-async def _run(suite: Suite, args: argparse.Namespace, progress: object) -> None:
+async def _run(
+    suite: Suite, args: argparse.Namespace, progress: Callable[[Outcome], None]
+) -> None:
     from switch.eval.node import ThrowawayNode
     from switch.eval.runner import Api, run_suite
     from switch.eval.voices import speak
 
-    callback = progress if callable(progress) else None
     if args.target:
         api = Api(args.api.rstrip("/"), args.api_key)
         await run_suite(suite, args.target, api, speak, calls_at_once=args.calls_at_once,
-                        progress=callback)  # fmt: skip
+                        progress=progress)  # fmt: skip
         return
     with tempfile.TemporaryDirectory(prefix="voxswitch-eval-") as folder:
         async with ThrowawayNode(suite, Path(folder), shlex.split(args.node_args)) as node:
             await run_suite(suite, node.sip_uri, Api(node.api_url, node.key), speak,
-                            calls_at_once=args.calls_at_once, progress=callback)  # fmt: skip
+                            calls_at_once=args.calls_at_once, progress=progress)  # fmt: skip
