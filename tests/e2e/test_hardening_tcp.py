@@ -266,7 +266,14 @@ def test_a_connection_opened_and_closed_at_once_leaves_nothing(node: NodeProcess
     for _ in range(200):  # (past the per-source cap, some are reset as they connect)
         with contextlib.suppress(ConnectionResetError):
             socket.create_connection(("127.0.0.1", node.sip_port), timeout=2).close()
-    for _ in range(50):  # (no API request meanwhile: its own socket would count)
+    # The descriptor closes a loop turn before the table hears of it (connection_lost
+    # is called soon after): wait for both, descriptors first (the /health request the
+    # table is read with opens a socket of its own).
+    for _ in range(50):
+        if fds(node) <= baseline and tcp_stats(node)["open"] == 0:
+            break
+        time.sleep(0.1)
+    for _ in range(20):
         if fds(node) <= baseline:
             break
         time.sleep(0.1)
