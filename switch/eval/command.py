@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     command.add_argument("--target", help="a node already running: its SIP URI "
                          "(default: a throwaway node started for the suite)")  # fmt: skip
     command.add_argument("--api", help="with --target: that node's API URL, to grade from its "
-                         "call records")  # fmt: skip
+                         "call records (without it: from what the caller heard, "
+                         "transcribed offline with Whisper)")  # fmt: skip
     command.add_argument("--api-key", default="", help="with --api: a key that reads calls")
     command.add_argument("--node-args", default="", help="more settings for the throwaway "
                          "node, e.g. \"--asr whisper\"")  # fmt: skip
@@ -45,10 +46,6 @@ def run_eval_command(args: argparse.Namespace) -> int:
         check_voices(suite.cases)
     except (SuiteError, EvalError) as exc:
         print(f"voxswitch eval: {exc}", file=sys.stderr)
-        return 2
-    if args.target and not args.api:
-        print("voxswitch eval: --target without --api: no call records to grade from "
-              "(grading from the recording alone is not built yet)", file=sys.stderr)  # fmt: skip
         return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = args.report or Path(f"eval-{suite.path.stem}-{stamp}")
@@ -76,19 +73,29 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0 if totals["passed"] else 1
 
 
-async def _run(
-    suite: Suite, args: argparse.Namespace, progress: Callable[[Outcome], None]
-) -> None:
+async def _run(suite: Suite, args: argparse.Namespace, progress: Callable[[Outcome], None]) -> None:
     from switch.eval.node import ThrowawayNode
-    from switch.eval.runner import Api, run_suite
+    from switch.eval.runner import Api, Judge, run_suite
     from switch.eval.voices import speak
 
-    if args.target:
-        api = Api(args.api.rstrip("/"), args.api_key)
-        await run_suite(suite, args.target, api, speak, calls_at_once=args.calls_at_once,
+    at_once = args.calls_at_once
+    if args.target and args.api:
+        judge = Judge(api=Api(args.api.rstrip("/"), args.api_key))
+        await run_suite(suite, args.target, judge, speak, calls_at_once=at_once,
                         progress=progress)  # fmt: skip
-        return
-    with tempfile.TemporaryDirectory(prefix="voxswitch-eval-") as folder:
-        async with ThrowawayNode(suite, Path(folder), shlex.split(args.node_args)) as node:
-            await run_suite(suite, node.sip_uri, Api(node.api_url, node.key), speak,
-                            calls_at_once=args.calls_at_once, progress=progress)  # fmt: skip
+    elif args.target:  # a foreign target: grade from what the caller heard
+        from switch.eval.heard import WhisperEar, suite_entries
+
+        ear = WhisperEar()
+        try:
+            judge = Judge(ear=ear, entries=suite_entries(suite))
+            await run_suite(suite, args.target, judge, speak, calls_at_once=at_once,
+                            progress=progress)  # fmt: skip
+        finally:
+            await ear.aclose()
+    else:
+        with tempfile.TemporaryDirectory(prefix="voxswitch-eval-") as folder:
+            async with ThrowawayNode(suite, Path(folder), shlex.split(args.node_args)) as node:
+                judge = Judge(api=Api(node.api_url, node.key))
+                await run_suite(suite, node.sip_uri, judge, speak, calls_at_once=at_once,
+                                progress=progress)  # fmt: skip

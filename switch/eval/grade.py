@@ -35,6 +35,7 @@ class TurnVerdict:
     latency_s: float | None
     ok: bool
     why: tuple[str, ...] = ()
+    recognition_s: float | None = None  # the node's recogniser's time on it (asr_s)
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,14 @@ class CaseVerdict:
     turns: tuple[TurnVerdict, ...]
     wrong_actions: tuple[str, ...] = ()
     why: tuple[str, ...] = field(default=())
+    cut_offs: int = 0  # answers to part of a line: the agent took a pause for its end
+    false_barge_ins: int = 0  # backchannels the agent stopped talking for
 
     def to_json(self) -> dict[str, Any]:
         return {
             "case": self.case_id, "passed": self.passed, "why": list(self.why),
-            "wrong_actions": list(self.wrong_actions),
+            "wrong_actions": list(self.wrong_actions), "cut_offs": self.cut_offs,
+            "false_barge_ins": self.false_barge_ins,
             "turns": [t.__dict__ | {"entries": list(t.entries), "actions": list(t.actions),
                                     "why": list(t.why)} for t in self.turns],
         }  # fmt: skip
@@ -75,6 +79,7 @@ def grade_case(
     stopped = agent_stopped or {}
     verdicts: list[TurnVerdict] = []
     wrong: list[str] = []
+    false_barge_ins = 0
     answered = iter(enumerate(record_turns))
     latencies = list(latencies_s)
     for index, turn in enumerate(case.turns):
@@ -83,6 +88,7 @@ def grade_case(
         if expect.agent_stops is not None and stopped.get(index, expect.agent_stops) != (
             expect.agent_stops
         ):
+            false_barge_ins += not expect.agent_stops
             why.append("the agent stopped for a backchannel" if not expect.agent_stops
                            else "the agent did not stop when the caller cut in")  # fmt: skip
         if expect.agent_stops is False:  # a backchannel: no answer of its own
@@ -113,13 +119,16 @@ def grade_case(
         limit = expect.max_latency_ms
         if limit is not None and latency is not None and latency * 1000 > limit:
             why.append(f"answered in {latency:.2f} s, over {limit} ms")
+        recognition = record.get("asr_s")
         verdicts.append(TurnVerdict(
             said(turn), str(record.get("caller") or ""), answer, entries, actions,
             None if latency is None else float(latency), not why, tuple(why),
+            None if recognition is None else float(recognition),
         ))  # fmt: skip
     extra = list(answered)
     case_why = [f"turn {i + 1}: {w}" for i, v in enumerate(verdicts) for w in v.why]
     if extra:
         case_why.append(f"{len(extra)} more answers than the case expects (a cut-off?)")
     passed = not case_why and all(v.ok for v in verdicts)
-    return CaseVerdict(case.id, passed, tuple(verdicts), tuple(wrong), tuple(case_why))
+    return CaseVerdict(case.id, passed, tuple(verdicts), tuple(wrong), tuple(case_why),
+                       cut_offs=len(extra), false_barge_ins=false_barge_ins)  # fmt: skip

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from loadtest.node import NodeFactory, NodeOptions
 from tests.e2e.api_client import ADMIN
 
 SUITES = Path(__file__).resolve().parent / "eval_suites"
+SCENARIOS = Path(__file__).resolve().parents[2] / "loadtest" / "scenarios"
 
 
 def voxswitch_eval(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
@@ -53,3 +56,49 @@ def test_a_running_node_as_the_target(voxswitch_nodes: NodeFactory, tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert node.health()["calls_offered"] == 1
+
+
+def test_a_foreign_target_is_graded_from_what_the_caller_heard(tmp_path: Path) -> None:
+    """A SIPp UAS playing a recorded agent (greeting, a silence for the question, the
+    hours): no API to read, so the answer is transcribed from the caller's recording."""
+    from loadtest.sipp import SippServer
+    from media.g711 import ulaw_encode
+    from switch.eval.suite import Case
+    from switch.eval.voices import speak
+
+    voice = Case(id="agent", turns=(), voice="piper-joe")
+    greeting = speak(voice, "Thank you for calling the city library.")
+    answer = speak(voice, "We are open from nine in the morning until six in the evening.")
+    silence = np.zeros(8000 * 5, dtype=np.int16)  # the caller asks in here
+    workdir = tmp_path / "sipp"
+    workdir.mkdir()
+    (workdir / "agent.ulaw").write_bytes(ulaw_encode(np.concatenate([greeting, silence, answer])))
+    server = SippServer(SCENARIOS / "uas_recorded_agent.xml", workdir=workdir, timeout_s=60)
+    try:
+        done = voxswitch_eval(str(SUITES / "library.yaml"), "--report", str(tmp_path / "r"),
+                              "--target", f"sip:library@{server.address}")  # fmt: skip
+    finally:
+        sipp = server.stop()
+    assert done.returncode == 0, done.stdout + done.stderr + sipp.describe()
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    turn = report["cases"][0]["turns"][0]
+    assert turn["entries"] == ["hours"], turn
+    assert {"nine", "six"} <= set(turn["answer"].lower().replace(".", " ").split()), turn
+    assert 0 < turn["latency_s"] < 6, turn  # the caller-ear latency from the recording
+    assert (tmp_path / "r" / "calls" / "opening-hours.wav").stat().st_size > 8000 * 4
+
+
+def test_a_foreign_target_that_says_nothing_fails_the_case(tmp_path: Path) -> None:
+    from loadtest.sipp import SippServer
+
+    workdir = tmp_path / "sipp"
+    workdir.mkdir()
+    (workdir / "agent.ulaw").write_bytes(b"\xff" * 8000)  # a second of silence
+    server = SippServer(SCENARIOS / "uas_recorded_agent.xml", workdir=workdir, timeout_s=60)
+    try:
+        done = voxswitch_eval(str(SUITES / "library.yaml"), "--report", str(tmp_path / "r"),
+                              "--target", f"sip:library@{server.address}")  # fmt: skip
+    finally:
+        server.stop()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "opening-hours: WRONG" in done.stdout, done.stdout
