@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,9 @@ from fastapi.responses import (
 )
 from pydantic import BaseModel, Field
 
+from actors.agent import AgentBrain
 from control_api import strict
+from control_api.agents import agents_router
 from control_api.campaigns import campaign_router
 from control_api.connections import ApiLimits, ApiServerConfig
 from control_api.console import console_files, phone_router, stream_router
@@ -112,6 +114,7 @@ def create_app(
     reports: FetchDaily | None = None,
     knowledge: KnowledgeBase | None = None,
     agents: Sequence[str] = (),
+    brains: Mapping[str, AgentBrain] | None = None,
     phone: WebPhone | None = None,
     public_paths: str = "/health",
 ) -> FastAPI:
@@ -288,6 +291,8 @@ def create_app(
         app.include_router(phone_router(phone, agents, require))
     if knowledge is not None:
         app.include_router(knowledge_router(knowledge, agents, require))
+    if brains is not None:
+        app.include_router(agents_router(brains, require))
 
     return app
 

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     command.add_argument("--node-args", default="", help="more settings for the throwaway "
                          "node, e.g. \"--asr whisper\"")  # fmt: skip
     command.add_argument("--calls-at-once", type=int, default=1)
+    command.add_argument("--typed", action="store_true", help="type each line to the agent "
+                         "(POST /v1/agents/NAME/reply) instead of calling: the lookup and "
+                         "intents without a recogniser; needs our node")  # fmt: skip
     command.add_argument("--report", type=Path, default=None, help="the report's folder")
 
 
@@ -76,12 +79,18 @@ def run_eval_command(args: argparse.Namespace) -> int:
 async def _run(suite: Suite, args: argparse.Namespace, progress: Callable[[Outcome], None]) -> None:
     from switch.eval.node import ThrowawayNode
     from switch.eval.runner import Api, Judge, run_suite
+    from switch.eval.typed import run_typed
     from switch.eval.voices import speak
 
     at_once = args.calls_at_once
+    if args.typed and args.target and not args.api:
+        raise EvalError("--typed needs our node: --api with --target, or no --target")
     if args.target and args.api:
-        judge = Judge(api=Api(args.api.rstrip("/"), args.api_key))
-        await run_suite(suite, args.target, judge, speak, calls_at_once=at_once,
+        api = Api(args.api.rstrip("/"), args.api_key)
+        if args.typed:
+            await run_typed(suite, api, calls_at_once=at_once, progress=progress)
+            return
+        await run_suite(suite, args.target, Judge(api=api), speak, calls_at_once=at_once,
                         progress=progress)  # fmt: skip
     elif args.target:  # a foreign target: grade from what the caller heard
         from switch.eval.heard import WhisperEar, suite_entries
@@ -96,6 +105,9 @@ async def _run(suite: Suite, args: argparse.Namespace, progress: Callable[[Outco
     else:
         with tempfile.TemporaryDirectory(prefix="voxswitch-eval-") as folder:
             async with ThrowawayNode(suite, Path(folder), shlex.split(args.node_args)) as node:
-                judge = Judge(api=Api(node.api_url, node.key))
-                await run_suite(suite, node.sip_uri, judge, speak, calls_at_once=at_once,
+                api = Api(node.api_url, node.key)
+                if args.typed:
+                    await run_typed(suite, api, calls_at_once=at_once, progress=progress)
+                    return
+                await run_suite(suite, node.sip_uri, Judge(api=api), speak, calls_at_once=at_once,
                                 progress=progress)  # fmt: skip

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from switch.knowledge.accept import accepted, normalise_question
 from switch.knowledge.embedder import Embedder, Vectors, shared_embedder
 from switch.knowledge.entries import Chunk, Hit, KnowledgeEntry, Lookup, chunks_of
 
@@ -129,14 +130,33 @@ class KnowledgeBase:
     async def search(
         self, agent: str, query: str, k: int | None = None, min_similarity: float | None = None
     ) -> list[Hit]:
-        """The best entries for ``query`` whose best chunk is at least ``min_similarity``
-        like it (cosine), best first; raises :class:`KnowledgeUnavailable`."""
+        """The best entries for ``query`` the caller is answered from (``accept.py``:
+        at least ``min_similarity`` like it, or clearly ahead of the rest), best first;
+        raises :class:`KnowledgeUnavailable`."""
         k = k or self.top_k
         threshold = self.min_similarity if min_similarity is None else min_similarity
+        query = normalise_question(query) or query
         vector = await self._run(lambda: self._embedder_factory().embed([query])[0])
-        hits = await self._store(self.store.search, agent, query, vector, k,
+        # Two at least: how far the best leads the runner-up is part of the verdict.
+        hits = await self._store(self.store.search, agent, query, vector, max(k, 2),
                                  timeout_s=self.timeout_s)  # fmt: skip
-        return [h for h in hits if h.similarity >= threshold]
+        return accepted(hits, threshold)[:k]
+
+    async def embed(self, texts: list[str]) -> Vectors:
+        """Unit vectors of ``texts`` (cosine = dot product), off the event loop: for
+        matching by meaning outside the store (the scripted agent's intents)."""
+        return await self._run(lambda: self._embedder_factory().embed(texts))
+
+    async def embed_spans(self, text: str) -> Vectors:
+        """Unit vectors of ``text`` and of its runs of a few words (``embed_spans`` of
+        the embedder; the whole text alone for one without it)."""
+
+        def work() -> Vectors:
+            embedder = self._embedder_factory()
+            spans = getattr(embedder, "embed_spans", None)
+            return spans(text)[1] if spans is not None else embedder.embed([text])
+
+        return await self._run(work)
 
     async def lookup(self, agent: str, query: str) -> tuple[list[Hit], Lookup]:
         """:meth:`search` measured for the turn record; an outage is in ``Lookup.error``."""

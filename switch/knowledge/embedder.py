@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 Vectors = npt.NDArray[np.float32]
+SpanVectors = tuple[list[str], Vectors]  # the spans' words, and a unit vector each
 
 MODEL_PACKAGE = "all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -138,7 +139,39 @@ class MiniLMEmbedder:
             out[chunk] = self._encode([ids[i] for i in chunk])
         return out
 
+    def embed_spans(self, text: str, widths: tuple[int, ...] = (2, 3, 4, 5)) -> SpanVectors:
+        """Every run of ``widths`` words in ``text`` (and the whole text), each a unit
+        vector pooled from its tokens in one pass over the text: the words in their
+        sentence's context, for finding a short phrase's meaning inside a long line
+        at the cost of one query."""
+        encoding = self._tokenizer.encode(text)
+        states, _ = self._states([encoding.ids])
+        words: dict[int, list[int]] = {}
+        for token, word in enumerate(encoding.word_ids):
+            if word is not None:
+                words.setdefault(word, []).append(token)
+        order = sorted(words)
+        spans: list[tuple[int, int]] = [(0, len(order))]
+        spans += [(i, i + n) for n in widths for i in range(len(order) - n + 1) if n < len(order)]
+        vectors = np.zeros((len(spans), self.dim), dtype=np.float32)
+        for row, (start, end) in enumerate(spans):
+            tokens = [t for word in order[start:end] for t in words[word]]
+            vectors[row] = states[0, tokens].mean(axis=0)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        offsets = encoding.offsets
+        texts = [text[offsets[words[order[a]][0]][0] : offsets[words[order[b - 1]][-1]][1]]
+                 for a, b in spans]  # fmt: skip
+        return texts, vectors
+
     def _encode(self, batch: list[list[int]]) -> Vectors:
+        x, mask = self._states(batch)
+        pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        unit: Vectors = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit
+
+    def _states(self, batch: list[list[int]]) -> tuple[Vectors, Vectors]:
+        """The encoder's last hidden states (n, length, dim) and the padding mask."""
         w = self._w
         n, length = len(batch), max(len(ids) for ids in batch)
         tokens = np.zeros((n, length), dtype=np.int64)
@@ -173,10 +206,7 @@ class MiniLMEmbedder:
             out = hidden @ self._t[p + "output.dense.weight"] + w[p + "output.dense.bias"]
             x = _layer_norm(x + out, w[p + "output.LayerNorm.weight"],
                             w[p + "output.LayerNorm.bias"])  # fmt: skip
-        pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        unit: Vectors = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-        return unit
+        return x, mask
 
 
 _shared: MiniLMEmbedder | None = None
