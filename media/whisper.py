@@ -261,7 +261,12 @@ class WhisperModel:
         )
         if result.no_speech_prob > NO_SPEECH_THRESHOLD:
             return ""
-        return _clean(tokens.decode(result.sequences_ids[0]))
+        text = _clean(tokens.decode(result.sequences_ids[0]))
+        if is_prompt_echo(text, prompt) or is_hallucination(text):
+            log.info("whisper: dropped %r (an echo of its prompt, or a known hallucination)",
+                     text[:80])  # fmt: skip
+            return ""
+        return text
 
     async def decode(self, pcm: Pcm, prompt: str) -> str:
         loop = asyncio.get_running_loop()
@@ -288,6 +293,28 @@ class WhisperModel:
 
 
 _SPACES = re.compile(r"\s+")
+_WORDS = re.compile(r"[a-z0-9']+")
+ECHO_MIN_WORDS = 4  # a shorter run of the prompt's words is a caller using its terms
+# What Whisper says over line noise and silence: its training subtitles' sign-offs.
+_HALLUCINATIONS = (
+    "thanks for watching", "thank you for watching", "subtitles by", "please subscribe",
+    "like and subscribe", "see you in the next video",
+)
+
+
+def is_prompt_echo(text: str, prompt: str) -> bool:
+    """The transcript is the prompt's words read back (a run of at least
+    :data:`ECHO_MIN_WORDS` of them making up the whole transcript): Whisper continuing
+    the text it was primed with instead of hearing the caller."""
+    said = _WORDS.findall(text.lower())
+    if len(said) < ECHO_MIN_WORDS or not prompt:
+        return False
+    return f" {' '.join(said)} " in f" {' '.join(_WORDS.findall(prompt.lower()))} "
+
+
+def is_hallucination(text: str) -> bool:
+    lowered = " ".join(_WORDS.findall(text.lower()))
+    return any(phrase in lowered for phrase in _HALLUCINATIONS)
 
 
 def _clean(text: str) -> str:

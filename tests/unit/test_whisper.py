@@ -150,3 +150,15 @@ def test_settings_accept_whisper_and_check_the_model_folder(tmp_path: Path) -> N
         load_settings(env={"VOXSWITCH_WHISPER_MODEL_DIR": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError, match="pocketsphinx, whisper or openai"):
         load_settings(env={"VOXSWITCH_ASR": "vosk"})
+
+
+def test_an_echo_of_the_prompt_or_a_subtitle_sign_off_is_not_a_transcript() -> None:
+    from media.whisper import is_hallucination, is_prompt_echo
+
+    prompt = "We offer interest-free payment plans over 6 months. Is my card accepted abroad?"
+    assert is_prompt_echo("We offer interest-free payment plans over 6.", prompt)
+    assert not is_prompt_echo("Do you offer payment plans?", prompt)  # its words, not its run
+    assert not is_prompt_echo("payment plans", prompt)  # too short to tell
+    assert not is_prompt_echo("We offer interest-free payment plans over 6.", "")
+    assert is_hallucination("Thanks for watching!")
+    assert not is_hallucination("Thanks, that's all I needed.")
