@@ -156,6 +156,10 @@ def trunk_router(
     def missing(kind: str, name: str) -> HTTPException:
         return HTTPException(404, f"no {kind} named {name!r}")
 
+    def from_config(name: str) -> HTTPException:
+        return HTTPException(409, f"inbound route {name!r} comes from the inbound_routes "
+                                  "setting: change it there")  # fmt: skip
+
     @router.get("/v1/trunks")
     async def list_trunks() -> dict[str, Any]:
         """Every trunk, with its status (up/down, registration)."""
@@ -212,11 +216,16 @@ def trunk_router(
 
     @router.get("/v1/routes/inbound")
     async def list_inbound_routes() -> dict[str, Any]:
-        """Inbound routes: dialed-number pattern -> the agent that answers."""
-        return {"routes": [r.model_dump() for r in book.inbound.values()]}
+        """Inbound routes: dialed-number pattern -> the agent that answers. ``source``:
+        ``api`` (changed here), or ``config`` (the inbound_routes setting, tried after)."""
+        tables = (("api", book.inbound), ("config", book.configured))
+        return {"routes": [{**r.model_dump(), "source": source}
+                           for source, routes in tables for r in routes.values()]}  # fmt: skip
 
     @router.put("/v1/routes/inbound/{name}")
     async def put_inbound_route(body: InboundRoute, name: str = name_param) -> dict[str, Any]:
+        if name in book.configured:
+            raise from_config(name)
         if body.agent not in agents:
             raise HTTPException(422, [{"loc": ["body", "agent"], "type": "value_error",
                                        "msg": f"no agent named {body.agent!r}"}])  # fmt: skip
@@ -226,6 +235,8 @@ def trunk_router(
 
     @router.delete("/v1/routes/{kind}/{name}", status_code=204)
     async def delete_route(kind: Literal["outbound", "inbound"], name: str = name_param) -> None:
+        if kind == "inbound" and name in book.configured:
+            raise from_config(name)
         if not await stored(book.delete_route(kind, name)):
             raise missing(f"{kind} route", name)
 

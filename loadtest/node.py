@@ -148,6 +148,8 @@ class NodeProcess:
         # Test nodes send webhooks and calls to receivers on loopback, which the SSRF
         # policy refuses by default; a test of that policy sets this to "".
         env[ENV_PREFIX + "ALLOWED_PRIVATE_TARGETS"] = "127.0.0.0/8,::1/128"
+        # Each node its own state (the knowledge index): never the user's, never shared.
+        env[ENV_PREFIX + "STATE_DIR"] = str(self.workdir / "state")
         env.update(self.options.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

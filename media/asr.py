@@ -50,6 +50,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from media.g2p import guess_pronunciation
 from media.speech import SAMPLE_RATE, Pcm, SpeechError, Transcript
 
 __all__ = [
@@ -217,20 +218,33 @@ def build_dictionary(words: Iterable[str], base_dict_path: str | Path | None = N
     """Pronunciation dictionary text for ``words``, taken from ``base_dict_path``.
 
     Defaults to pocketsphinx's bundled ``cmudict-en-us.dict``; alternate pronunciations
-    are kept. Words the base dictionary lacks are left out, with a warning.
+    are kept. A word it lacks (an agent's brand or place name) gets a guessed one
+    (:mod:`media.g2p`: dictionary words it is glued from, else spelling rules), so
+    callers saying it are heard; only a word with nothing to read is left out.
     """
     path = str(base_dict_path) if base_dict_path is not None else default_dictionary_path()
     table = _pronunciations(path)
+
+    def known(word: str) -> str | None:
+        entry = table.get(word)
+        return entry[0].split(maxsplit=1)[1] if entry else EXTRA_PRONUNCIATIONS.get(word)
+
     lines: list[str] = []
+    guessed: list[str] = []
     missing: list[str] = []
     for word in sorted({w.lower() for w in words}):
         entry = table.get(word)
-        if entry is None and word in EXTRA_PRONUNCIATIONS:
-            entry = (f"{word} {EXTRA_PRONUNCIATIONS[word]}",)
         if entry is None:
-            missing.append(word)
-        else:
-            lines.extend(entry)
+            phones = guess_pronunciation(word, known)
+            if phones is None:
+                missing.append(word)
+                continue
+            if word not in EXTRA_PRONUNCIATIONS:
+                guessed.append(f"{word} ({phones})")
+            entry = (f"{word} {phones}",)
+        lines.extend(entry)
+    if guessed:
+        log.info("asr: guessed pronunciations for %s", ", ".join(guessed))
     if missing:
         log.warning("asr: no pronunciation for %s; left out of the model", ", ".join(missing))
     return "\n".join(lines) + ("\n" if lines else "")

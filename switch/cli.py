@@ -68,6 +68,11 @@ def _build_parser() -> argparse.ArgumentParser:
             "--agent", dest="kb_agent", default="default", help="whose knowledge (default)"
         )
         command.add_argument("-k", dest="kb_k", type=int, default=3, help="search: hits shown")
+        if verb == "load":
+            command.add_argument(
+                "--create", dest="kb_create", action="store_true",
+                help="a knowledge base for an agent this configuration does not have yet",
+            )  # fmt: skip
         _add_settings(command, skip=("agent",))  # --agent names the knowledge's agent here
     doctor = sub.add_parser(
         "doctor", help="the risky settings of a configuration, one line each (exit 1: critical)"
@@ -86,6 +91,12 @@ def _add_settings(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         if f.name in skip:
             continue
         help_text = f.metadata.get("help", "")
+        if f.name == "inbound_routes":  # one route a flag, repeated: a list
+            parser.add_argument(
+                "--inbound-route", dest=f.name, action="append", metavar="PATTERN=AGENT",
+                help=f"{help_text} (env VOXSWITCH_INBOUND_ROUTES)",
+            )  # fmt: skip
+            continue
         default = f.default if f.name != "rtp_ports" else "20000-29999"
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
@@ -149,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s %(message)s")
         return run_kb_command(settings, args.kb_command, args.kb_agent,
-                              getattr(args, "kb_args", []), args.kb_k)  # fmt: skip
+                              getattr(args, "kb_args", []), args.kb_k,
+                              create=getattr(args, "kb_create", False))  # fmt: skip
     if args.command == "eval":
         from switch.eval.command import run_eval_command
 

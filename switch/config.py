@@ -138,6 +138,15 @@ class Settings:
             "calls and inbound routes can name"
         },
     )
+    inbound_routes: str = field(
+        default="",
+        metadata={
+            "help": "which agent answers which dialed number: PATTERN=AGENT, space-"
+            "separated (a regular expression matching the whole number or SIP user, e.g. "
+            "'1000=clinic 2[0-9]+=sales'); the CLI's --inbound-route repeats, the config "
+            "file takes a list; tried after the API's routes, in order"
+        },
+    )
     llm_base_url: str = field(
         default="https://api.openai.com", metadata={"help": "OpenAI-compatible LLM base URL"}
     )
@@ -462,7 +471,19 @@ class Settings:
     )
     kb_dir: str = field(
         default="voxswitch-kb",
-        metadata={"help": "the embedded knowledge index's files, one per agent ('': memory)"},
+        metadata={
+            "help": "the embedded knowledge index's files, one per agent ('': memory); "
+            "by default beside the config file, else under state_dir; a relative path "
+            "in the config file is from its folder"
+        },
+    )
+    state_dir: str = field(
+        default="",
+        metadata={
+            "help": "where the node and 'voxswitch kb' keep the knowledge index when "
+            "no config file places it ('': $XDG_STATE_HOME/voxswitch, i.e. "
+            "~/.local/state/voxswitch), whatever the working folder"
+        },
     )
     kb_top_k: int = field(default=3, metadata={"help": "knowledge entries a lookup returns"})
     kb_min_similarity: float = field(
@@ -504,6 +525,8 @@ def _primary_ip() -> str:
 
 def _convert(name: str, kind: Any, value: Any) -> Any:
     try:
+        if name == "inbound_routes" and isinstance(value, list | tuple):
+            return " ".join(str(item) for item in value)
         if name == "rtp_ports":
             if isinstance(value, list | tuple):
                 return _parse_port_range(f"{value[0]}-{value[1]}")
@@ -517,6 +540,37 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{name}: invalid value {value!r}") from exc
+
+
+def _absolute_dirs(
+    values: Mapping[str, Any], in_file: set[str], config: str | None, env: Mapping[str, str]
+) -> dict[str, str]:
+    """``state_dir`` and ``kb_dir`` made absolute, so ``voxswitch serve`` and ``voxswitch
+    kb`` find one index whatever folder each is started in. A relative path from the
+    config file is from its folder; kb_dir's default sits beside the config file, else
+    under state_dir; a relative path typed on the command line (or in the environment)
+    is from the working folder, as in any shell."""
+    folder = Path(config).expanduser().absolute().parent if config else None
+
+    def absolute(name: str, default_base: Path) -> str:
+        text = str(values.get(name, Settings.__dataclass_fields__[name].default))
+        given = Path(text).expanduser()
+        if given.is_absolute():
+            return str(given)
+        if name in in_file and folder is not None:
+            return os.path.abspath(folder / given)
+        if name in values:
+            return os.path.abspath(given)
+        return os.path.abspath(default_base / given)
+
+    xdg = env.get("XDG_STATE_HOME", "")  # the XDG base directory spec's state folder
+    states = Path(xdg) if Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    given = values.get("state_dir")
+    state = absolute("state_dir", states) if given else str(states / "voxswitch")
+    out = {"state_dir": state}
+    if values.get("kb_dir", "voxswitch-kb"):  # '' keeps the index in memory
+        out["kb_dir"] = absolute("kb_dir", folder or Path(state))
+    return out
 
 
 def _secret_file(what: str, path: Any) -> str:
@@ -535,6 +589,7 @@ def load_settings(
 ) -> Settings:
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    given_in_file: set[str] = set()
     path = config_file or env.get(ENV_PREFIX + "CONFIG")
     known = {f.name: f for f in fields(Settings)}
     if path:
@@ -552,6 +607,7 @@ def load_settings(
             if key not in known:
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[key] = _convert(key, known[key].type, value)
+            given_in_file.add(key)
     for name, f in known.items():
         raw = env.get(ENV_PREFIX + name.upper())
         file = env.get(ENV_PREFIX + name.upper() + "_FILE") if name in SECRET_SETTINGS else None
@@ -562,9 +618,12 @@ def load_settings(
             raw = _secret_file(name + "_file", file)
         if raw is not None:
             values[name] = _convert(name, f.type, raw)
+            given_in_file.discard(name)
     for name, value in (cli or {}).items():
         if value is not None and name in known:
             values[name] = _convert(name, known[name].type, value)
+            given_in_file.discard(name)
+    values.update(_absolute_dirs(values, given_in_file, path, env))
     settings = Settings(**values)
     for name in ("sip_port", "api_port", "tls_port", "weaviate_grpc_port"):
         port = getattr(settings, name)
@@ -671,6 +730,7 @@ def load_settings(
         " " <= c <= "~" for c in settings.server_header
     ):
         raise ConfigError("server_header: printable ASCII on one line, at most 100 characters")
+    inbound_routes(settings)
     if settings.asr_pool_size < 1:
         raise ConfigError("asr_pool_size: must be at least 1")
     if settings.sip_auth_realm:
@@ -686,6 +746,27 @@ def load_settings(
 
 
 AUTH_ALGORITHMS = ("SHA-256", "MD5")
+
+
+def inbound_routes(settings: Settings) -> list[tuple[str, str]]:
+    """``inbound_routes`` as (pattern, agent) pairs, each pattern one RE2 takes. Whether
+    the agent exists is the node's check (it knows its agents once built)."""
+    from switch.trunking.patterns import PatternError, compile_pattern
+    from switch.trunking.trunks import AGENT_NAME
+
+    routes: list[tuple[str, str]] = []
+    for item in settings.inbound_routes.split():
+        pattern, sep, agent = item.rpartition("=")
+        if not sep or not pattern:
+            raise ConfigError(f"inbound_routes: expected PATTERN=AGENT, got {item!r}")
+        if not re.match(AGENT_NAME, agent):
+            raise ConfigError(f"inbound_routes: {item!r}: {agent!r} is not an agent name")
+        try:
+            compile_pattern(pattern)
+        except PatternError as exc:
+            raise ConfigError(f"inbound_routes: {item!r}: {exc}") from None
+        routes.append((pattern, agent))
+    return routes
 
 
 def auth_users(settings: Settings) -> dict[str, str]:

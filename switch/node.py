@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from actors.agent import AgentBrain
 from actors.call import CallActor, CallConfig, CallRecord, LocalAddress
 from actors.conversation import Voice
 from actors.messages import DtmfRequested, Hangup, SayRequested, TransferRequested
@@ -35,13 +36,14 @@ from sip.transport.limits import StreamLimits
 from sip.transport.tcp import TcpConnection, TcpServer
 from sip.transport.tls import client_context, server_context
 from sip.transport.udp import UdpFlow, UdpTransport, start_udp
+from switch.agents.catalog import unknown_agent
 from switch.backbone.courier import Backbone, build_sinks
 from switch.backbone.spool import SpoolInUse
 from switch.cluster import build_cluster
 from switch.cluster.checkpoints import Checkpointer, CheckpointStore, Snapshot
 from switch.cluster.membership import Membership
 from switch.cluster.takeover import NodeIdInUse, Takeover, TakeoverConfig
-from switch.config import Settings, auth_algorithms, auth_users
+from switch.config import ConfigError, Settings, auth_algorithms, auth_users, inbound_routes
 from switch.guard.admission import AdmissionConfig, AdmissionControl
 from switch.guard.conduct import ConductLimits
 from switch.guard.load import LoadMonitor
@@ -266,6 +268,7 @@ class Node:
             await self.knowledge.warm_up()  # the model (~1 s) before the first question
         self.voices, self._knowledge_pending = await build_voices(s, self.knowledge)
         self.voice = self.voices["default"]
+        self.book.configure_inbound(self._configured_routes())
         sinks = build_sinks(
             kafka_bootstrap=s.kafka_bootstrap,
             kafka_topic=s.kafka_topic,
@@ -545,6 +548,19 @@ class Node:
 
     # ---- the control API's view of the calls ------------------------------------------
 
+    def brains(self) -> dict[str, AgentBrain]:
+        """Each agent a call can reach, by name (for typing to it through the API)."""
+        return {name: voice.brain for name, voice in self.voices.items() if voice is not None}
+
+    def _configured_routes(self) -> list[tuple[str, str]]:
+        """The inbound_routes setting, each naming an agent this node has."""
+        routes = inbound_routes(self.settings)
+        for pattern, agent in routes:
+            if agent not in self.agent_names():
+                raise ConfigError(f"inbound_routes: '{pattern}={agent}': "
+                                  + unknown_agent(agent, self.agent_names()))  # fmt: skip
+        return routes
+
     def agent_names(self) -> list[str]:
         """The agents that can hold knowledge (``none`` answers nothing)."""
         return [name for name, voice in self.voices.items() if voice is not None]
@@ -782,13 +798,13 @@ async def run_node(settings: Settings) -> int:
         if settings.api_port:
             api_sock = _api_socket(settings.api_host, settings.api_port)
         await node.start()
-    except StartupError as exc:
+    except (StartupError, ConfigError) as exc:  # a bad agent file: one line, no traceback
         print(f"voxswitch: {exc}", file=sys.stderr)
         if api_sock is not None:
             api_sock.close()
         with contextlib.suppress(Exception):
             await node.close_unstarted()
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
     _tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -802,7 +818,7 @@ async def run_node(settings: Settings) -> int:
             dialer=node.dialer, trunk_status=node.trunk_status,
             can_sign=bool(settings.webhook_secret), campaigns=node.campaigns,
             guard=node.sources, reports=node.reports.fetch if node.reports else None,
-            knowledge=node.knowledge, agents=node.agent_names(),
+            knowledge=node.knowledge, agents=node.agent_names(), brains=node.brains(),
             phone=WebPhone(node.manager) if node.manager is not None else None,
             public_paths=settings.api_public_paths,
         )  # fmt: skip

@@ -20,7 +20,7 @@ from media.session import VadConfig
 from media.speech import SpeechError, SpeechRecognizer, SpeechSynthesizer
 from media.tts import EspeakSynthesizer, OpenAISpeech
 from media.whisper import WhisperModel
-from switch.agents import DEMO_AGENT_PATH, OpenAIChatAgent, ScriptedAgent
+from switch.agents import DEMO_AGENT_PATH, AgentConfigError, OpenAIChatAgent, ScriptedAgent
 from switch.config import ConfigError, Settings
 from switch.knowledge import KnowledgeBase, KnowledgeError, KnowledgeUnavailable
 from switch.knowledge.entries import KnowledgeEntry, phrases_of
@@ -50,8 +50,8 @@ def build_brain(settings: Settings) -> AgentBrain:
     path = DEMO_AGENT_PATH if agent == "demo" else Path(agent)
     try:
         return ScriptedAgent.from_file(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"agent: {exc}") from exc
+    except AgentConfigError as exc:  # names the file, and the line when it could be read
+        raise ConfigError(str(exc) if exc.line else f"agent: {exc}") from None
 
 
 def _agent_file(settings: Settings) -> Path | None:
@@ -103,8 +103,8 @@ async def build_voices(
                 raise ConfigError(f"agents_dir: {path.name}: agent names are letters, digits, _ -")
             try:
                 brains[name] = (ScriptedAgent.from_file(path), path)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"agents_dir: {path.name}: {exc}") from exc
+            except AgentConfigError as exc:  # "agents/x.yaml:12: field: problem"
+                raise ConfigError(str(exc)) from None
     pending: dict[str, list[KnowledgeEntry]] = {}
     if knowledge is not None:
         for name, (brain, agent_file) in brains.items():

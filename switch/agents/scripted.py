@@ -63,15 +63,18 @@ concatenate back to the answer text. An intent's action follows as a :class:`Too
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import string
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+from yaml.nodes import ScalarNode, SequenceNode
 
 from actors.agent import (
     TOOL_NAMES,
@@ -81,7 +84,17 @@ from actors.agent import (
     TextDelta,
     ToolCall,
 )
+from switch.agents.actions import (
+    DECLINED,
+    Certainty,
+    certainty,
+    confirmation_of,
+    pending,
+    yes_or_no,
+)
 from switch.knowledge.base import KnowledgeBase
+from switch.knowledge.embedder import Vectors
+from switch.marked_yaml import FieldError, Fields, Value, compose
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -91,6 +104,8 @@ __all__ = [
     "ScriptedAgent",
     "split_sentences",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.55
 DEFAULT_TRANSFER_SAY = "Please hold while I transfer you."
@@ -122,7 +137,18 @@ _INTENT_FIELDS = frozenset(
 
 
 class AgentConfigError(ValueError):
-    """The YAML description is invalid; the message names the field (``knowledge[2].answer``)."""
+    """The YAML description is invalid; the message names the file (when read from one),
+    the line and the field: ``agents/clinic.yaml:12: knowledge[2].answer: missing``."""
+
+    def __init__(self, message: str, *, line: int = 0, field: str = "") -> None:
+        super().__init__(message)
+        self.line, self.field = line, field
+
+    @classmethod
+    def at(cls, exc: FieldError, source: str = "") -> AgentConfigError:
+        where = f"{source}:{exc.line}" if source else f"line {exc.line}"
+        return cls(f"{where}: {exc.field or 'top level'}: {exc.problem}",
+                   line=exc.line, field=exc.field)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -167,16 +193,25 @@ def _stem(word: str) -> str:
 
 def content_words(text: str) -> frozenset[str]:
     """The stemmed words of ``text`` that carry meaning (stopwords removed)."""
+    return frozenset(content_word_list(text))
+
+
+def content_word_list(text: str) -> list[str]:
+    """:func:`content_words` in the order they were said."""
     words = text.lower().replace("’", "'").translate(_PUNCT_TABLE).split()
-    out: set[str] = set()
+    out: list[str] = []
     for raw in words:
         if raw in STOPWORDS:
             continue
         word = raw.replace("'", "")
         if not word or word in STOPWORDS:
             continue
-        out.add(_stem(word))
-    return frozenset(out)
+        out.append(_stem(word))
+    return out
+
+
+def _deltas(text: str) -> Iterator[TextDelta]:
+    return (TextDelta(piece) for piece in split_sentences(text))
 
 
 def split_sentences(text: str) -> list[str]:
@@ -203,100 +238,75 @@ def _dtmf_digits(text: str) -> str | None:
 
 
 # --- validation ---------------------------------------------------------------------
+# The file is read as marked YAML nodes (switch/marked_yaml.py), so every error names
+# the line and the field: ``agents/clinic.yaml:12: intents[1].action: expected ...``.
 
 
-def _req_str(obj: dict[str, Any], key: str, where: str) -> str:
-    if key not in obj or obj[key] is None:
-        raise AgentConfigError(f"{where}{key}: missing")
-    value = obj[key]
-    if not isinstance(value, str):
-        raise AgentConfigError(f"{where}{key}: must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise AgentConfigError(f"{where}{key}: must not be empty")
-    return value.strip()
-
-
-def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
-    if obj.get(key) is None:
-        return None
-    return _req_str(obj, key, where)
-
-
-def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
-    value = obj.get(key)
-    if value is None:
+def _dtmf_list(value: Value | None) -> list[str]:
+    if value is None or value.is_null:
         return []
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise AgentConfigError(f"{where}{key}: must be a list of strings")
-    out: list[str] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip():
-            raise AgentConfigError(f"{where}{key}[{i}]: must be a non-empty string")
-        out.append(item.strip())
-    return out
-
-
-def _dtmf_list(obj: dict[str, Any], where: str) -> list[str]:
-    value = obj.get("dtmf")
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else [value]
+    items = value.items() if isinstance(value.node, SequenceNode) else [value]
     out: list[str] = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, str | int):
-            raise AgentConfigError(f"{where}dtmf: must be digits 0-9 * # A-D")
-        digits = str(item).strip().upper()
+        data = item.data() if isinstance(item.node, ScalarNode) else None
+        if isinstance(data, bool) or not isinstance(data, str | int):
+            item.expected("keypad digits 0-9 * # A-D")
+        digits = item.raw().upper()  # as written: "0123" keeps its zero
         if not _DIGITS_RE.match(digits):
-            raise AgentConfigError(f"{where}dtmf: {item!r} is not digits 0-9 * # A-D")
+            item.fail(f"{digits!r} is not digits 0-9 * # A-D")
         out.append(digits)
     return out
 
 
-def _check_fields(obj: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(str(k) for k in obj if k not in allowed)
-    if unknown:
-        label = where.rstrip(".") or "top level"
-        raise AgentConfigError(f"{label}: unknown field {unknown[0]!r}")
+def _words(fields: Fields, key: str) -> list[str]:
+    value = fields.given(key)
+    return list(value.strings()) if value is not None else []
 
 
-def _parse_entry(raw: Any, kind: str, index: int, goodbye: str) -> Entry:
-    where = f"{kind}[{index}]."
-    if not isinstance(raw, dict):
-        raise AgentConfigError(f"{kind}[{index}]: must be a mapping")
-    _check_fields(raw, _KNOWLEDGE_FIELDS if kind == "knowledge" else _INTENT_FIELDS, where)
-    entry_id = _req_str(raw, "id", where)
-    patterns = _str_list(raw, "patterns", where) + _str_list(raw, "keywords", where)
-    dtmf = _dtmf_list(raw, where)
+def _optional(fields: Fields, key: str) -> str | None:
+    value = fields.given(key)
+    return value.string() if value is not None else None
+
+
+def _parse_entry(raw: Value, kind: str, index: int, goodbye: str, seen: dict[str, int]) -> Entry:
+    fields = raw.mapping(_KNOWLEDGE_FIELDS if kind == "knowledge" else _INTENT_FIELDS)
+    id_value = fields.require("id")
+    entry_id = id_value.string()
+    if entry_id in seen:
+        id_value.fail(f"duplicate {entry_id!r} (first on line {seen[entry_id]})")
+    seen[entry_id] = id_value.line
+    patterns = _words(fields, "patterns") + _words(fields, "keywords")
+    dtmf = _dtmf_list(fields.get("dtmf"))
     for p in patterns:
         digits = _dtmf_digits(p)
         if digits is not None and digits not in dtmf:
             dtmf.append(digits)
     if not patterns and not dtmf:
-        raise AgentConfigError(f"{where}patterns: missing (need patterns, keywords or dtmf)")
+        hint = "need patterns, keywords or dtmf"
+        given = fields.given("patterns") or fields.given("keywords")
+        if given is None:
+            fields.require("patterns", hint)
+        else:
+            given.fail(f"no phrases ({hint})")
     if kind == "knowledge":
-        answer = _req_str(raw, "answer", where)
+        answer = fields.require("answer").string()
         return Entry(entry_id, kind, index, tuple(patterns), tuple(dtmf), answer)
-    if raw.get("action") is None:
-        raise AgentConfigError(f"{where}action: missing")
-    action = raw["action"]
-    if action not in TOOL_NAMES:
-        raise AgentConfigError(f"{where}action: must be one of {', '.join(TOOL_NAMES)}")
-    say = _opt_str(raw, "say", where)
+    action = fields.require("action").choice(TOOL_NAMES)
+    say = _optional(fields, "say")
     args: dict[str, str] = {}
     if action == "hang_up":
-        reason = _opt_str(raw, "reason", where)
+        reason = _optional(fields, "reason")
         if reason is not None:
             args["reason"] = reason
         say = say or goodbye
     elif action == "transfer":
-        args["target"] = _req_str(raw, "target", where)
+        args["target"] = fields.require("target", "a SIP URI or number").string()
         say = say or DEFAULT_TRANSFER_SAY
     else:
-        digits = _req_str(raw, "digits", where).upper()
+        value = fields.require("digits", "keypad digits 0-9 * # A-D")
+        digits = value.raw().upper()
         if not _DIGITS_RE.match(digits):
-            raise AgentConfigError(f"{where}digits: {digits!r} is not digits 0-9 * # A-D")
+            value.fail(f"{digits!r} is not digits 0-9 * # A-D")
         args["digits"] = digits
         say = say or DEFAULT_DTMF_SAY
     return Entry(
@@ -309,6 +319,30 @@ def _parse_entry(raw: Any, kind: str, index: int, goodbye: str) -> Entry:
         action=str(action),
         arguments=tuple(args.items()),
     )
+
+
+def _parse_agent(document: Value) -> dict[str, Any]:
+    """The keyword arguments of :class:`ScriptedAgent` from a composed agent file."""
+    fields = document.mapping(_TOP_FIELDS)
+    text = {
+        key: fields.require(key).string() for key in ("name", "greeting", "fallback", "goodbye")
+    }
+    value = fields.given("threshold")
+    threshold = value.number(0, 1, above=True) if value is not None else DEFAULT_THRESHOLD
+    entries: list[Entry] = []
+    seen: dict[str, int] = {}
+    for kind in ("knowledge", "intents"):
+        items = fields.given(kind)
+        for i, raw in enumerate(items.items() if items is not None else []):
+            entries.append(_parse_entry(raw, kind, i, text["goodbye"], seen))
+    if not entries:
+        hint = "need knowledge or intents entries"
+        given = fields.given("knowledge") or fields.given("intents")
+        if given is None:
+            fields.require("knowledge", hint)
+        else:
+            given.fail(f"no entries ({hint})")
+    return {**text, "entries": entries, "threshold": threshold}
 
 
 # --- the agent ----------------------------------------------------------------------
@@ -342,75 +376,47 @@ class ScriptedAgent:
         for entry in ordered:
             sets = [content_words(p) for p in entry.patterns if _dtmf_digits(p) is None]
             self._scored.append((entry, [s for s in sets if s]))
+        self._intents = [e for e in self.entries if e.kind == "intents"]
+        # The intents' patterns embedded on first use (owners, unit vectors).
+        self._intent_vectors: tuple[list[Entry], Vectors] | None = None
 
     # construction
 
     @classmethod
-    def from_yaml(cls, text: str) -> ScriptedAgent:
+    def from_yaml(cls, text: str, source: str = "") -> ScriptedAgent:
+        """The agent ``text`` describes; ``source`` (a file name) prefixes errors."""
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise AgentConfigError(f"invalid YAML: {exc}") from exc
-        return cls.from_dict(data)
+            return cls(**_parse_agent(compose(text)))
+        except FieldError as exc:
+            raise AgentConfigError.at(exc, source) from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> ScriptedAgent:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise AgentConfigError(f"{os.fspath(path)}: cannot read: {exc}") from exc
-        try:
-            return cls.from_yaml(text)
-        except AgentConfigError as exc:
-            raise AgentConfigError(f"{os.fspath(path)}: {exc}") from exc
+            raise AgentConfigError(f"{os.fspath(path)}: cannot read: {exc}") from None
+        return cls.from_yaml(text, os.fspath(path))
 
     @classmethod
     def from_dict(cls, data: Any) -> ScriptedAgent:
-        if not isinstance(data, dict):
-            raise AgentConfigError("top level: must be a mapping")
-        _check_fields(data, _TOP_FIELDS, "")
-        name = _req_str(data, "name", "")
-        greeting = _req_str(data, "greeting", "")
-        fallback = _req_str(data, "fallback", "")
-        goodbye = _req_str(data, "goodbye", "")
-        threshold = data.get("threshold", DEFAULT_THRESHOLD)
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise AgentConfigError("threshold: must be a number")
-        if not 0 < threshold <= 1:
-            raise AgentConfigError("threshold: must be in (0, 1]")
-        entries: list[Entry] = []
-        seen: set[str] = set()
-        for kind in ("knowledge", "intents"):
-            items = data.get(kind)
-            if items is None:
-                continue
-            if not isinstance(items, list):
-                raise AgentConfigError(f"{kind}: must be a list")
-            for i, raw in enumerate(items):
-                entry = _parse_entry(raw, kind, i, goodbye)
-                if entry.id in seen:
-                    raise AgentConfigError(f"{kind}[{i}].id: duplicate {entry.id!r}")
-                seen.add(entry.id)
-                entries.append(entry)
-        if not entries:
-            raise AgentConfigError("knowledge: missing (need knowledge or intents entries)")
-        return cls(
-            name=name,
-            greeting=greeting,
-            fallback=fallback,
-            goodbye=goodbye,
-            entries=entries,
-            threshold=float(threshold),
-        )
+        """The agent from already parsed YAML (errors name the field; lines are the
+        dumped document's)."""
+        try:
+            text = yaml.safe_dump(data, sort_keys=False)
+        except yaml.YAMLError as exc:
+            raise AgentConfigError(f"top level: not YAML data: {exc}") from None
+        return cls.from_yaml(text)
 
     # matching
 
-    def match(self, caller_input: str) -> Match | None:
-        """The entry that answers ``caller_input``, or None (the agent says ``fallback``)."""
+    def match(self, caller_input: str, kind: str | None = None) -> Match | None:
+        """The entry that answers ``caller_input``, or None (the agent says ``fallback``);
+        ``kind``: only ``knowledge`` entries, or only ``intents``."""
         digits = _dtmf_digits(caller_input)
         if digits is not None:
             for entry, _ in self._scored:
-                if digits in entry.dtmf:
+                if digits in entry.dtmf and kind in (None, entry.kind):
                     return Match(entry, 1.0)
             return None
         said = content_words(caller_input)
@@ -419,6 +425,8 @@ class ScriptedAgent:
         best: tuple[float, int] = (0.0, 0)
         best_entry: Entry | None = None
         for entry, pattern_sets in self._scored:
+            if kind is not None and entry.kind != kind:
+                continue
             for pat in pattern_sets:
                 common = len(pat & said)
                 if not common:
@@ -443,26 +451,122 @@ class ScriptedAgent:
     async def respond(
         self, history: Sequence[ChatMessage], caller_input: str
     ) -> AsyncGenerator[AgentEvent, None]:
-        m = self.match(caller_input)
-        say = self.fallback if m is None else m.entry.say
-        asked = m is None or m.entry.kind == "knowledge"
-        if self.knowledge is not None and asked and _dtmf_digits(caller_input) is None:
-            # A question: the knowledge base answers it (an intent's patterns win first).
-            hits, lookup = await self.knowledge.lookup(self.knowledge_agent, caller_input)
-            if lookup.error is not None:
-                yield KnowledgeUsed((), lookup.lookup_s, lookup.error)
-                m, say = None, self.fallback  # an outage: never a stale or keyword guess
-            elif hits:
-                yield KnowledgeUsed((hits[0].entry.id,), lookup.lookup_s)
-                m, say = None, spoken_answer(hits[0].entry.text)
-            else:
-                yield KnowledgeUsed((m.entry.id,) if m else (), lookup.lookup_s)
-        for piece in split_sentences(say):
-            yield TextDelta(piece)
-        if m is not None:
-            call = m.entry.tool_call()
-            if call is not None:
-                yield call
+        if _dtmf_digits(caller_input) is not None:  # keypad input: exact, acted on at once
+            m = self.match(caller_input)
+            if m is not None and m.entry.kind == "knowledge":
+                yield KnowledgeUsed((m.entry.id,))
+            for event in self._say(m.entry if m else None):
+                yield event
+            return
+        waiting = pending(history, {e.id: e.action for e in self._intents})
+        if waiting is not None and (answer := yes_or_no(caller_input)) is not None:
+            entry = next(e for e in self._intents if e.id == waiting)
+            for event in self._say(entry) if answer else _deltas(DECLINED):
+                yield event
+            return
+        intent, sure = await self._intent(caller_input)
+        if intent is not None and sure == "sure":
+            for event in self._say(intent):
+                yield event
+            return
+        answered = False
+        async for event in self._answer(caller_input, knowing_intent=intent is not None):
+            answered = answered or isinstance(event, TextDelta)
+            yield event
+        if not answered:  # no answer from knowledge: ask about a likely action, or fall back
+            line = confirmation_of(intent.action) if intent is not None else self.fallback
+            for event in _deltas(line):
+                yield event
+
+    async def _answer(
+        self, caller_input: str, *, knowing_intent: bool
+    ) -> AsyncGenerator[AgentEvent, None]:
+        """The answer from knowledge (the base, else the file's patterns); nothing
+        spoken when there is none. A base outage is the fallback line, never a guess."""
+        m = self.match(caller_input, kind="knowledge")
+        if self.knowledge is None:
+            if m is not None:
+                yield KnowledgeUsed((m.entry.id,))
+                for event in _deltas(m.entry.say):
+                    yield event
+            return
+        hits, lookup = await self.knowledge.lookup(self.knowledge_agent, caller_input)
+        if lookup.error is not None:
+            yield KnowledgeUsed((), lookup.lookup_s, lookup.error)
+            if not knowing_intent:
+                for event in _deltas(self.fallback):
+                    yield event
+        elif hits:
+            yield KnowledgeUsed((hits[0].entry.id,), lookup.lookup_s)
+            for event in _deltas(spoken_answer(hits[0].entry.text)):
+                yield event
+        else:
+            yield KnowledgeUsed((m.entry.id,) if m else (), lookup.lookup_s)
+            if m is not None:
+                for event in _deltas(m.entry.say):
+                    yield event
+
+    async def _intent(self, caller_input: str) -> tuple[Entry | None, Certainty | None]:
+        """The intent the caller most likely means, and how sure (actions.py): by its
+        patterns' words, and by meaning when the agent has an embedder."""
+        by_words = self.match(caller_input, kind="intents")
+        if by_words is not None and self._closes(caller_input, by_words.entry):
+            by_words = Match(by_words.entry, 1.0)
+        meaning: tuple[Entry, float] | None = None
+        if self.knowledge is not None and self._intents:
+            meaning = await self._intent_by_meaning(caller_input)
+        candidates: list[tuple[Certainty, float, Entry]] = []
+        if by_words is not None:
+            same = meaning[1] if meaning and meaning[0] is by_words.entry else None
+            if c := certainty(by_words.score, same, self.threshold):
+                candidates.append((c, by_words.score, by_words.entry))
+        if meaning is not None and (c := certainty(0.0, meaning[1], self.threshold)):
+            candidates.append((c, meaning[1], meaning[0]))
+        if not candidates:
+            return None, None
+        c, _, entry = max(candidates, key=lambda t: (t[0] == "sure", t[1]))
+        return entry, c
+
+    def _closes(self, caller_input: str, entry: Entry) -> bool:
+        """A hang-up intent's pattern is the last thing said ("that's all, thanks, bye"):
+        callers end with their goodbye; a "bye" heard mid-sentence is more likely noise."""
+        if entry.action != "hang_up":
+            return False
+        said = content_word_list(caller_input)
+        for words in (content_word_list(p) for p in entry.patterns):
+            if words and set(said[-len(words) :]) == set(words):
+                return True
+        return False
+
+    async def _intent_by_meaning(self, caller_input: str) -> tuple[Entry, float] | None:
+        assert self.knowledge is not None
+        try:
+            if self._intent_vectors is None:
+                texts = [(e, p) for e in self._intents for p in e.patterns
+                         if _dtmf_digits(p) is None]  # fmt: skip
+                vectors = await self.knowledge.embed([p for _, p in texts])
+                self._intent_vectors = ([e for e, _ in texts], vectors)
+            owners, vectors = self._intent_vectors
+            if not owners:
+                return None
+            spans = await self.knowledge.embed_spans(caller_input)
+        except Exception:  # no embedder (its wheel missing): words alone decide
+            log.warning("scripted agent %s: intents matched by words only", self.name,
+                        exc_info=True)  # fmt: skip
+            self._intent_vectors = ([], np.zeros((0, 1), dtype=np.float32))
+            return None
+        # The intent's short phrases against every few-word run of what was said: "put
+        # me through to someone" is in a long, angry sentence, not the whole of it.
+        scores = (spans @ vectors.T).max(axis=0)
+        best = int(scores.argmax())
+        return owners[best], float(scores[best])
+
+    def _say(self, entry: Entry | None) -> Iterator[AgentEvent]:
+        """An entry's line and its action (the fallback line for no entry)."""
+        yield from _deltas(self.fallback if entry is None else entry.say)
+        call = entry.tool_call() if entry is not None else None
+        if call is not None:
+            yield call
 
     def phrases(self) -> list[str]:
         """What callers are expected to say, for the recogniser's language model.

@@ -303,6 +303,8 @@ class TrunkBook:
     trunks: dict[str, Trunk] = field(default_factory=dict)
     outbound: dict[str, OutboundRoute] = field(default_factory=dict)
     inbound: dict[str, InboundRoute] = field(default_factory=dict)
+    # The inbound_routes setting's, in its order: never stored, tried after ``inbound``.
+    configured: dict[str, InboundRoute] = field(default_factory=dict)
     keys: TrunkKeys | None = None  # default: a key file beside ``path`` (sealing.py)
     _warned: set[str] = field(default_factory=set, repr=False)
     # Where trunks and directly dialed SIP URIs may send us (allowed_private_targets).
@@ -464,9 +466,18 @@ class TrunkBook:
                 return trunk
         return None
 
+    def configure_inbound(self, routes: list[tuple[str, str]]) -> None:
+        """The ``inbound_routes`` setting's (pattern, agent) pairs, named ``config-1``..."""
+        self.configured = {
+            f"config-{i}": InboundRoute(name=f"config-{i}", pattern=pattern, agent=agent)
+            for i, (pattern, agent) in enumerate(routes, 1)
+        }
+
     def agent_for(self, number: str) -> str | None:
-        """The agent of the first inbound route matching the dialed number."""
-        for route in sorted(self.inbound.values(), key=lambda r: (r.priority, r.name)):
+        """The agent of the first inbound route matching the dialed number: the API's
+        (by priority, then name), then the settings' (in their order)."""
+        stored = sorted(self.inbound.values(), key=lambda r: (r.priority, r.name))
+        for route in [*stored, *self.configured.values()]:
             if fullmatch(route.pattern, number):
                 return route.agent
         return None

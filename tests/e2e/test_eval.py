@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.node import NodeFactory, NodeOptions
-from tests.e2e.api_client import ADMIN
+from tests.e2e.api_client import ADMIN, api
 
 SUITES = Path(__file__).resolve().parent / "eval_suites"
 SCENARIOS = Path(__file__).resolve().parents[2] / "loadtest" / "scenarios"
@@ -102,3 +102,29 @@ def test_a_foreign_target_that_says_nothing_fails_the_case(tmp_path: Path) -> No
         server.stop()
     assert done.returncode == 1, done.stdout + done.stderr
     assert "opening-hours: WRONG" in done.stdout, done.stdout
+
+
+def test_typing_to_an_agent_answers_and_reports_actions_untaken(
+    voxswitch_nodes: NodeFactory, tmp_path: Path
+) -> None:
+    node = voxswitch_nodes.start("eval-typed", NodeOptions(env={"VOXSWITCH_API_KEY": ADMIN}))
+    status, hours = api(node, "POST", "/v1/agents/default/reply",
+                        body={"text": "What are your OPENING hours?"})  # fmt: skip
+    assert status == 200 and hours["knowledge"] == ["hours"] and hours["actions"] == [], hours
+    status, moved = api(node, "POST", "/v1/agents/default/reply", body={"text": "operator"})
+    assert status == 200 and [a["name"] for a in moved["actions"]] == ["transfer"], moved
+    assert node.health()["calls_offered"] == 0  # reported, not carried out: no call
+    status, missing = api(node, "POST", "/v1/agents/nobody/reply", body={"text": "hi"})
+    assert status == 404 and "nobody" in missing["detail"]
+    status, empty = api(node, "POST", "/v1/agents/default/reply", body={"text": ""})
+    assert status == 422 and empty["detail"][0]["loc"][-1] == "text"
+    status, _ = api(node, "POST", "/v1/agents/default/reply", key=None, body={"text": "hi"})
+    assert status == 401
+    done = voxswitch_eval(
+        str(SUITES / "hours.yaml"), "--typed", "--report", str(tmp_path),
+        "--target", f"sip:eval@{node.host}:{node.sip_port}",
+        "--api", f"http://{node.host}:{node.api_port}", "--api-key", ADMIN,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["right"] == 1
+    assert node.health()["calls_offered"] == 0

@@ -108,6 +108,8 @@ def test_kb_load_is_idempotent_and_search_finds_a_paraphrase(
     folder.mkdir()
     (folder / "shop.md").write_text(FAQ)
     code, out, err = kb(weaviate_env, "load", str(folder), "--agent", "shop")
+    assert code == 2 and "no agent named 'shop'" in err, err  # not this configuration's
+    code, out, err = kb(weaviate_env, "load", str(folder), "--agent", "shop", "--create")
     assert code == 0, err
     assert json.loads(out) == {
         **json.loads(out),
@@ -139,7 +141,7 @@ def test_kb_load_is_idempotent_and_search_finds_a_paraphrase(
     assert code == 0, err
     assert [h["id"] for h in json.loads(out)["hits"]] == ["parking"]
     code, _, err = kb(weaviate_env, "search", "parking", "--agent", "nobody")
-    assert code == 0
+    assert code == 2 and "no agent named 'nobody'" in err, err
     (folder / "bad.json").write_text('[{"question": "no answer"}]')
     code, out, err = kb(weaviate_env, "load", str(folder / "bad.json"), "--agent", "shop")
     assert code == 2 and err.strip().count("\n") == 0, err

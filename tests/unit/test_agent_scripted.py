@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.agent import AgentBrain, AgentEvent, TextDelta, ToolCall
+from actors.agent import AgentBrain, AgentEvent, KnowledgeUsed, TextDelta, ToolCall
 from switch.agents import DEMO_AGENT_PATH, ScriptedAgent
 from switch.agents.scripted import AgentConfigError, content_words, split_sentences
 
@@ -188,12 +188,22 @@ intents:
 async def test_sentences_stream_as_separate_deltas() -> None:
     agent = ScriptedAgent.from_yaml(MINIMAL)
     events = await _events(agent, "the first thing")
-    assert events == [TextDelta("One. "), TextDelta("Two! "), TextDelta("Three?")]
+    assert events == [KnowledgeUsed(("one",)), TextDelta("One. "), TextDelta("Two! "),
+                      TextDelta("Three?")]  # fmt: skip
+
+
+async def test_an_answer_by_keypad_names_its_entry() -> None:
+    """The call record cites the entry a keypad answer came from, as for speech."""
+    agent = ScriptedAgent.from_yaml(MINIMAL.replace("[first thing]", "[first thing]\n    dtmf: 1"))
+    events = await _events(agent, "DTMF: 1")
+    assert events[0] == KnowledgeUsed(("one",)) and _text(events) == "One. Two! Three?"
+    assert not [e for e in await _events(agent, "DTMF: 2") if isinstance(e, KnowledgeUsed)]
 
 
 async def test_demo_multi_sentence_answer_streams_in_pieces() -> None:
     events = await _events(DEMO, "do you deliver")
-    assert len(events) == 2
+    assert events[0] == KnowledgeUsed(("delivery",))
+    assert len([e for e in events if isinstance(e, TextDelta)]) == 2
     assert _text(events) == _answer("delivery")
 
 
@@ -229,12 +239,12 @@ def _with(doc: str, old: str, new: str) -> str:
     [
         (_with(MINIMAL, "    answer: One. Two! Three?\n", ""), "knowledge[0].answer: missing"),
         (_with(MINIMAL, "greeting: Hello.\n", ""), "greeting: missing"),
-        (_with(MINIMAL, "fallback: Pardon?", "fallback: 3"), "fallback: must be a string"),
+        (_with(MINIMAL, "fallback: Pardon?", "fallback: 3"), "line 4: fallback: expected text"),
         (_with(MINIMAL, "    patterns: [first thing]\n", ""), "knowledge[0].patterns: missing"),
         (_with(MINIMAL, "patterns: [first thing]", "patterns: 7"), "knowledge[0].patterns"),
-        (_with(MINIMAL, "    answer:", "    anwser:"), "knowledge[0]: unknown field 'anwser'"),
-        (_with(MINIMAL, "name: t", "nam: t"), "top level: unknown field 'nam'"),
-        (MINIMAL + "  - 42\n", "knowledge[1]: must be a mapping"),
+        (_with(MINIMAL, "    answer:", "    anwser:"), "line 9: knowledge[0].anwser: unknown"),
+        (_with(MINIMAL, "name: t", "nam: t"), "line 2: nam: unknown field"),
+        (MINIMAL + "  - 42\n", "line 10: knowledge[1]: expected a mapping, got the number 42"),
         (
             MINIMAL + "  - id: one\n    patterns: [x]\n    answer: y\n",
             "knowledge[1].id: duplicate 'one'",
@@ -245,7 +255,7 @@ def _with(doc: str, old: str, new: str) -> str:
         ),
         (
             MINIMAL + "intents:\n  - id: t\n    action: dance\n    patterns: [op]\n",
-            "intents[0].action: must be one of hang_up, transfer, send_dtmf",
+            "line 12: intents[0].action: expected one of hang_up, transfer, send_dtmf, got 'dance'",
         ),
         (
             MINIMAL + "intents:\n  - id: t\n    patterns: [op]\n",
@@ -255,8 +265,8 @@ def _with(doc: str, old: str, new: str) -> str:
             MINIMAL + '  - id: k\n    dtmf: "5x"\n    answer: y\n',
             "knowledge[1].dtmf:",
         ),
-        (MINIMAL + "threshold: 2\n", "threshold: must be in (0, 1]"),
-        ("- just a list\n", "top level: must be a mapping"),
+        (MINIMAL + "threshold: 2\n", "line 10: threshold: must be from 0 to 1, got 2"),
+        ("- just a list\n", "line 1: top level: expected a mapping, got a list"),
         ("name: [unclosed\n", "invalid YAML"),
     ],
 )
@@ -272,7 +282,7 @@ def test_from_file_errors_name_the_file(tmp_path: Path) -> None:
         ScriptedAgent.from_file(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text(_with(MINIMAL, "    answer: One. Two! Three?\n", ""))
-    with pytest.raises(AgentConfigError, match=r"bad\.yaml: knowledge\[0\]\.answer: missing"):
+    with pytest.raises(AgentConfigError, match=r"bad\.yaml:7: knowledge\[0\]\.answer: missing"):
         ScriptedAgent.from_file(bad)
 
 
@@ -283,7 +293,8 @@ def test_from_file_errors_name_the_file(tmp_path: Path) -> None:
 @given(st.one_of(st.text(), st.from_regex(r"DTMF: [0-9*#A-D]{1,3}", fullmatch=True)))
 def test_any_input_gets_a_spoken_reply(said: str) -> None:
     events = asyncio.run(_events(DEMO, said))
-    assert events and isinstance(events[0], TextDelta)
+    spoken = [e for e in events if not isinstance(e, KnowledgeUsed)]
+    assert spoken and isinstance(spoken[0], TextDelta)
     assert all(ev.text for ev in events if isinstance(ev, TextDelta))
     assert len(_tools(events)) <= 1
     if _tools(events):
