@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shlex
 import sys
 import tempfile
@@ -33,10 +34,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     command.add_argument("--node-args", default="", help="more settings for the throwaway "
                          "node, e.g. \"--asr whisper\"")  # fmt: skip
     command.add_argument("--calls-at-once", type=int, default=1)
+    command.add_argument("--case", action="append", default=[], metavar="ID_OR_TAG",
+                         help="run only the cases with this id or tag (repeat for more)")
     command.add_argument("--typed", action="store_true", help="type each line to the agent "
                          "(POST /v1/agents/NAME/reply) instead of calling: the lookup and "
                          "intents without a recogniser; needs our node")  # fmt: skip
     command.add_argument("--report", type=Path, default=None, help="the report's folder")
+
+
+def only_cases(suite: Suite, wanted: list[str]) -> Suite:
+    """The suite with only the cases named (by id or tag); all of them for none."""
+    if not wanted:
+        return suite
+    cases = tuple(c for c in suite.cases if c.id in wanted or set(c.tags) & set(wanted))
+    if not cases:
+        raise EvalError(f"--case {' '.join(wanted)}: no case has that id or tag")
+    return dataclasses.replace(suite, cases=cases)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
@@ -45,7 +58,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from switch.eval.voices import check_voices
 
     try:
-        suite = load_suite(args.suite)
+        suite = only_cases(load_suite(args.suite), args.case)
         check_voices(suite.cases)
     except (SuiteError, EvalError) as exc:
         print(f"voxswitch eval: {exc}", file=sys.stderr)

@@ -143,3 +143,18 @@ def test_cut_offs_false_barge_ins_and_recognition_time_reach_the_totals(tmp_path
     assert "![timeline.png](timeline.png)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "calls" / "chat.wav").stat().st_size == 44 + 10 * SAMPLE_RATE * 4
     assert not (tmp_path / "calls" / "hours.wav").exists()  # no audio: no file
+
+
+def test_a_run_of_only_some_cases_by_id_or_tag() -> None:
+    import pytest
+
+    from switch.eval.command import only_cases
+    from switch.eval.errors import EvalError
+
+    tagged = parse_suite(SUITE.replace("    say: what's the weather like",
+                                       "    tags: [offtopic]\n    say: what's the weather like"),
+                         Path("/suites/t.yaml"))  # fmt: skip
+    assert [c.id for c in only_cases(tagged, ["hours", "offtopic"]).cases] == ["hours", "off-topic"]
+    assert only_cases(tagged, []) is tagged
+    with pytest.raises(EvalError, match="no case"):
+        only_cases(tagged, ["nope"])
