@@ -47,15 +47,20 @@ def test_a_bad_suite_is_exit_2_naming_the_line() -> None:
     assert "bad.yaml:6" in done.stderr and "transfr" in done.stderr
 
 
-def test_a_running_node_as_the_target(voxswitch_nodes: NodeFactory, tmp_path: Path) -> None:
+def test_a_running_node_as_the_target_two_calls_at_once(
+    voxswitch_nodes: NodeFactory, tmp_path: Path
+) -> None:
     node = voxswitch_nodes.start("eval-target", NodeOptions(env={"VOXSWITCH_API_KEY": ADMIN}))
     done = voxswitch_eval(
-        str(SUITES / "hours.yaml"), "--report", str(tmp_path),
+        str(SUITES / "two.yaml"), "--report", str(tmp_path), "--calls-at-once", "2",
         "--target", f"sip:eval@{node.host}:{node.sip_port}",
         "--api", f"http://{node.host}:{node.api_port}", "--api-key", ADMIN,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert node.health()["calls_offered"] == 1
+    assert node.health()["calls_offered"] == 2
+    calls = [c["call"] for c in json.loads((tmp_path / "report.json").read_text())["cases"]]
+    first, second = sorted(calls, key=lambda c: c["invited_at"])
+    assert second["invited_at"] < first["ended_at"], calls  # the two calls overlapped
 
 
 def test_a_foreign_target_is_graded_from_what_the_caller_heard(tmp_path: Path) -> None:
