@@ -69,7 +69,8 @@ def job_env(services: dict[str, str], recordings: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     return {**base, **services, "VOXSWITCH_RECORDINGS_DIR": str(recordings),
             "VOXSWITCH_KAFKA_TOPIC": "voxswitch.bench.jobs", "VOXSWITCH_LOG_LEVEL": "warning",
-            "VOXSWITCH_JOBS_VISIBILITY_S": "6"}  # fmt: skip
+            "VOXSWITCH_JOBS_VISIBILITY_S": "6",
+            "VOXSWITCH_ASR": "pocketsphinx"}  # fmt: skip  (the light recogniser: 2 cores)
 
 
 def settings_of(env: dict[str, str]) -> Any:

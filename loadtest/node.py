@@ -150,6 +150,9 @@ class NodeProcess:
         env[ENV_PREFIX + "ALLOWED_PRIVATE_TARGETS"] = "127.0.0.0/8,::1/128"
         # Each node its own state (the knowledge index): never the user's, never shared.
         env[ENV_PREFIX + "STATE_DIR"] = str(self.workdir / "state")
+        # Test nodes hear with the light recogniser: dozens of nodes and calls at once
+        # share 2 cores here; a test about hearing asks for whisper (the default).
+        env[ENV_PREFIX + "ASR"] = "pocketsphinx"
         env.update(self.options.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

@@ -294,6 +294,7 @@ class WhisperModel:
 
 _SPACES = re.compile(r"\s+")
 _WORDS = re.compile(r"[a-z0-9']+")
+_SENTENCE = re.compile(r"[^.?!]+[.?!]*")
 ECHO_MIN_WORDS = 4  # a shorter run of the prompt's words is a caller using its terms
 # What Whisper says over line noise and silence: its training subtitles' sign-offs.
 _HALLUCINATIONS = (
@@ -303,13 +304,17 @@ _HALLUCINATIONS = (
 
 
 def is_prompt_echo(text: str, prompt: str) -> bool:
-    """The transcript is the prompt's words read back (a run of at least
-    :data:`ECHO_MIN_WORDS` of them making up the whole transcript): Whisper continuing
-    the text it was primed with instead of hearing the caller."""
+    """The transcript is one of the prompt's statements read back (a run of at least
+    :data:`ECHO_MIN_WORDS` of its words making up the whole transcript): Whisper
+    continuing the agent's lines it was primed with instead of hearing the caller. The
+    prompt's questions are what callers ask, word for word as often as not: a
+    transcript that is one of them is the caller, not an echo."""
     said = _WORDS.findall(text.lower())
     if len(said) < ECHO_MIN_WORDS or not prompt:
         return False
-    return f" {' '.join(said)} " in f" {' '.join(_WORDS.findall(prompt.lower()))} "
+    statements = [p for p in _SENTENCE.findall(prompt.lower()) if not p.rstrip().endswith("?")]
+    run = f" {' '.join(said)} "
+    return any(run in f" {' '.join(_WORDS.findall(s))} " for s in statements)
 
 
 def is_hallucination(text: str) -> bool:

@@ -153,8 +153,10 @@ class Settings:
     llm_api_key: str = field(default="", metadata={"help": "LLM API key (agent = openai)"})
     llm_model: str = field(default="gpt-4o-mini", metadata={"help": "LLM model name"})
     asr: str = field(
-        default="pocketsphinx",
-        metadata={"help": "speech recognition: pocketsphinx, whisper (local, CPU) or openai"},
+        default="whisper",
+        metadata={"help": "speech recognition: whisper (local Whisper base on the CPU, the "
+                  "accurate default), pocketsphinx (light, for tiny machines; inaccurate on "
+                  "telephone audio) or openai"},
     )
     asr_base_url: str = field(
         default="https://api.openai.com", metadata={"help": "OpenAI-compatible ASR base URL"}

@@ -48,6 +48,7 @@ def env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
         "VOXSWITCH_KAFKA_TOPIC": f"voxswitch.test.jobs.{tag}",
         "VOXSWITCH_S3_URL": f"{services['VOXSWITCH_S3_URL']}/jobs-{tag}",
         "VOXSWITCH_LOG_LEVEL": "info",
+        "VOXSWITCH_ASR": "pocketsphinx",  # the light recogniser: the job, not hearing, is tested
     }  # fmt: skip
 
 

@@ -160,5 +160,8 @@ def test_an_echo_of_the_prompt_or_a_subtitle_sign_off_is_not_a_transcript() -> N
     assert not is_prompt_echo("Do you offer payment plans?", prompt)  # its words, not its run
     assert not is_prompt_echo("payment plans", prompt)  # too short to tell
     assert not is_prompt_echo("We offer interest-free payment plans over 6.", "")
+    # One of the prompt's questions said back is a caller asking it.
+    assert not is_prompt_echo("Is my card accepted abroad?", prompt)
+    assert not is_prompt_echo("What are your opening hours?", "What are your opening hours?")
     assert is_hallucination("Thanks for watching!")
     assert not is_hallucination("Thanks, that's all I needed.")
