@@ -14,6 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from media.asr import ONES_WORDS
+from media.asr import number_words as spoken_number
+
 __all__ = [
     "content_words",
     "edit_distance",
@@ -24,12 +27,7 @@ __all__ = [
     "word_errors",
 ]
 
-_ONES = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-    "eighteen", "nineteen",
-)  # fmt: skip
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_ONES = ONES_WORDS
 _ORDINALS = {
     "one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
     "nine": "ninth", "twelve": "twelfth",
@@ -56,18 +54,14 @@ _TOKEN = re.compile(r"\$?\d+(?:[.,:]\d+)*(?:st|nd|rd|th|%)?|[a-z]+(?:['’][a-z]
 
 
 def number_words(n: int) -> list[str]:
-    """0..999999 as spoken (``1205`` -> one thousand two hundred five)."""
-    if n < 20:
-        return [_ONES[n]]
-    if n < 100:
-        return [_TENS[n // 10]] + ([_ONES[n % 10]] if n % 10 else [])
+    """0..999999 as spoken (``1205`` -> one thousand two hundred five); the node's own
+    reading below a thousand (media/asr.py), digit by digit from a million."""
     if n < 1000:
-        rest = n % 100
-        return [_ONES[n // 100], "hundred"] + (number_words(rest) if rest else [])
+        return spoken_number(n)
     if n < 1_000_000:
         rest = n % 1000
         return [*number_words(n // 1000), "thousand"] + (number_words(rest) if rest else [])
-    return [_ONES[int(d)] for d in str(n)]
+    return spoken_number(n)
 
 
 def _ordinal(words: list[str]) -> list[str]:

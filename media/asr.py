@@ -75,7 +75,7 @@ SILENCE_RMS = 30.0  # about -60 dBFS: below this an utterance is not decoded at 
 # --------------------------------------------------------------------------- LM + dict
 
 
-_ONES = (
+ONES_WORDS = _ONES = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
     "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
     "eighteen", "nineteen",
