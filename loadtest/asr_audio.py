@@ -13,6 +13,7 @@ Rendering takes a minute (Piper); the result is cached in ``loadtest/out/asr-com
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zlib
@@ -87,7 +88,7 @@ def render_lines(names: Sequence[str] = SUITES) -> list[Clip]:
             for n, turn in enumerate(case.turns):
                 if not turn.text:
                     continue
-                pcm = shaped(case, turn_audio(turn, lambda t, c=case: speak(c, t)), rng)
+                pcm = shaped(case, turn_audio(turn, functools.partial(speak, case)), rng)
                 line = Line(f"{name}/{case.id}/{n}", name, case.voice, case.noise_db, turn.text)
                 clips.append(Clip(line, pcm))
     return clips
@@ -128,9 +129,9 @@ def load_audio_set(names: Sequence[str] = SUITES, refresh: bool = False) -> list
     if not refresh and audio_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         with np.load(audio_path) as arrays:
-            return [Clip(Line(**m), arrays[f"c{i}"]) for i, m in enumerate(meta)]
+            return [Clip(Line(**m), arrays[f"arr_{i}"]) for i, m in enumerate(meta)]
     speech = render_lines(names)
     clips = speech + noise_clips(speech)
-    np.savez_compressed(audio_path, **{f"c{i}": c.pcm for i, c in enumerate(clips)})
+    np.savez_compressed(audio_path, *[c.pcm for c in clips])  # arr_0, arr_1, ...
     meta_path.write_text(json.dumps([asdict(c.line) for c in clips], indent=1))
     return clips

