@@ -99,7 +99,11 @@ def test_scenarios_load(sipp_path: str, tmp_path: Path) -> None:
         if first is not None and first.group(1) == "recv":
             # A UAS (a carrier, a callee, a registrar): it loads, then waits for a call
             # that never comes until its global timeout.
-            server = SippServer(scenario, workdir=tmp_path / scenario.stem, timeout_s=2)
+            workdir = tmp_path / scenario.stem
+            workdir.mkdir()
+            for name in re.findall(r'rtp_stream="([^",]+)', scenario.read_text()):
+                (workdir / name).write_bytes(tone_ulaw(0.1))  # the audio it plays, present
+            server = SippServer(scenario, workdir=workdir, timeout_s=2)
             result = server.wait(timeout_s=20)
             assert result.returncode == 255 and result.errors, scenario.name
             assert all("timed out" in e for e in result.errors), (scenario.name, result.errors)
