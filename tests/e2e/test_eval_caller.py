@@ -183,5 +183,6 @@ async def test_calls_at_once_to_a_sipp_uas_with_rtp_echo(sipp_server: SippServer
         heard = result.received.astype(np.float64)
         match = [np.dot(heard[1600 + lag : 9600 + lag], sent) for lag in range(-400, 400)]
         lag_samples = int(np.argmax(match)) - 400
-        assert 0 <= lag_samples < 80, f"echo lag {lag_samples} samples\n{context}"
+        # Within one packet time (20 ms): a loaded CI machine measured exactly 10 ms once.
+        assert 0 <= lag_samples < 160, f"echo lag {lag_samples} samples\n{context}"
     assert sipp.returncode == 0 and sipp.successful_calls == calls, context
