@@ -93,7 +93,7 @@ from switch.agents.actions import (
     yes_or_no,
 )
 from switch.knowledge.base import KnowledgeBase
-from switch.knowledge.embedder import Vectors
+from switch.knowledge.embedder import EmbedderUnavailable, Vectors
 from switch.marked_yaml import FieldError, Fields, Value, compose
 
 __all__ = [
@@ -550,10 +550,12 @@ class ScriptedAgent:
             if not owners:
                 return None
             spans = await self.knowledge.embed_spans(caller_input)
-        except Exception:  # no embedder (its wheel missing): words alone decide
-            log.warning("scripted agent %s: intents matched by words only", self.name,
-                        exc_info=True)  # fmt: skip
+        except EmbedderUnavailable as exc:  # its wheel missing: words alone decide, for good
+            log.warning("scripted agent %s: intents matched by words only: %s", self.name, exc)
             self._intent_vectors = ([], np.zeros((0, 1), dtype=np.float32))
+            return None
+        except Exception:  # this turn's failure only: words decide it, the next tries again
+            log.warning("scripted agent %s: intents by meaning failed", self.name, exc_info=True)
             return None
         # The intent's short phrases against every few-word run of what was said: "put
         # me through to someone" is in a long, angry sentence, not the whole of it.
